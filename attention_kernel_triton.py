@@ -1,0 +1,223 @@
+"""The Triton kernels behind attention_kernel.py (FlashAttention-2 forward and backward).
+
+This file imports triton at load, so only attention_kernel.py imports it, and only when a kernel
+is launched. Every kernel works on the model's [B, T, H, K] layout directly: program (i, b*H + h)
+handles one block of rows of head h in batch b, whose rows sit H*D elements apart; no transpose.
+Shapes, the softmax scale and the block sizes are compile-time constants (jax-triton passes its
+keyword arguments as tl.constexpr), so each (shape, config) compiles once and the strides fold.
+
+Softmax runs in base 2: scores are scaled by sm_scale*log2(e) so exp2 replaces exp, and the saved
+LSE is in that base (log2-sum-exp of the scaled scores); only these kernels read it.
+"""
+import triton
+import triton.language as tl
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
+               T: tl.constexpr, ROW: tl.constexpr, BLOCK_N: tl.constexpr,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+  offs_n = tl.arange(0, BLOCK_N)
+  for start_n in range(lo, hi, BLOCK_N):
+    start_n = tl.multiple_of(start_n, BLOCK_N)
+    cols = start_n + offs_n
+    if MASKED:  # the diagonal block (causal) or the ragged last block (T % BLOCK_N != 0)
+      k = tl.load(k_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
+    else:
+      k = tl.load(k_ptrs + start_n * ROW)
+    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED:
+      if CAUSAL:  # keys >= T are also > every real query, so the causal test covers them
+        keep = offs_m[:, None] >= cols[None, :]
+      else:
+        keep = cols[None, :] < T
+      # -1e6, not -inf: a row whose first block is all masked gets exp2(0) = 1 there, which its
+      # first real key rescales by exp2(-1e6 - m) = 0; -inf would give exp2(-inf + inf) = NaN.
+      qk = tl.where(keep, qk, -1.0e6)
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if MASKED:
+      v = tl.load(v_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
+    else:
+      v = tl.load(v_ptrs + start_n * ROW)
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    m_i = m_new
+  return acc, l_i, m_i
+
+
+@triton.jit
+def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
+               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr):
+  """O = softmax(Q K^T * SM_SCALE) V for one block of BLOCK_M queries; LSE[b, h, t] saved."""
+  # Causal query blocks near the end do the most work: launch them first for load balance.
+  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  offs_m = start_m + tl.arange(0, BLOCK_M)
+  offs_n = tl.arange(0, BLOCK_N)
+  offs_d = tl.arange(0, D)
+  q = tl.load(Q + base + offs_m[:, None] * ROW + offs_d[None, :], mask=offs_m[:, None] < T,
+              other=0.0)
+  k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
+  v_ptrs = V + base + offs_n[:, None] * ROW + offs_d[None, :]
+  m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+  l_i = tl.zeros([BLOCK_M], tl.float32)
+  acc = tl.zeros([BLOCK_M, D], tl.float32)
+  qk_scale = SM_SCALE * 1.4426950408889634
+  # Keys in [0, full_hi) need no mask: below the diagonal block (causal) or inside T.
+  # BLOCK_M % BLOCK_N == 0, so start_m is a multiple of BLOCK_N. Blocks above the diagonal
+  # are never visited.
+  if CAUSAL:
+    full_hi = start_m
+    hi = tl.minimum(start_m + BLOCK_M, T)
+  else:
+    full_hi = (T // BLOCK_N) * BLOCK_N
+    hi = T
+  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
+                             T, ROW, BLOCK_N, False, CAUSAL)
+  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
+                             T, ROW, BLOCK_N, True, CAUSAL)
+  acc = acc / l_i[:, None]
+  tl.store(LSE + bh * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)
+  tl.store(O + base + offs_m[:, None] * ROW + offs_d[None, :], acc.to(O.dtype.element_ty),
+           mask=offs_m[:, None] < T)
+
+
+@triton.jit
+def bwd_preprocess_kernel(O, DO, DELTA, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                          BLOCK_M: tl.constexpr):
+  """DELTA[b, h, t] = sum_d O * dO (the rowsum that turns dP into dS)."""
+  start_m = tl.program_id(0) * BLOCK_M
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  offs_m = start_m + tl.arange(0, BLOCK_M)
+  offs_d = tl.arange(0, D)
+  ptrs = base + offs_m[:, None] * ROW + offs_d[None, :]
+  rows = offs_m[:, None] < T
+  o = tl.load(O + ptrs, mask=rows, other=0.0).to(tl.float32)
+  do = tl.load(DO + ptrs, mask=rows, other=0.0).to(tl.float32)
+  tl.store(DELTA + bh * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, lo, hi, qk_scale,
+                T: tl.constexpr, ROW: tl.constexpr, BLOCK_M: tl.constexpr,
+                MASKED: tl.constexpr):
+  # Query rows >= T load as zeros with lse = delta = 0, so P^T = 1 there but dO = 0 and
+  # dS^T = 1 * (0 - 0) = 0: they add nothing to dK or dV.
+  for start_m in range(lo, hi, BLOCK_M):
+    start_m = tl.multiple_of(start_m, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    rows = offs_m < T
+    q = tl.load(q_ptrs + start_m * ROW, mask=rows[:, None], other=0.0)
+    lse = tl.load(lse_ptr + offs_m, mask=rows, other=0.0)
+    p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+    if MASKED:
+      p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
+    do = tl.load(do_ptrs + start_m * ROW, mask=rows[:, None], other=0.0)
+    dv = tl.dot(p_t.to(do.dtype), do, dv)
+    delta = tl.load(delta_ptr + offs_m, mask=rows, other=0.0)
+    dp_t = tl.dot(v, tl.trans(do))
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(ds_t.to(q.dtype), q, dk)
+  return dk, dv
+
+
+@triton.jit
+def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, SM_SCALE: tl.constexpr, T: tl.constexpr,
+                    H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """dK, dV for one block of BLOCK_N keys, looping over the query blocks that see them."""
+  start_n = tl.program_id(0) * BLOCK_N
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  offs_n = start_n + tl.arange(0, BLOCK_N)
+  offs_m = tl.arange(0, BLOCK_M)
+  offs_d = tl.arange(0, D)
+  kv = base + offs_n[:, None] * ROW + offs_d[None, :]
+  k = tl.load(K + kv, mask=offs_n[:, None] < T, other=0.0)
+  v = tl.load(V + kv, mask=offs_n[:, None] < T, other=0.0)
+  q_ptrs = Q + base + offs_m[:, None] * ROW + offs_d[None, :]
+  do_ptrs = DO + base + offs_m[:, None] * ROW + offs_d[None, :]
+  lse_ptr = LSE + bh * T
+  delta_ptr = DELTA + bh * T
+  dk = tl.zeros([BLOCK_N, D], tl.float32)
+  dv = tl.zeros([BLOCK_N, D], tl.float32)
+  qk_scale = SM_SCALE * 1.4426950408889634
+  lo = 0
+  if CAUSAL:  # queries before start_n never see these keys; the diagonal block is masked
+    lo = start_n + BLOCK_N  # BLOCK_N % BLOCK_M == 0, so start_n is a multiple of BLOCK_M
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, start_n,
+                         tl.minimum(lo, T), qk_scale, T, ROW, BLOCK_M, True)
+  dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, lo, T,
+                       qk_scale, T, ROW, BLOCK_M, False)
+  tl.store(DK + kv, (dk * SM_SCALE).to(DK.dtype.element_ty), mask=offs_n[:, None] < T)
+  tl.store(DV + kv, dv.to(DV.dtype.element_ty), mask=offs_n[:, None] < T)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
+              T: tl.constexpr, ROW: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+  offs_n = tl.arange(0, BLOCK_N)
+  for start_n in range(lo, hi, BLOCK_N):
+    start_n = tl.multiple_of(start_n, BLOCK_N)
+    cols = start_n + offs_n
+    if MASKED:
+      k = tl.load(k_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
+      v = tl.load(v_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
+    else:
+      k = tl.load(k_ptrs + start_n * ROW)
+      v = tl.load(v_ptrs + start_n * ROW)
+    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+    if MASKED:  # where(), not a multiply: p may be inf on a masked entry
+      if CAUSAL:
+        keep = offs_m[:, None] >= cols[None, :]
+      else:
+        keep = cols[None, :] < T
+      p = tl.where(keep, p, 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    dq = tl.dot(ds.to(k.dtype), k, dq)
+  return dq
+
+
+@triton.jit
+def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.constexpr,
+                  H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """dQ for one block of BLOCK_M queries, looping over the key blocks they see."""
+  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  offs_m = start_m + tl.arange(0, BLOCK_M)
+  offs_n = tl.arange(0, BLOCK_N)
+  offs_d = tl.arange(0, D)
+  qo = base + offs_m[:, None] * ROW + offs_d[None, :]
+  rows = offs_m < T
+  q = tl.load(Q + qo, mask=rows[:, None], other=0.0)
+  do = tl.load(DO + qo, mask=rows[:, None], other=0.0)
+  lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=0.0)
+  delta = tl.load(DELTA + bh * T + offs_m, mask=rows, other=0.0)
+  k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
+  v_ptrs = V + base + offs_n[:, None] * ROW + offs_d[None, :]
+  dq = tl.zeros([BLOCK_M, D], tl.float32)
+  qk_scale = SM_SCALE * 1.4426950408889634
+  if CAUSAL:  # BLOCK_M % BLOCK_N == 0, as in the forward
+    full_hi = start_m
+    hi = tl.minimum(start_m + BLOCK_M, T)
+  else:
+    full_hi = (T // BLOCK_N) * BLOCK_N
+    hi = T
+  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
+                 T, ROW, BLOCK_N, False, CAUSAL)
+  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
+                 T, ROW, BLOCK_N, True, CAUSAL)
+  tl.store(DQ + qo, (dq * SM_SCALE).to(DQ.dtype.element_ty), mask=rows[:, None])

@@ -1,0 +1,206 @@
+"""Tests of attention_kernel.py (Triton flash attention).
+
+GPU tests compare O, dQ, dK, dV of flash_attention with a float32 einsum reference written here,
+on the same bf16/fp16-rounded inputs and cotangent. Error = ||got - ref||_F / max(||ref||_F, 1)
+(the max: at T = 1 softmax is constant and the true dQ, dK are zero). Tolerances: bf16 1e-2,
+fp16 2e-3. In Triton's interpreter the kernels sit at 2e-4..4e-4 in fp16 (rounding of P and dS to
+fp16 for the matmuls); bf16 has 3 fewer mantissa bits, so about 8x that, ~3e-3. CPU tests check the module imports without triton, the user
+errors, and (when torch and triton are installed) the kernels in Triton's interpreter.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = {"bfloat16": 1e-2, "float16": 2e-3}
+
+
+def _reference(q, k, v, causal, scale):
+  """float32 softmax(q k^T * scale) v on B x T x H x K arrays."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision="highest") * scale
+  if causal:
+    t = q.shape[1]
+    s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), v, precision="highest")
+
+
+def _err(got, ref):
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1.0)
+
+
+# (B, H, T, head_dim, causal, dtype): every seq length, head dim, mask and dtype of the issue.
+SHAPES = [
+    (1, 1, 1, 32, True, "bfloat16"),
+    (2, 3, 17, 64, False, "float16"),
+    (3, 2, 17, 128, True, "bfloat16"),
+    (8, 16, 128, 32, True, "bfloat16"),
+    (4, 4, 256, 128, False, "bfloat16"),
+    (2, 16, 256, 64, True, "float16"),
+    (2, 8, 1000, 64, True, "bfloat16"),
+    (1, 2, 1000, 128, True, "float16"),
+    (4, 12, 1000, 32, False, "bfloat16"),
+    (1, 4, 4096, 64, True, "bfloat16"),
+    (1, 1, 4096, 128, False, "bfloat16"),
+    (2, 2, 300, 96, True, "bfloat16"),  # head_dim 96 (MLA's K + R) runs zero-padded to 128
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,h,t,d,causal,dtype", SHAPES)
+def test_forward_and_gradients_match_float32_reference(b, h, t, d, causal, dtype):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  keys = jax.random.split(jax.random.PRNGKey(1000 * t + 10 * d + causal), 4)
+  q, k, v, do = (jax.random.normal(kk, (b, t, h, d), jnp.float32).astype(dtype) for kk in keys)
+  scale = 1.0 / np.sqrt(d)
+
+  @jax.jit
+  def run(q, k, v, do):
+    o, vjp = jax.vjp(lambda q, k, v: attention_kernel.flash_attention(q, k, v, causal=causal), q, k, v)
+    return (o, *vjp(do))
+
+  def ref(q, k, v, do):  # differentiated in float32, so its gradients are not rounded to bf16
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    o, vjp = jax.vjp(lambda q, k, v: _reference(q, k, v, causal, scale), *f32)
+    return (o, *vjp(do.astype(jnp.float32)))
+
+  got = run(q, k, v, do)
+  # The reference runs on the CPU: independent of the GPU stack, and no GEMM autotuning to wait for.
+  cpu = jax.devices("cpu")[0]
+  with jax.default_device(cpu):
+    want = jax.jit(ref)(*(jax.device_put(x, cpu) for x in (q, k, v, do)))
+  assert got[0].dtype == jnp.dtype(dtype) and got[0].shape == q.shape
+  for name, g, w in zip(("o", "dq", "dk", "dv"), got, want):
+    assert g.dtype == jnp.dtype(dtype)
+    assert np.all(np.isfinite(np.asarray(g, np.float32))), name
+    err = _err(g, w)
+    assert err < TOL[dtype], f"{name}: relative error {err:.2e} >= {TOL[dtype]}"
+
+
+@pytest.mark.gpu
+def test_causal_output_ignores_future_keys():
+  """Changing keys/values after position t must not change the output at positions <= t."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  q, k, v = (jax.random.normal(kk, (2, 300, 4, 64), jnp.bfloat16)
+             for kk in jax.random.split(jax.random.PRNGKey(7), 3))
+  k2, v2 = k.at[:, 150:].set(9.0), v.at[:, 150:].set(-9.0)
+  f = jax.jit(attention_kernel.flash_attention)
+  o1, o2 = f(q, k, v), f(q, k2, v2)
+  np.testing.assert_array_equal(np.asarray(o1[:, :150], np.float32), np.asarray(o2[:, :150], np.float32))
+  assert not np.allclose(np.asarray(o1[:, 150:], np.float32), np.asarray(o2[:, 150:], np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["mha", "mla"])
+def test_train_step_triton_equals_xla(attention):
+  """value_and_grad of model.loss_fn and one SGD step: backend 'triton' vs 'xla', bf16 compute."""
+  try:
+    import model  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    pytest.skip(f"model.py not importable ({e}); this test needs the model's attention dispatch")
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  cfg = model.default_model_config()
+  cfg.update(dict(vocab_size=512, context_length=128, d_model=256, n_layers=2, n_heads=4, d_ff=704,
+                  attention=attention, compute_dtype="bfloat16"))
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 129), 0, cfg.vocab_size)
+  x, y = tokens[:, :-1], tokens[:, 1:]
+
+  def step(backend):
+    c = cfg.copy_and_resolve_references()
+    c.attention_backend = backend
+
+    @jax.jit
+    def train_step(params):
+      loss, grads = jax.value_and_grad(model.loss_fn)(params, x, y, c)
+      params = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+      return loss, grads, model.loss_fn(params, x, y, c)
+
+    return train_step(params)
+
+  (l0_t, g_t, l1_t), (l0_x, g_x, l1_x) = step("triton"), step("xla")
+  assert abs(float(l0_t) - float(l0_x)) < 1e-2 * float(l0_x)
+  assert abs(float(l1_t) - float(l1_x)) < 1e-2 * float(l1_x)
+  assert float(l1_x) < float(l0_x)  # the step learns, so equal losses after it mean something
+  flat_t, flat_x = (np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)]) for g in (g_t, g_x))
+  err = np.linalg.norm(flat_t - flat_x) / np.linalg.norm(flat_x)
+  assert err < 3e-2, f"gradient relative error {err:.2e}"
+
+
+def _python(code):
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+
+
+def test_imports_without_triton_and_says_what_to_do():
+  """No triton/jax_triton: the module imports, available() is False, a call names the fix."""
+  r = _python(
+      "import sys; sys.modules['triton'] = None; sys.modules['jax_triton'] = None\n"
+      "import jax.numpy as jnp, attention_kernel, errors\n"
+      "assert not attention_kernel.available()\n"
+      "x = jnp.zeros((1, 8, 2, 32), jnp.bfloat16)\n"
+      "try:\n"
+      "  attention_kernel.flash_attention(x, x, x)\n"
+      "except errors.UserError as e:\n"
+      "  print('USERERROR', e)\n")
+  assert r.returncode == 0, r.stderr
+  assert "USERERROR" in r.stdout and "attention_backend=" in r.stdout and "triton" in r.stdout
+
+
+def test_import_does_not_load_triton():
+  r = _python("import sys, attention_kernel; print(sorted(m for m in ('triton', 'jax_triton') "
+              "if m in sys.modules))")
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("shapes,dtype,needle", [
+    ([(1, 8, 2, 32)] * 3, "float32", "bfloat16"),
+    ([(1, 8, 2, 32), (1, 8, 1, 32), (1, 8, 1, 32)], "bfloat16", "one shape"),
+    ([(1, 8, 2, 256)] * 3, "bfloat16", "head_dim"),
+])
+def test_user_errors_name_the_fix(shapes, dtype, needle):
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  from errors import UserError  # pylint: disable=import-outside-toplevel
+  q, k, v = (jnp.zeros(s, dtype) for s in shapes)
+  with pytest.raises(UserError, match=needle) as e:
+    attention_kernel.flash_attention(q, k, v)
+  assert "use" in str(e.value) or "set" in str(e.value) or "repeat" in str(e.value)
+
+
+def test_block_config_fits_the_kernels():
+  """Causal block skipping needs the outer block to be a multiple of the inner one, tiles >= 16."""
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  for d in attention_kernel.HEAD_DIMS:
+    for t in list(range(1, 300)) + [1000, 4096, 8192, 100_000]:
+      (fm, fn, _, _), (km, kn, _, _), (qm, qn, _, _) = attention_kernel.block_config(t, d)
+      for blk in (fm, fn, km, kn, qm, qn):
+        assert blk >= 16 and blk & (blk - 1) == 0 and blk <= max(16, 2 * t)
+      assert fm % fn == 0 and kn % km == 0 and qm % qn == 0
+
+
+@pytest.mark.slow
+def test_kernels_in_triton_interpreter_match_numpy():
+  """The Triton kernels themselves, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
+  pytest.importorskip("torch")
+  triton = pytest.importorskip("triton")
+  if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7):
+    pytest.skip(f"triton {triton.__version__}'s interpreter passes program_id to range() as a "
+                "1-element array, which recent NumPy (2.4) rejects; run this with triton >= 3.7 (CPU)")
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "dev_interpret_attention.py")],
+                     capture_output=True, text=True, cwd=ROOT, timeout=300,
+                     env={**os.environ, "TRITON_INTERPRET": "1"})
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+  assert "worst relative error" in r.stdout
