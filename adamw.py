@@ -1,0 +1,116 @@
+"""AdamW, global-norm clipping and learning-rate schedules, by hand on pytrees (knows no model).
+
+The update is the form optax.adamw computes (DESIGN.md), t counted from 1:
+  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  m^ = m/(1-b1^t);  v^ = v/(1-b2^t)
+  theta -= lr * (m^ / (sqrt(v^) + eps) + wd * theta)      (the wd term only where mask is True)
+Everything is jittable; `lr` and `step` may be traced. State is fp32 whatever the grads' dtype.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from errors import UserError
+
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+def init(params):
+  """Optimizer state {"count": int32 scalar, "mu": zeros like params, "nu": zeros like params}, fp32."""
+  zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+  return {"count": jnp.zeros((), jnp.int32),
+          "mu": jax.tree.map(zeros, params),
+          "nu": jax.tree.map(zeros, params)}
+
+
+def update(grads, state, params, lr, *, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=None):
+  """One AdamW step -> (new params, new state). mask: pytree of bools like params, decay where True."""
+  count = state["count"] + 1
+  t = count.astype(jnp.float32)
+  bc1 = 1.0 - jnp.asarray(b1, jnp.float32) ** t
+  bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** t
+  g = jax.tree.map(lambda x: x.astype(jnp.float32), grads)
+  mu = jax.tree.map(lambda m, x: (1 - b1) * x + b1 * m, state["mu"], g)
+  nu = jax.tree.map(lambda v, x: (1 - b2) * (x * x) + b2 * v, state["nu"], g)
+  if mask is None:
+    mask = jax.tree.map(lambda _: True, params)
+
+  def step(p, m, v, decay):
+    u = (m / bc1) / (jnp.sqrt(v / bc2) + eps)
+    if isinstance(decay, (bool, np.bool_)):  # decay_mask's Python bools: decided at trace time
+      if decay:
+        u = u + weight_decay * p.astype(jnp.float32)
+    else:  # an array mask (e.g. one that went through a checkpoint)
+      u = u + jnp.where(decay, weight_decay, 0.0) * p.astype(jnp.float32)
+    return (p.astype(jnp.float32) - lr * u).astype(p.dtype)
+
+  new_params = jax.tree.map(step, params, mu, nu, mask)
+  return new_params, {"count": count, "mu": mu, "nu": nu}
+
+
+def global_norm(tree):
+  """l2 norm of all leaves together, in fp32."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def clip_by_global_norm(grads, max_norm):
+  """Scales grads by max_norm/(norm+1e-6) when their global norm exceeds max_norm -> (grads, norm).
+
+  The returned norm is the one before clipping (what is worth logging). max_norm None: no clipping.
+  """
+  norm = global_norm(grads)
+  if max_norm is None:
+    return grads, norm
+  scale = jnp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)
+  return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads), norm
+
+
+def decay_mask(params):
+  """True where weight decay applies: matrices and the embedding; False for norm gains and vectors.
+
+  Layers are stacked on a leading axis, so a stacked norm gain (L x D) is 2-D too: any leaf whose
+  path has a key containing "norm" counts as a gain (model.py names them *_norm).
+  """
+  def decays(path, p):
+    is_norm = any("norm" in str(getattr(k, "key", getattr(k, "name", ""))) for k in path)
+    return bool(jnp.ndim(p) >= 2 and not is_norm)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _check_schedule(schedule, warmup_steps, total_steps, decay_frac):
+  if schedule not in SCHEDULES:
+    raise UserError(f"lr schedule {schedule!r} is unknown; use one of {list(SCHEDULES)} "
+                    "(--config.train.schedule)")
+  numbers = all(isinstance(x, (int, float)) for x in (warmup_steps, total_steps))
+  if numbers and schedule == "cosine" and total_steps <= warmup_steps:
+    raise UserError(f"cosine schedule needs total steps ({total_steps}) > warmup_steps ({warmup_steps}); "
+                    "lower train.warmup_steps or raise train.steps")
+  if schedule == "wsd" and isinstance(decay_frac, (int, float)) and not 0 < decay_frac <= 1:
+    raise UserError(f"wsd decay_frac={decay_frac} must be in (0, 1]; e.g. 0.2 decays over the last 20%")
+
+
+def lr_at(step, *, lr, warmup_steps, total_steps, min_lr, schedule="cosine", decay_frac=0.2):
+  """Learning rate at `step` (int, may be traced).
+
+  Warmup: lr * step / warmup_steps for step < warmup_steps (so step 0 gives 0). Then:
+  'cosine': min_lr + (lr - min_lr) * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2,
+            min_lr after total_steps;
+  'wsd': lr until total*(1 - decay_frac), then linear to min_lr at total_steps, min_lr after;
+  'constant': lr.
+  """
+  _check_schedule(schedule, warmup_steps, total_steps, decay_frac)
+  t = jnp.asarray(step, jnp.float32)
+  warm = jnp.asarray(warmup_steps, jnp.float32)
+  total = jnp.asarray(total_steps, jnp.float32)
+  warmup_lr = lr * t / jnp.maximum(warm, 1.0)
+  if schedule == "cosine":
+    frac = jnp.clip((t - warm) / jnp.maximum(total - warm, 1.0), 0.0, 1.0)
+    after = min_lr + 0.5 * (lr - min_lr) * (1.0 + jnp.cos(math.pi * frac))
+  elif schedule == "wsd":
+    decay_steps = decay_frac * total
+    frac = jnp.clip((t - (total - decay_steps)) / decay_steps, 0.0, 1.0)
+    after = lr + (min_lr - lr) * frac
+  else:
+    after = jnp.asarray(lr, jnp.float32) + 0.0 * t
+  return jnp.where(t < warm, warmup_lr, after)

@@ -1,0 +1,363 @@
+"""The Transformer LM as pure functions: params are a plain dict of arrays, no Flax.
+
+Pre-norm decoder (docs/model.md): token embedding -> n_layers x [x += attn(RMSNorm(x));
+x += SwiGLU(RMSNorm(x))] -> final RMSNorm -> LM head (tied to the embedding by default).
+Per-layer weights are stacked on a leading L axis so the layers can run under `lax.scan`.
+
+Mixed precision: params are fp32 masters; matmul inputs are cast to `cfg.compute_dtype`
+(bf16 on GPU), while the residual stream, norms, softmax, RoPE and the loss stay in fp32.
+
+Attention kinds ('mha', 'mla') are pairs of functions in `_ATTENTION` (init, apply); the
+kernel that runs softmax(QK^T)V is chosen separately by `cfg.attention_backend`.
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from errors import UserError
+
+NORM_EPS = 1e-5
+BACKENDS = ("xla", "cudnn", "triton", "cuda")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def default_model_config():
+  """All `config.model` fields at the TinyStories speedrun values (configs start from this)."""
+  return ml_collections.ConfigDict(dict(
+      vocab_size=10_000,
+      context_length=256,
+      d_model=512,
+      n_layers=4,
+      n_heads=16,
+      d_ff=1344,               # 8/3 * d_model rounded to a multiple of 64
+      rope_theta=10_000.0,
+      attention="mha",         # 'mha' | 'mla'
+      attention_backend="xla",  # 'xla' | 'cudnn' | 'triton' | 'cuda'
+      tie_embeddings=True,
+      compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
+      scan_layers=False,       # Python loop: 30% faster step on the H100 than lax.scan (docs/model.md)
+      kv_lora_rank=128,        # MLA only: latent width C of the compressed K/V
+      rope_head_dim=32,        # MLA only: per-head width R of the decoupled RoPE part
+  ))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check(cfg):
+  """Trace-time validation of the config; every failure names the field and the fix."""
+  if cfg.d_model % cfg.n_heads:
+    raise UserError(f"config.model.d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}; "
+                    "choose n_heads dividing d_model")
+  if (cfg.d_model // cfg.n_heads) % 2:
+    raise UserError(f"head dim d_model/n_heads={cfg.d_model // cfg.n_heads} is odd; RoPE rotates pairs, "
+                    "so choose d_model and n_heads with an even head dim")
+  if cfg.attention not in _ATTENTION:
+    raise UserError(f"config.model.attention={cfg.attention!r} is unknown; use one of {sorted(_ATTENTION)}")
+  if cfg.attention_backend not in BACKENDS:
+    raise UserError(f"config.model.attention_backend={cfg.attention_backend!r} is unknown; "
+                    f"use one of {list(BACKENDS)}")
+  if cfg.compute_dtype not in DTYPES:
+    raise UserError(f"config.model.compute_dtype={cfg.compute_dtype!r} is unknown; use one of {list(DTYPES)}")
+  if cfg.attention == "mla" and cfg.rope_head_dim % 2:
+    raise UserError(f"config.model.rope_head_dim={cfg.rope_head_dim} is odd; RoPE needs an even width")
+
+
+# ----------------------------------------------------------------------------- init
+
+
+def _linear(key, shape, d_in, d_out):
+  """CS336 linear init: N(0, 2/(d_in+d_out)) truncated at +-3 sigma; shape may be stacked/fused."""
+  std = math.sqrt(2.0 / (d_in + d_out))
+  return std * jax.random.truncated_normal(key, -3.0, 3.0, shape, jnp.float32)
+
+
+def _init_mha(key, cfg):
+  L, D, H = cfg.n_layers, cfg.d_model, cfg.n_heads
+  K = D // H
+  k_qkv, k_o = jax.random.split(key)
+  # Q, K and V fused into one weight: one (D x 3HK) matmul instead of three; every element has the
+  # same distribution as in three separate D x HK matrices.
+  return {"wqkv": _linear(k_qkv, (L, D, 3, H, K), D, H * K),
+          "wo": _linear(k_o, (L, H, K, D), H * K, D)}
+
+
+def _init_mla(key, cfg):
+  L, D, H, C, R = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_lora_rank, cfg.rope_head_dim
+  K = D // H
+  k_q, k_dkv, k_ukv, k_o = jax.random.split(key, 4)
+  return {
+      "wq": _linear(k_q, (L, D, H, K + R), D, H * (K + R)),     # per-head [no-RoPE K | RoPE R]
+      "wdkv": _linear(k_dkv, (L, D, C + R), D, C + R),           # [latent C | shared RoPE key R]
+      "kv_norm": jnp.ones((L, C), jnp.float32),
+      "wukv": _linear(k_ukv, (L, C, 2, H, K), C, H * K),         # latent -> per-head K and V
+      "wo": _linear(k_o, (L, H, K, D), H * K, D),
+  }
+
+
+def init_params(key, cfg):
+  """fp32 master params: {"embed": VxD, "blocks": {...stacked on L}, "final_norm": D, "lm_head"?: DxV}."""
+  _check(cfg)
+  L, D, F, V = cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
+  k_emb, k_attn, k_13, k_2, k_head = jax.random.split(key, 5)
+  blocks = {
+      "attn_norm": jnp.ones((L, D), jnp.float32),
+      **_ATTENTION[cfg.attention][0](k_attn, cfg),
+      "mlp_norm": jnp.ones((L, D), jnp.float32),
+      # W1 and W3 fused: [gate (W1) | up (W3)], one D x 2F matmul.
+      "w13": _linear(k_13, (L, D, 2, F), D, F),
+      "w2": _linear(k_2, (L, F, D), F, D),
+  }
+  if cfg.tie_embeddings:
+    # The shared matrix is also the D -> V head, so it gets the head's linear init (std ~0.014 at
+    # V=10k): an N(0,1) embedding as head gives logits of std sqrt(D) and, worse, a logit ~D for
+    # the input token itself (docs/model.md). Untrained loss is then ln(V) + <0.2.
+    embed = _linear(k_emb, (V, D), D, V)
+  else:
+    embed = jax.random.truncated_normal(k_emb, -3.0, 3.0, (V, D), jnp.float32)   # CS336: N(0, 1)
+  params = {
+      "embed": embed,
+      "blocks": blocks,
+      "final_norm": jnp.ones((D,), jnp.float32),
+  }
+  if not cfg.tie_embeddings:
+    params["lm_head"] = _linear(k_head, (D, V), D, V)
+  return params
+
+
+def count_params(params):
+  """Total number of parameters (the tied head counted once, as the embedding)."""
+  return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def rms_norm(x, gain, dtype):
+  """RMSNorm in fp32 (eps 1e-5), returned in `dtype` for the matmul that follows."""
+  x = x.astype(jnp.float32)
+  x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + NORM_EPS)
+  return (x * gain.astype(jnp.float32)).astype(dtype)
+
+
+def rope_tables(T, dim, theta):
+  """cos, sin of shape T x dim/2: angle pos * theta^(-2k/dim) for pair k (computed once per forward)."""
+  inv_freq = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  angle_TK = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  return jnp.cos(angle_TK), jnp.sin(angle_TK)
+
+
+def apply_rope(x_BTHK, cos_TK, sin_TK):
+  """Rotates adjacent pairs (x[2k], x[2k+1]) by the angles of the table; math in fp32."""
+  x = x_BTHK.astype(jnp.float32).reshape(*x_BTHK.shape[:-1], -1, 2)
+  x0, x1 = x[..., 0], x[..., 1]
+  cos, sin = cos_TK[:, None, :], sin_TK[:, None, :]   # broadcast over heads
+  out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+  return out.reshape(x_BTHK.shape).astype(x_BTHK.dtype)
+
+
+def swiglu(p, h_BTD, dtype):
+  """W2(SiLU(W1 h) * W3 h) with W1, W3 fused in p['w13'] (D x 2 x F)."""
+  h13_BT2F = jnp.einsum("btd,dsf->btsf", h_BTD, p["w13"].astype(dtype))
+  gate_BTF, up_BTF = h13_BT2F[:, :, 0], h13_BT2F[:, :, 1]
+  return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, p["w2"].astype(dtype))
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _xla_attention(q_BTHK, k_BTHK, v_BTHK, causal, scale):
+  """Reference: einsum scores in fp32, causal mask, fp32 softmax, probabilities back to input dtype."""
+  s_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BTHK, preferred_element_type=jnp.float32) * scale
+  if causal:
+    T, S = q_BTHK.shape[1], k_BTHK.shape[1]
+    keep_TS = jnp.tril(jnp.ones((T, S), dtype=bool), k=S - T)
+    s_BHTS = jnp.where(keep_TS, s_BHTS, -jnp.inf)
+  p_BHTS = jax.nn.softmax(s_BHTS, axis=-1).astype(v_BTHK.dtype)
+  return jnp.einsum("bhts,bshk->bthk", p_BHTS, v_BTHK)
+
+
+def attention(q_BTHK, k_BTHK, v_BTHK, backend, causal=True):
+  """softmax(q k^T / sqrt(K)) v with the chosen backend; q, k, v and the output are B x T x H x K."""
+  scale = 1.0 / math.sqrt(q_BTHK.shape[-1])
+  if backend == "xla":
+    return _xla_attention(q_BTHK, k_BTHK, v_BTHK, causal, scale)
+  if backend == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise UserError("attention_backend='cudnn' needs an NVIDIA GPU; on this machine use "
+                      "--config.model.attention_backend=xla")
+    if q_BTHK.dtype not in (jnp.bfloat16, jnp.float16):
+      raise UserError("attention_backend='cudnn' runs in bf16/fp16 only; set "
+                      "--config.model.compute_dtype=bfloat16 or use attention_backend=xla")
+    return jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=causal,
+                                        implementation="cudnn")
+  if backend == "triton":
+    try:
+      import attention_kernel  # pylint: disable=import-outside-toplevel  (needs jax_triton + GPU)
+    except ImportError as e:
+      raise UserError(f"attention_backend='triton' could not import attention_kernel.py ({e}); install "
+                      "the GPU requirements (README) or use attention_backend=cudnn or xla") from e
+    return attention_kernel.flash_attention(q_BTHK, k_BTHK, v_BTHK, causal=causal, sm_scale=scale)
+  if backend == "cuda":
+    try:
+      import attention_cuda  # pylint: disable=import-outside-toplevel  (builds a CUDA kernel)
+    except ImportError as e:
+      raise UserError(f"attention_backend='cuda' could not import attention_cuda.py ({e}); "
+                      "use attention_backend=cudnn or xla") from e
+    return attention_cuda.cuda_attention(q_BTHK, k_BTHK, v_BTHK, causal=causal, sm_scale=scale)
+  raise UserError(f"attention backend {backend!r} is unknown; use one of {list(BACKENDS)}")
+
+
+def _mha(p, h_BTD, rope, cfg, dtype):
+  """Multi-head attention with RoPE on q and k; returns the block's B x T x D output."""
+  qkv_BT3HK = jnp.einsum("btd,dshk->btshk", h_BTD, p["wqkv"].astype(dtype))
+  cos, sin = rope
+  q_BTHK = apply_rope(qkv_BT3HK[:, :, 0], cos, sin)
+  k_BTHK = apply_rope(qkv_BT3HK[:, :, 1], cos, sin)
+  o_BTHK = attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend)
+  return jnp.einsum("bthk,hkd->btd", o_BTHK, p["wo"].astype(dtype))
+
+
+def _mla(p, h_BTD, rope, cfg, dtype):
+  """Multi-head latent attention (DeepSeek-V2), training form without a KV cache.
+
+  K and V are up-projected from a C-wide latent (RMS-normed); RoPE lives in a separate R-wide part:
+  per-head for q, one key shared by all heads. Scores use the concatenated [no-RoPE K | RoPE R] dims,
+  so any backend runs it; V is zero-padded to K+R wide for the backends and the padding cut off after.
+  """
+  C, K = cfg.kv_lora_rank, cfg.d_model // cfg.n_heads
+  cos, sin = rope
+  q_BTHE = jnp.einsum("btd,dhe->bthe", h_BTD, p["wq"].astype(dtype))           # E = K + R
+  q_BTHE = jnp.concatenate([q_BTHE[..., :K], apply_rope(q_BTHE[..., K:], cos, sin)], axis=-1)
+  ckv_BTE = jnp.einsum("btd,de->bte", h_BTD, p["wdkv"].astype(dtype))         # E = C + R
+  c_BTC = rms_norm(ckv_BTE[..., :C], p["kv_norm"], dtype)
+  kr_BT1R = apply_rope(ckv_BTE[:, :, None, C:], cos, sin)
+  kv_BT2HK = jnp.einsum("btc,cshk->btshk", c_BTC, p["wukv"].astype(dtype))
+  k_nope_BTHK, v_BTHK = kv_BT2HK[:, :, 0], kv_BT2HK[:, :, 1]
+  R = kr_BT1R.shape[-1]
+  k_BTHE = jnp.concatenate([k_nope_BTHK, jnp.broadcast_to(kr_BT1R, (*k_nope_BTHK.shape[:3], R))], axis=-1)
+  v_BTHE = jnp.pad(v_BTHK, ((0, 0), (0, 0), (0, 0), (0, R)))
+  o_BTHK = attention(q_BTHE, k_BTHE, v_BTHE, cfg.attention_backend)[..., :K]
+  return jnp.einsum("bthk,hkd->btd", o_BTHK, p["wo"].astype(dtype))
+
+
+# kind -> (init of its stacked weights, per-layer apply). Add a kind here (e.g. DSA) with both.
+_ATTENTION = {"mha": (_init_mha, _mha), "mla": (_init_mla, _mla)}
+
+
+def _rope_dim(cfg):
+  return cfg.rope_head_dim if cfg.attention == "mla" else cfg.d_model // cfg.n_heads
+
+
+def block(p, x_BTD, rope, cfg):
+  """One pre-norm layer on the fp32 residual stream; p holds this layer's (unstacked) weights."""
+  dtype = DTYPES[cfg.compute_dtype]
+  attn_fn = _ATTENTION[cfg.attention][1]
+  x_BTD = x_BTD + attn_fn(p, rms_norm(x_BTD, p["attn_norm"], dtype), rope, cfg, dtype)
+  return x_BTD + swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype)
+
+
+def hidden(params, tokens_BT, cfg):
+  """tokens B x T -> final-normed hidden states B x T x D in the compute dtype."""
+  _check(cfg)
+  T = tokens_BT.shape[1]
+  if T > cfg.context_length:
+    raise UserError(f"sequence length {T} exceeds config.model.context_length={cfg.context_length}; "
+                    "feed at most context_length tokens (or raise context_length)")
+  dtype = DTYPES[cfg.compute_dtype]
+  rope = rope_tables(T, _rope_dim(cfg), cfg.rope_theta)   # shared by all layers
+  x_BTD = params["embed"][tokens_BT]                       # fp32 residual stream
+  blocks = params["blocks"]
+  if cfg.scan_layers:
+    x_BTD, _ = jax.lax.scan(lambda x, p: (block(p, x, rope, cfg), None), x_BTD, blocks)
+  else:
+    for i in range(cfg.n_layers):
+      x_BTD = block(jax.tree.map(lambda a, i=i: a[i], blocks), x_BTD, rope, cfg)
+  return rms_norm(x_BTD, params["final_norm"], dtype)
+
+
+def _head(params, cfg):
+  """(einsum spec, weight) of the LM head: the embedding itself when tied."""
+  dtype = DTYPES[cfg.compute_dtype]
+  if cfg.tie_embeddings:
+    return "btd,vd->btv", params["embed"].astype(dtype)
+  return "btd,dv->btv", params["lm_head"].astype(dtype)
+
+
+def forward(params, tokens_BT, cfg):
+  """tokens B x T (int) -> fp32 logits B x T x V (bf16 operands, fp32 accumulation and output)."""
+  spec, w = _head(params, cfg)
+  return jnp.einsum(spec, hidden(params, tokens_BT, cfg), w, preferred_element_type=jnp.float32)
+
+
+def loss_fn(params, tokens_BT, targets_BT, cfg):
+  """Mean next-token cross-entropy, in fp32 via logsumexp."""
+  spec, w = _head(params, cfg)
+  return _head_cross_entropy(spec, hidden(params, tokens_BT, cfg), w, targets_BT.astype(jnp.int32))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _head_cross_entropy(spec, h_BTD, w, targets_BT):
+  """mean(logsumexp(logits) - logits[target]), logits = einsum(spec, h, w); reductions in fp32."""
+  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT)[0]
+
+
+def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT):
+  # The logits are stored in the compute dtype (bf16 on GPU, as under PyTorch AMP): they are the
+  # largest tensor of the step and are read three times; fp32 storage cost 0.7 ms/step (5.5%) on
+  # the H100. The logsumexp and the loss are still computed in fp32 (docs/model.md).
+  logits_BTV = jnp.einsum(spec, h_BTD, w)
+  logits32_BTV = logits_BTV.astype(jnp.float32)
+  lse_BT = jax.nn.logsumexp(logits32_BTV, axis=-1)
+  target_BT = jnp.take_along_axis(logits32_BTV, targets_BT[..., None], axis=-1)[..., 0]
+  return jnp.mean(lse_BT - target_BT), (h_BTD, w, targets_BT, logits_BTV, lse_BT)
+
+
+def _head_cross_entropy_bwd(spec, res, g):
+  # Written by hand for speed (the B x T x V logits are the largest tensor of the step): one fused
+  # pass makes d(loss)/d(logits) = (softmax - onehot) * g/N directly in the compute dtype, so both
+  # head matmuls of the backward run in bf16. Plain autodiff would make it in fp32 over several
+  # passes and run those matmuls in fp32.
+  h_BTD, w, targets_BT, logits_BTV, lse_BT = res
+  V = logits_BTV.shape[-1]
+  p_BTV = jnp.exp(logits_BTV.astype(jnp.float32) - lse_BT[..., None])
+  onehot_BTV = targets_BT[..., None] == jnp.arange(V, dtype=jnp.int32)
+  d_BTV = ((p_BTV - onehot_BTV) * (g / targets_BT.size)).astype(h_BTD.dtype)
+  _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w)
+  return (*vjp(d_BTV), None)
+
+
+_head_cross_entropy.defvjp(_head_cross_entropy_fwd, _head_cross_entropy_bwd)
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def matmul_params(cfg):
+  """Weights that enter a matmul per token: all layer matrices plus the LM head (D x V, tied or not)."""
+  D, H, F, V, L = cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.vocab_size, cfg.n_layers
+  K = D // H
+  if cfg.attention == "mla":
+    C, R = cfg.kv_lora_rank, cfg.rope_head_dim
+    attn = D * H * (K + R) + D * (C + R) + C * 2 * H * K + H * K * D
+  else:
+    attn = 4 * D * H * K
+  return L * (attn + 3 * D * F) + D * V
+
+
+def flops_per_token(cfg, seq_len):
+  """Training FLOPs per token (forward + backward) at sequence length T = seq_len.
+
+  6 * N_matmul + attention, where N_matmul = L*(4*D*H*K + 3*D*F) + D*V (MHA) and the attention
+  term counts QK^T and PV: forward 2*T*H*K each per token and layer, x3 for forward + backward,
+  halved for the causal mask: 6 * L * T * H * K (= 6*L*T*D). MLA: 3 * L * T * H * (2K + R)
+  (scores over K+R dims, values over K). The embedding gather, norms and softmax are not counted.
+  """
+  L, H = cfg.n_layers, cfg.n_heads
+  K = cfg.d_model // H
+  qk_dim = K + cfg.rope_head_dim if cfg.attention == "mla" else K
+  attn = 3 * L * seq_len * H * (qk_dim + K)
+  return float(6 * matmul_params(cfg) + attn)

@@ -1,0 +1,156 @@
+"""adamw.py against optax.adamw, a NumPy transcription of Loshchilov & Hutter, and hand numbers."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adamw
+from errors import UserError
+
+
+def random_tree(seed):
+  rng = np.random.default_rng(seed)
+  return {"embed": jnp.asarray(rng.normal(size=(7, 5)), jnp.float32),
+          "blocks": {"w": jnp.asarray(rng.normal(size=(2, 5, 3)), jnp.float32),
+                     "attn_norm": jnp.asarray(1 + 0.1 * rng.normal(size=(2, 5)), jnp.float32)},
+          "final_norm": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
+
+
+def test_matches_optax_adamw_over_100_steps():
+  params = random_tree(0)
+  mask = adamw.decay_mask(params)
+  kw = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+  ref_opt = optax.adamw(1e-2, mask=mask, **kw)
+  ref_params, ref_state = params, ref_opt.init(params)
+  ours, state = params, adamw.init(params)
+  step = jax.jit(lambda g, s, p: adamw.update(g, s, p, 1e-2, mask=mask, **kw))
+  for i in range(100):
+    grads = jax.tree.map(lambda x, i=i: x * 0 + jnp.asarray(
+        np.random.default_rng(1000 + i).normal(size=x.shape), jnp.float32), params)
+    updates, ref_state = ref_opt.update(grads, ref_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, updates)
+    ours, state = step(grads, state, ours)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+  assert int(state["count"]) == 100
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), ours, params)
+  assert min(jax.tree.leaves(moved)) > 0.1, "100 steps of lr 1e-2 must move every leaf"
+
+
+def np_adamw_algorithm2(theta, grad_fn, steps, alpha, b1, b2, eps, lam, eta):
+  """Loshchilov & Hutter (2019), Algorithm 2, AdamW branch, in float64:
+  m_t = b1 m + (1-b1) g;  v_t = b2 v + (1-b2) g^2;  m^ = m_t/(1-b1^t);  v^ = v_t/(1-b2^t);
+  theta_t = theta_{t-1} - eta_t (alpha m^/(sqrt(v^)+eps) + lam theta_{t-1})."""
+  m, v = np.zeros_like(theta), np.zeros_like(theta)
+  for t in range(1, steps + 1):
+    g = grad_fn(theta)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+    theta = theta - eta(t) * (alpha * m_hat / (np.sqrt(v_hat) + eps) + lam * theta)
+  return theta
+
+
+def test_matches_loshchilov_hutter_algorithm2():
+  # A least-squares problem optimised for 60 steps under a cosine schedule multiplier eta_t.
+  rng = np.random.default_rng(0)
+  A, b = rng.normal(size=(8, 6)), rng.normal(size=8)
+  theta0 = rng.normal(size=6)
+  alpha, lam, steps = 0.05, 0.01, 60
+  eta = lambda t: 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
+  want = np_adamw_algorithm2(theta0, lambda th: A.T @ (A @ th - b), steps, alpha, 0.9, 0.999, 1e-8, lam, eta)
+  # Ours is theta -= lr (m^/(sqrt(v^)+eps) + wd theta): lr = eta_t alpha, wd = lam / alpha.
+  A32, b32 = jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32)
+  grad = jax.grad(lambda th: 0.5 * jnp.sum((A32 @ th - b32) ** 2))
+  theta = {"w": jnp.asarray(theta0, jnp.float32)}
+  state = adamw.init(theta)
+  for t in range(1, steps + 1):
+    theta, state = adamw.update({"w": grad(theta["w"])}, state, theta, eta(t) * alpha,
+                                b1=0.9, b2=0.999, eps=1e-8, weight_decay=lam / alpha)
+  np.testing.assert_allclose(theta["w"], want, atol=2e-5)
+  assert np.abs(want - theta0).max() > 0.5
+
+
+def test_clip_by_global_norm_against_numpy():
+  tree = random_tree(3)
+  leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+  norm = math.sqrt(sum((x ** 2).sum() for x in leaves))
+  assert float(adamw.global_norm(tree)) == pytest.approx(norm, rel=1e-6)
+  clipped, got_norm = adamw.clip_by_global_norm(tree, 1.0)
+  assert float(got_norm) == pytest.approx(norm, rel=1e-6)
+  for c, x in zip(jax.tree.leaves(clipped), leaves):
+    np.testing.assert_allclose(c, x * 1.0 / (norm + 1e-6), rtol=1e-5)
+  assert float(adamw.global_norm(clipped)) == pytest.approx(1.0, rel=1e-5)
+  unclipped, _ = adamw.clip_by_global_norm(tree, norm * 2)  # below the limit: untouched
+  for c, x in zip(jax.tree.leaves(unclipped), leaves):
+    np.testing.assert_allclose(c, x, rtol=1e-6)
+
+
+def test_cosine_schedule_at_key_steps():
+  lr = lambda s: float(adamw.lr_at(s, lr=1e-3, warmup_steps=10, total_steps=110, min_lr=1e-4))
+  assert lr(0) == 0.0
+  assert lr(5) == pytest.approx(5e-4)
+  assert lr(10) == pytest.approx(1e-3)
+  assert lr(35) == pytest.approx(1e-4 + 9e-4 * (1 + math.cos(math.pi / 4)) / 2)  # 8.68198e-4
+  assert lr(35) == pytest.approx(8.681980515e-4)
+  assert lr(60) == pytest.approx(5.5e-4)          # half way: the mean of lr and min_lr
+  assert lr(110) == pytest.approx(1e-4)
+  assert lr(500) == pytest.approx(1e-4)
+
+
+def test_wsd_and_constant_schedules_at_key_steps():
+  wsd = lambda s: float(adamw.lr_at(s, lr=1e-3, warmup_steps=10, total_steps=100, min_lr=0.0,
+                                    schedule="wsd", decay_frac=0.2))
+  assert wsd(5) == pytest.approx(5e-4)
+  assert wsd(10) == wsd(50) == wsd(80) == pytest.approx(1e-3)  # stable until the last 20%
+  assert wsd(90) == pytest.approx(5e-4)
+  assert wsd(100) == pytest.approx(0.0, abs=1e-12) and wsd(120) == pytest.approx(0.0, abs=1e-12)
+  const = lambda s: float(adamw.lr_at(s, lr=3e-4, warmup_steps=4, total_steps=10, min_lr=0.0,
+                                      schedule="constant"))
+  assert [const(s) for s in (0, 2, 4, 50)] == pytest.approx([0.0, 1.5e-4, 3e-4, 3e-4])
+  no_warmup = adamw.lr_at(0, lr=1e-3, warmup_steps=0, total_steps=10, min_lr=0.0)
+  assert float(no_warmup) == pytest.approx(1e-3)
+
+
+def test_schedule_is_jittable_with_a_traced_step():
+  f = jax.jit(lambda s: adamw.lr_at(s, lr=1e-3, warmup_steps=10, total_steps=110, min_lr=1e-4))
+  np.testing.assert_allclose([f(jnp.int32(s)) for s in (5, 60, 200)], [5e-4, 5.5e-4, 1e-4], rtol=1e-5)
+
+
+def test_bad_schedule_is_a_user_error():
+  with pytest.raises(UserError, match="schedule"):
+    adamw.lr_at(0, lr=1.0, warmup_steps=1, total_steps=10, min_lr=0.0, schedule="linear")
+  with pytest.raises(UserError, match="warmup_steps"):
+    adamw.lr_at(0, lr=1.0, warmup_steps=10, total_steps=10, min_lr=0.0)
+
+
+def test_decay_mask_leaves_norm_gains_undecayed():
+  import model  # pylint: disable=import-outside-toplevel
+  cfg = model.default_model_config()
+  cfg.update(dict(vocab_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64))
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  mask = adamw.decay_mask(params)
+  assert mask["embed"] and mask["blocks"]["wqkv"] and mask["blocks"]["w13"] and mask["blocks"]["wo"]
+  assert not mask["final_norm"] and not mask["blocks"]["attn_norm"] and not mask["blocks"]["mlp_norm"]
+  # With zero gradients only weight decay acts: matrices shrink by (1 - lr wd), gains stay exactly.
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  new, _ = adamw.update(zeros, adamw.init(params), params, 0.1, weight_decay=0.5, mask=mask)
+  np.testing.assert_array_equal(new["final_norm"], params["final_norm"])
+  np.testing.assert_array_equal(new["blocks"]["attn_norm"], params["blocks"]["attn_norm"])
+  np.testing.assert_allclose(new["blocks"]["w2"], params["blocks"]["w2"] * 0.95, rtol=1e-6)
+  # An array mask (e.g. restored from a checkpoint) must act the same as the Python-bool one.
+  array_mask = jax.tree.map(jnp.asarray, mask)
+  new2, _ = jax.jit(lambda p, m: adamw.update(zeros, adamw.init(p), p, 0.1, weight_decay=0.5, mask=m))(
+      params, array_mask)
+  for a, b in zip(jax.tree.leaves(new2), jax.tree.leaves(new)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_state_is_fp32_for_bf16_grads():
+  params = random_tree(0)
+  grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16), random_tree(1))
+  new, state = adamw.update(grads, adamw.init(params), params, 1e-3)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((new, state["mu"], state["nu"])))
