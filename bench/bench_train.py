@@ -1,0 +1,224 @@
+"""Training throughput: tokens/s, MFU and ms/step of train.py's jitted step, side by side.
+
+  python bench/bench_train.py                       # GPU: speedrun at batch 64/128/256 + small,
+                                                    # with every attention backend that runs
+  python bench/bench_train.py --profile=/tmp/trace  # also a jax.profiler trace of the first case
+  python bench/bench_train.py --quick               # CPU check: tiny shapes, few steps
+
+The step is train.make_train_step itself (on-device sampling from a random-token "train split",
+clipping, AdamW, donated buffers), so the figures are what train.py runs at, compile excluded.
+ms/step is the median over --repeats timings of --steps back-to-back steps after --warmup steps.
+MFU = model.flops_per_token(config, T) * tokens/s / (device bf16 peak, train.PEAK_BF16_FLOPS).
+Writes bench/results/train_<device>.json (train_<device>_quick.json with --quick).
+"""
+import argparse
+import collections
+import datetime
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
+
+import model  # pylint: disable=wrong-import-position
+import train  # pylint: disable=wrong-import-position
+from configs import small, tinystories_h100  # pylint: disable=wrong-import-position
+
+BACKENDS = ("xla", "cudnn", "triton", "cuda")
+PROFILE_STEPS = 5
+
+
+def cases(quick):
+  """(name, config) pairs; --quick shrinks the model so every case runs in seconds on a CPU."""
+  out = []
+  for batch in (64, 128, 256):
+    c = tinystories_h100.get_config()
+    c.train.batch_size = batch
+    out.append((f"speedrun B{batch}", c))
+  c = tinystories_h100.get_config()
+  c.model.scan_layers = True  # the layer-scan alternative, to keep the config's choice measured
+  out.append(("speedrun B128 scan", c))
+  c = small.get_config()
+  out.append((f"small B{c.train.batch_size}", c))
+  if quick:
+    for name, c in out:
+      c.model.update(d_model=64, n_layers=2, n_heads=4, d_ff=128, context_length=64,
+                     vocab_size=512, compute_dtype="float32")
+      c.train.batch_size //= 16
+    out = out[:2] + out[3:4]
+  return out
+
+
+def bench_case(config, backend, mesh, args, profile_this):
+  """Times one (config, backend); returns its figures, or raises whatever stopped it."""
+  config = config.copy_and_resolve_references()
+  config.model.attention_backend = backend
+  B, T = config.train.batch_size, config.model.context_length
+  replicated = NamedSharding(mesh, P())
+  state = jax.jit(lambda k: train._init_state(config, k), out_shardings=replicated)(jax.random.key(0))  # pylint: disable=protected-access
+  state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), replicated)
+  tokens_N = jax.device_put(
+      np.random.default_rng(0).integers(0, config.model.vocab_size, args.train_tokens, dtype=np.uint16),
+      replicated)
+  t0 = time.perf_counter()
+  step = train.make_train_step(config, mesh, on_device=True).lower(state, tokens_N).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(args.warmup):
+    state, metrics = step(state, tokens_N)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = step(state, tokens_N)
+    jax.block_until_ready(metrics)
+    times.append((time.perf_counter() - t0) / args.steps)
+  if not np.isfinite(float(metrics["loss"])):
+    raise FloatingPointError(f"loss {float(metrics['loss'])}")
+  profile = None
+  if profile_this:
+    with jax.profiler.trace(args.profile):
+      for _ in range(PROFILE_STEPS):
+        state, metrics = step(state, tokens_N)
+      jax.block_until_ready(metrics)
+    args.profiled = True
+    profile = summarize_trace(args.profile, PROFILE_STEPS)
+  ms = 1e3 * float(np.median(times))
+  tok_s = B * T / (ms / 1e3)
+  peak = train.peak_flops(jax.devices()[0])
+  fpt = model.flops_per_token(config.model, T)
+  return {"ms_per_step": ms, "tokens_per_s": tok_s,
+          "mfu": fpt * tok_s / (peak * len(jax.devices())) if peak else None,
+          "compile_s": compile_s, "flops_per_token": fpt, "batch_size": B, "context_length": T,
+          "n_params": model.count_params(state["params"]), "loss_after": float(metrics["loss"]),
+          **({"profile": profile} if profile else {})}
+
+
+def _kind(kernel):
+  """Coarse class of a GPU kernel by its name (cuBLAS/CUTLASS matmuls, cuDNN attention, ...)."""
+  k = kernel.lower()
+  for kind, keys in (("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas")),
+                     ("attention", ("fmha", "cudnn", "flash", "attention", "attn")),
+                     ("triton", ("triton",)), ("copy/memset", ("memcpy", "memset", "copy")),
+                     ("reduction fusion", ("reduce", "input_")), ("elementwise fusion", ("loop_", "fusion"))):
+    if any(key in k for key in keys):
+      return kind
+  return "other"
+
+
+def summarize_trace(trace_dir, n_steps, top=15):
+  """Where the device time of the traced steps goes: kernel classes and the top kernels (ms/step)."""
+  files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+  if not files:
+    return None
+  planes = jax.profiler.ProfileData.from_file(files[-1]).planes
+  by_op, by_kind, label = collections.Counter(), collections.Counter(), {}
+  for plane in [p for p in planes if p.name.startswith("/device:")][:1]:  # data parallel: one is enough
+    for line in plane.lines:
+      if not line.name.startswith("Stream"):
+        continue
+      for e in line.events:
+        # Keyed by kernel name: with CUDA graphs on, the hlo_op stat names a whole command buffer.
+        ms = e.duration_ns / 1e6 / n_steps
+        by_op[e.name] += ms
+        by_kind[_kind(e.name)] += ms
+        label[e.name] = e.name[:100]
+  if not by_op:
+    print("profile: no GPU kernels in the trace (a CPU trace holds only host threads)")
+    return None
+  total = sum(by_op.values())
+  print(f"\nprofile: {total:.2f} ms of GPU kernels per step")
+  for kind, ms in by_kind.most_common():
+    print(f"  {100 * ms / total:5.1f}%  {ms:7.3f} ms  {kind}")
+  print(f"top {top} ops:")
+  for op, ms in by_op.most_common(top):
+    print(f"  {100 * ms / total:5.1f}%  {ms:7.3f} ms  {label[op]}")
+  return {"gpu_kernel_ms_per_step": total, "kinds_ms": dict(by_kind.most_common()),
+          "top_ops_ms": {label[op]: ms for op, ms in by_op.most_common(top)}}
+
+
+def _git_commit():
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    return (out.stdout.strip() or "no-commit") + ("+dirty" if dirty.stdout.strip() else "")
+  except OSError:
+    return "unknown"
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="tiny shapes and few steps (runs on a CPU)")
+  p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset to try")
+  p.add_argument("--cases", default=None, help="comma-separated case names to run (e.g. 'speedrun B128')")
+  p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10; quick 2)")
+  p.add_argument("--steps", type=int, default=None, help="steps per timing (default 20; quick 3)")
+  p.add_argument("--repeats", type=int, default=None, help="timings, median taken (default 5; quick 2)")
+  p.add_argument("--train_tokens", type=int, default=10_000_000, help="random tokens on the device")
+  p.add_argument("--profile", default=None, help="write a jax.profiler trace of one case here")
+  p.add_argument("--profile_case", default=None, help="'case/backend' to trace (default: the first that runs)")
+  p.add_argument("--out", default=None, help="JSON path (default bench/results/train_<device>.json)")
+  args = p.parse_args()
+  args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
+  args.steps = args.steps if args.steps is not None else (3 if args.quick else 20)
+  args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
+  if args.quick:
+    args.train_tokens = min(args.train_tokens, 100_000)
+  args.profiled = False
+
+  dev = jax.devices()[0]
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  print(f"{len(jax.devices())} x {dev.device_kind} ({dev.platform}); jax {jax.__version__}", flush=True)
+  device = re.sub(r"[^A-Za-z0-9]+", "_", dev.device_kind).strip("_").lower()
+  out = args.out or os.path.join(ROOT, "bench", "results",
+                                 f"train_{device}{'_quick' if args.quick else ''}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  result = {"device": dev.device_kind, "n_devices": len(jax.devices()), "platform": dev.platform,
+            "peak_bf16_flops": train.peak_flops(dev), "jax": jax.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": _git_commit(), "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+            "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "results": []}
+
+  def write():  # after every case, so a run cut short still leaves its figures
+    with open(out, "w") as f:
+      json.dump(result, f, indent=2)
+
+  rows = result["results"]
+  for name, config in cases(args.quick):
+    if args.cases and name not in args.cases.split(","):
+      continue
+    for backend in args.backends.split(","):
+      row = {"case": name, "backend": backend}
+      try:
+        want = args.profile_case in (None, f"{name}/{backend}")
+        row.update(bench_case(config, backend, mesh, args, args.profile and want and not args.profiled))
+        mfu = f"{100 * row['mfu']:5.1f}%" if row["mfu"] is not None else "    -"
+        print(f"{name:<14} {backend:<7} {row['ms_per_step']:8.2f} ms/step {row['tokens_per_s'] / 1e6:7.3f}M tok/s "
+              f"MFU {mfu}", flush=True)
+      except Exception as e:  # pylint: disable=broad-except  (a backend that cannot run here)
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        print(f"{name:<14} {backend:<7} skipped: {row['error']}", flush=True)
+      rows.append(row)
+      write()
+  print("\n| case | backend | ms/step | tokens/s | MFU |\n|---|---|---|---|---|")
+  for r in rows:
+    if "error" in r:
+      print(f"| {r['case']} | {r['backend']} | - | - | {r['error'][:60]} |")
+    else:
+      mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+      print(f"| {r['case']} | {r['backend']} | {r['ms_per_step']:.2f} | {r['tokens_per_s'] / 1e6:.3f}M | {mfu} |")
+  print(f"wrote {out}" + (f"; trace in {args.profile}" if args.profiled else ""))
+
+
+if __name__ == "__main__":
+  main()

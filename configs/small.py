@@ -1,0 +1,20 @@
+"""GPT-2-small-sized model (768 wide, 12 layers, 12 heads) on TinyStories, for a GPU.
+
+  python train.py --config=configs/small.py
+
+Needs the full dataset: `python data.py --dataset=tinystories --out_dir=data/tinystories`.
+"""
+from configs import tinystories_h100
+
+
+def get_config():
+  config = tinystories_h100.get_config()  # same data and schedule as the speedrun.
+  m = config.model
+  m.d_model = 768
+  m.n_layers = 12
+  m.n_heads = 12
+  m.d_ff = 3072
+  config.train.lr = 6e-4  # wider models want a lower peak learning rate.
+  config.train.min_lr = 6e-5
+  config.train.target_val_loss = 0.0
+  return config

@@ -1,0 +1,294 @@
+"""train.py on CPU with a tiny model on a synthetic token file (written in data.py's documented format).
+
+The data follow a rule a model can learn (x[i+1] = 3 x[i] + 1 mod V, 10% random), so a run that
+works lowers the loss well below ln(V) in a few steps. One 20-step run (`base`) is the reference the
+other runs are compared with: resumed, on 8 devices, with gradient accumulation, from host memory.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import model
+import train
+from configs import small, tinystories_h100, tiny
+from errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V = 64
+MODEL = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, context_length=32)
+TRAIN = dict(batch_size=16, steps=20, lr=1e-2, min_lr=1e-3, warmup_steps=2, log_every=1,
+             eval_every=10, ckpt_every=10, max_to_keep=3)
+
+
+def _write_tokens(d, n_train=40_000, n_val=2_000, seed=0):
+  """train.bin, val.bin and meta.json as data.py writes them (docs/INTERFACES.md)."""
+  os.makedirs(d, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  meta = {"format": 1, "vocab_size": V, "dtype": "uint16", "tokenizer_sha256": "0" * 64, "splits": {}}
+  for split, n in (("train", n_train), ("val", n_val)):
+    x = np.zeros(n, np.uint16)
+    noise, rand = rng.random(n) < 0.1, rng.integers(0, V, n)
+    for i in range(1, n):
+      x[i] = rand[i] if noise[i] else (3 * int(x[i - 1]) + 1) % V
+    x.tofile(os.path.join(d, f"{split}.bin"))
+    meta["splits"][split] = {"n_tokens": n, "source_sha256": "0" * 64, "source": "synthetic"}
+  with open(os.path.join(d, "meta.json"), "w") as f:
+    json.dump(meta, f)
+  return d
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return _write_tokens(str(tmp_path_factory.mktemp("tokens")))
+
+
+def _config(data_dir, model_=None, **train_):
+  config = tiny.get_config()
+  config.data.dir, config.data.dataset = data_dir, "text"
+  config.model.update({**MODEL, **(model_ or {})})
+  config.train.update({**TRAIN, **train_})
+  return config
+
+
+def _cli(data_dir, workdir, **train_):
+  """The same config as _config, through train.py's command-line overrides."""
+  args = [sys.executable, os.path.join(ROOT, "train.py"), "--config=" + os.path.join(ROOT, "configs/tiny.py"),
+          f"--workdir={workdir}", f"--config.data.dir={data_dir}", "--config.data.dataset=text"]
+  args += [f"--config.model.{k}={v}" for k, v in MODEL.items()]
+  args += [f"--config.train.{k}={v}" for k, v in {**TRAIN, **train_}.items()]
+  return args
+
+
+def _events(workdir, kind):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [e for e in map(json.loads, f) if e["event"] == kind]
+
+
+def _losses(workdir):
+  return {e["step"]: e["loss"] for e in _events(workdir, "train")}
+
+
+def _params(workdir, step=None):
+  params, _ = train.load_checkpoint(workdir, step)
+  return jax.tree.map(np.asarray, params)
+
+
+def _assert_trees_close(a, b, rtol, atol):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def base(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("base"))
+  return workdir, train.train(_config(data_dir), workdir)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_configs_have_the_documented_shapes():
+  c = tinystories_h100.get_config()
+  assert (c.model.vocab_size, c.model.context_length, c.model.d_model, c.model.n_layers,
+          c.model.n_heads, c.model.d_ff, c.model.compute_dtype, c.train.target_val_loss) == (
+              10_000, 256, 512, 4, 16, 1344, "bfloat16", 1.45)
+  s = small.get_config()
+  assert (s.model.d_model, s.model.n_layers, s.model.n_heads, s.model.d_ff) == (768, 12, 12, 3072)
+  t = tiny.get_config()
+  assert (t.model.d_model, t.model.n_layers, t.model.n_heads, t.model.d_ff, t.model.compute_dtype) == (
+      128, 4, 4, 512, "float32")
+  # Every config carries every field model.py reads.
+  for cfg in (c, s, t):
+    assert set(model.default_model_config().keys()) <= set(cfg.model.keys())
+
+
+def test_unknown_config_key_is_rejected_with_a_clear_message(tmp_path):
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config=configs/tiny.py",
+                      "--config.train.bogus_key=1", f"--workdir={tmp_path}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2
+  assert "bogus_key" in r.stderr and "unknown config key" in r.stderr
+  assert "Traceback" not in r.stderr
+  assert not os.listdir(tmp_path)  # nothing started
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+  config = _config(str(tmp_path / "nothing_here"))
+  config.data.dataset = "tinystories"
+  with pytest.raises(UserError, match=r"python data.py --dataset=tinystories --out_dir=.*nothing_here"):
+    train.train(config, str(tmp_path / "run"))
+
+
+def test_vocab_size_must_match_the_data(data_dir, tmp_path):
+  with pytest.raises(UserError, match=r"vocab_size=100 .* vocab 64"):
+    train.train(_config(data_dir, {"vocab_size": 100}), str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+@pytest.mark.slow
+def test_short_run_learns_and_writes_its_files(base, data_dir):
+  workdir, summary = base
+  losses = _losses(workdir)
+  assert sorted(losses) == list(range(1, 21))
+  assert np.mean([losses[s] for s in range(16, 21)]) < losses[1] - 1.5
+  evals = _events(workdir, "eval")
+  assert [e["step"] for e in evals] == [10, 20]
+  assert evals[-1]["val_loss"] < evals[0]["val_loss"] < math.log(V) - 1.0
+  assert summary["final_val_loss"] == evals[-1]["val_loss"] and summary["steps"] == 20
+  assert summary["tokens"] == 20 * 16 * 32 == evals[-1]["tokens"]
+  with open(os.path.join(workdir, "loss.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["vocab_size"] == V  # 0 in tiny.py: taken from meta.json
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  params, config = train.load_checkpoint(workdir)
+  assert config.model.d_model == 32 and config.data.tokenizer_sha256 == "0" * 64
+
+
+@pytest.mark.slow
+def test_val_loss_is_the_mean_over_all_non_overlapping_val_windows(base, data_dir):
+  """Reference: model.loss_fn on each window of the val split, one at a time, averaged."""
+  workdir, summary = base
+  params, config = train.load_checkpoint(workdir)
+  val = np.fromfile(os.path.join(data_dir, "val.bin"), np.uint16).astype(np.int32)
+  T = MODEL["context_length"]
+  loss_fn = jax.jit(lambda p, x, y: model.loss_fn(p, x, y, config.model))
+  losses = [loss_fn(params, val[None, i:i + T], val[None, i + 1:i + T + 1])
+            for i in range(0, len(val) - T, T)]
+  assert len(losses) == (2000 - 1) // T  # 62 windows: the batch of 16 is padded on the last one
+  np.testing.assert_allclose(summary["final_val_loss"], np.mean(losses), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_losses_and_params(base, data_dir, tmp_path):
+  workdir, _ = base
+  shutil.copytree(os.path.join(workdir, "checkpoints", "10"), tmp_path / "checkpoints" / "10")
+  summary = train.train(_config(data_dir), str(tmp_path))  # resumes at 10, runs 11..20
+  assert summary["steps"] == 20
+  ref, got = _losses(workdir), _losses(str(tmp_path))
+  assert sorted(got) == list(range(11, 21))
+  np.testing.assert_allclose([got[s] for s in got], [ref[s] for s in got], rtol=1e-6)
+  _assert_trees_close(_params(str(tmp_path)), _params(workdir), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_equals_the_full_batch(base, data_dir, tmp_path):
+  """2 microbatches of 8 = one batch of 16 (same windows, sampled before the split)."""
+  workdir, _ = base
+  train.train(_config(data_dir, microbatches=2), str(tmp_path))
+  ref, got = _losses(workdir), _losses(str(tmp_path))
+  np.testing.assert_allclose([got[s] for s in ref], [ref[s] for s in ref], rtol=1e-5)
+  _assert_trees_close(_params(str(tmp_path)), _params(workdir), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_host_memmap_batches_equal_device_batches(base, data_dir, tmp_path):
+  workdir, _ = base
+  config = _config(data_dir)
+  config.data.on_device_max_mb = 0  # the train split no longer "fits": windows come from the host
+  train.train(config, str(tmp_path))
+  ref, got = _losses(workdir), _losses(str(tmp_path))
+  np.testing.assert_allclose([got[s] for s in ref], [ref[s] for s in ref], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_losses_as_one(base, data_dir, tmp_path):
+  workdir, _ = base
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  r = subprocess.run(_cli(data_dir, str(tmp_path)), cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "8 x cpu" in r.stdout
+  ref, got = _losses(workdir), _losses(str(tmp_path))
+  assert sorted(got) == sorted(ref)
+  # Only the order of the cross-device sums differs.
+  np.testing.assert_allclose([got[s] for s in ref], [ref[s] for s in ref], rtol=2e-5)
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(base, data_dir, tmp_path):
+  workdir, _ = base
+  shutil.copytree(os.path.join(workdir, "checkpoints", "10"), tmp_path / "checkpoints" / "10")
+  config = _config(data_dir, lr=float("nan"), ckpt_every=1, log_every=5, eval_every=100)
+  # Step 11 applies a NaN learning rate: its loss is finite, the params it leaves are not.
+  with pytest.raises(UserError, match=r"NaN/inf at step 11;.*checkpoints/10 is kept"):
+    train.train(config, str(tmp_path))
+  assert os.listdir(tmp_path / "checkpoints") == ["10"]
+  params = _params(str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.slow
+def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(data_dir, tmp_path):
+  target = 3.0
+  summary = train.train(_config(data_dir, steps=200, eval_every=4, target_val_loss=target),
+                        str(tmp_path))
+  evals = _events(str(tmp_path), "eval")
+  assert summary["stopped_by"] == "target" and summary["steps"] < 200
+  assert evals[-1]["val_loss"] <= target < min(e["val_loss"] for e in evals[:-1])
+  assert summary["target_reached"]["step"] == summary["steps"] == evals[-1]["step"]
+  assert 0 < summary["target_reached"]["train_s"] <= summary["target_reached"]["total_s"]
+  assert str(summary["steps"]) in os.listdir(tmp_path / "checkpoints")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+  proc = subprocess.Popen(_cli(data_dir, str(tmp_path), steps=100_000, eval_every=100_000,
+                               ckpt_every=100_000), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  watchdog = threading.Timer(240, proc.kill)
+  watchdog.start()
+  try:
+    for line in proc.stdout:
+      if line.startswith("step"):  # training has started
+        proc.send_signal(signal.SIGTERM)
+        break
+    out, err = proc.communicate()
+  finally:
+    watchdog.cancel()
+  assert proc.returncode == 0, err[-2000:]
+  assert "SIGTERM: saved a checkpoint at step" in out
+  saved = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+  assert os.listdir(tmp_path / "checkpoints") == [str(saved)]
+  _, config = train.load_checkpoint(str(tmp_path))
+  assert config.model.d_model == 32 and config.train.steps == 100_000  # the overrides took effect
+
+
+def test_corrupt_checkpoint_names_the_path_and_the_fix(base, data_dir, tmp_path):
+  workdir, _ = base
+  shutil.copytree(os.path.join(workdir, "checkpoints", "10"), tmp_path / "checkpoints" / "10")
+  state_dir = tmp_path / "checkpoints" / "10" / "state"
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(UserError, match=r"checkpoints/10 cannot be read.*rm -r .*checkpoints/10"):
+    train.train(_config(data_dir), str(tmp_path))
+
+
+def test_eval_windows_are_the_documented_prefix_windows():
+  val = np.arange(100, dtype=np.uint16)
+  win_NBT1, weight_NB = train.eval_windows(val, T=8, eval_tokens=50, batch_size=4)
+  # Tokens 0..49: windows [0..8], [8..16], ..., [40..48]; the partial [48..49] is dropped.
+  expected = [list(range(i, i + 9)) for i in range(0, 41, 8)]
+  rows, w = win_NBT1.reshape(-1, 9), weight_NB.reshape(-1)
+  assert win_NBT1.shape == (2, 4, 9) and w.tolist() == [1] * 6 + [0] * 2
+  assert rows[:6].tolist() == expected
+  whole, _ = train.eval_windows(val, T=8, eval_tokens=0, batch_size=4)  # 0 = the whole split
+  assert whole.reshape(-1, 9)[:12].tolist() == [list(range(i, i + 9)) for i in range(0, 89, 8)]
