@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything we run on the GPU machine in one go (device time is scarce): GPU tests of every module,
+# the training-throughput benchmark, and the tokenizer/data benchmarks on that machine's 16 cores.
+# Usage (repo root, on a machine with an NVIDIA GPU):  OUT=/tmp/out bash bench/gpu_checks.sh
+# Logs go to $OUT; JSON results to bench/results/ (and a copy in $OUT).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_checks}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then  # wheels carried to a machine without internet (jax-triton, ml_collections)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+nvidia-smi -L; python3 -c "import jax, triton; print('jax', jax.__version__, 'triton', triton.__version__, jax.devices())"
+# Tests: cuBLAS autotuning of the fp32 reference einsums only slows the tests down.
+XLA_FLAGS=--xla_gpu_autotune_level=0 timeout 240 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+timeout 200 python3 bench/bench_train.py ${BENCH_TRAIN_ARGS:-} 2>&1 | tee "$OUT/bench_train.log" | tail -25
+if [ -n "${CPU_BENCH:-}" ]; then
+  timeout 150 python3 bench/bench_tokenizer.py --size_mb 100 --tag h100host16 --skip_hf 2>&1 | tee "$OUT/bench_tokenizer.log" | tail -12
+  timeout 120 python3 bench/bench_data.py --mb=1000 --workers=16 --tag=h100host16 2>&1 | tee "$OUT/bench_data.log" | tail -8
+fi
+tar czf "$OUT/results.tgz" bench/results; ls "$OUT"
