@@ -12,14 +12,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import attention_cuda  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_attention import time_fn  # noqa: E402  (one timing method for every attention bench)
 
 # (B, H, T, K)
 SHAPES = [(128, 16, 256, 32), (16, 12, 1024, 64), (4, 16, 4096, 64), (2, 16, 8192, 128)]
@@ -35,21 +35,6 @@ def backends():
       "cudnn": dpa("cudnn"),
       "xla": dpa("xla"),
   }
-
-
-def time_fn(f, args, repeats=5, min_seconds=0.05):
-  jax.block_until_ready(f(*args))  # compile + warm up
-  t = time.perf_counter()
-  jax.block_until_ready(f(*args))
-  iters = max(3, int(np.ceil(min_seconds / (time.perf_counter() - t))))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    for _ in range(iters):
-      out = f(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t) / iters)
-  return float(np.median(times))
 
 
 def git_commit():
@@ -76,7 +61,7 @@ def main():
     for name, f in fns.items():
       row = dict(B=B, H=H, T=T, K=K, backend=name)
       try:
-        sec = time_fn(f, (q, k, v))
+        sec = time_fn(f, (q, k, v), reps=5)
         diff = float(jnp.max(jnp.abs(f(q, k, v).astype(jnp.float32) - o_xla)))
         row.update(ms=sec * 1e3, tflops=flops / sec / 1e12, frac_peak_spec=flops / sec / PEAK_SPEC,
                    frac_peak_measured=flops / sec / PEAK_MEASURED, max_abs_diff_vs_xla=diff)

@@ -109,7 +109,6 @@ def test_train_step_triton_equals_xla(attention):
   except ImportError as e:
     pytest.skip(f"model.py not importable ({e}); this test needs the model's attention dispatch")
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   cfg = model.default_model_config()
   cfg.update(dict(vocab_size=512, context_length=128, d_model=256, n_layers=2, n_heads=4, d_ff=704,
                   attention=attention, compute_dtype="bfloat16"))

@@ -14,7 +14,6 @@ import sys
 import threading
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
