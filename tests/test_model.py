@@ -395,3 +395,180 @@ def test_bf16_gradients_are_close_to_fp32():
     assert err < 0.05, name
   err = adamw.global_norm(jax.tree.map(jnp.subtract, got, ref)) / adamw.global_norm(ref)
   assert float(err) < 0.05
+
+
+# ----------------------------------------------------------------------------- decode.py: caches, MLA, DSA
+
+import decode  # noqa: E402  (the inference path; its math is checked against model.forward and NumPy)
+
+
+def _fwd(params, tok, cfg):
+  return jax.jit(lambda p, t: model.forward(p, t, cfg))(params, tok)
+
+
+def _full(params, cfg, kind, tok, top_k=0):
+  return jax.jit(lambda p, t: decode.full_logits(p, cfg, kind, t, top_k))(params, tok)
+
+
+def _cached_logits(params, cfg, kind, tok_BT, n_prefill, S, top_k=0, pad_B=None):
+  """Prefill n_prefill tokens, then feed the rest one at a time: logits of every position."""
+  B, T = tok_BT.shape
+  pad_B = jnp.zeros((B,), jnp.int32) if pad_B is None else pad_B
+  ext = jax.jit(lambda p, c, t, s: decode.extend(p, cfg, kind, c, t, s, pad_B, top_k))  # one compile per T
+  cache = decode.init_cache(params, cfg, kind, B, S)
+  logits, cache = ext(params, cache, tok_BT[:, :n_prefill], 0)
+  out = [logits]
+  for t in range(n_prefill, T):
+    logits, cache = ext(params, cache, tok_BT[:, t:t + 1], t)
+    out.append(logits)
+  return jnp.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize("attention", KINDS)
+def test_kv_cache_decode_equals_full_recompute(attention):
+  """MHA: full K/V cache; MLA: absorbed latent cache (never builds per-head K, V) vs model.forward."""
+  cfg = make_cfg(attention=attention)
+  params = init(dict(attention=attention))
+  tok = tokens(2, 14, 256)
+  ip, kind = decode.prepare(params, cfg)
+  assert kind == attention
+  want = _fwd(params, tok, cfg)
+  np.testing.assert_allclose(_cached_logits(ip, cfg, kind, tok, 7, 20), want, atol=2e-5, rtol=1e-5)
+
+
+def test_native_mla_cache_holds_only_the_latent_and_rope_key():
+  cfg = make_cfg(attention="mla")
+  shapes = decode.cache_shapes(cfg, "mla", B=3, S=50)
+  assert shapes == {"c": (2, 3, 50, 32), "kr": (2, 3, 50, 8)}
+  assert decode.cache_bytes_per_token_layer(cfg, "mla") == (32 + 8) * 2
+  assert decode.cache_bytes_per_token_layer(cfg, "mha") == 2 * 64 * 2
+
+
+@pytest.mark.parametrize("attention", KINDS)
+def test_left_padded_rows_equal_unpadded_sequences(attention):
+  """A row left-padded by p slots gives the logits of the same tokens alone (positions restart at 0)."""
+  cfg = make_cfg(attention=attention)
+  params = init(dict(attention=attention))
+  tok = tokens(1, 12, 256)
+  want = _fwd(params, tok, cfg)
+  padded = jnp.concatenate([jnp.full((1, 5), 7, tok.dtype), tok], axis=1)
+  ip, kind = decode.prepare(params, cfg)
+  got = _cached_logits(ip, cfg, kind, padded, 10, 20, pad_B=jnp.array([5], jnp.int32))
+  np.testing.assert_allclose(got[:, 5:], want, atol=2e-5, rtol=1e-5)
+
+
+def test_full_rank_svd_conversion_equals_the_mha_model():
+  cfg = make_cfg()
+  params = init({})
+  tok = tokens(2, 14, 256)
+  ip, kind = decode.prepare(params, cfg, use_mla=True, mla_rank=cfg.d_model)
+  assert kind == "mla_svd" and decode.cache_shapes(cfg, kind, 2, 20, rank=64)["c"] == (2, 2, 20, 64)
+  want = _fwd(params, tok, cfg)
+  np.testing.assert_allclose(_cached_logits(ip, cfg, kind, tok, 8, 20), want, atol=2e-5, rtol=1e-5)
+
+
+def test_svd_conversion_is_the_best_rank_r_approximation_of_wk_wv():
+  """W_down W_up equals NumPy's truncated SVD of [W_k | W_v]; the error shrinks as the rank grows."""
+  cfg = make_cfg()
+  params = init({})
+  w = np.asarray(params["blocks"]["wqkv"][0, :, 1:]).reshape(64, -1)
+  errs = []
+  for r in (8, 32, 64):
+    ip = decode.svd_to_mla(params, cfg, r)
+    approx = np.asarray(ip["blocks"]["wdown"][0]) @ np.asarray(ip["blocks"]["wup"][0]).reshape(r, -1)
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    np.testing.assert_allclose(approx, (u[:, :r] * s[:r]) @ vt[:r], atol=1e-5)
+    errs.append(np.linalg.norm(approx - w))
+  assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-4
+  with pytest.raises(UserError, match="mla_rank"):
+    decode.svd_to_mla(params, cfg, 65)
+
+
+def test_low_rank_conversion_changes_the_logits():
+  cfg = make_cfg()
+  params = init({})
+  tok = tokens(1, 16, 256)
+  ip, kind = decode.prepare(params, cfg, use_mla=True, mla_rank=4)
+  assert np.abs(_full(ip, cfg, kind, tok) - _fwd(params, tok, cfg)).max() > 1e-3
+
+
+@pytest.mark.parametrize("attention", KINDS)
+def test_dsa_with_k_at_least_the_context_equals_dense(attention):
+  cfg = make_cfg(attention=attention)
+  params = init(dict(attention=attention))
+  tok = tokens(2, 16, 256)
+  ip, kind = decode.prepare(params, cfg)
+  want = _fwd(params, tok, cfg)
+  for k in (16, 40):
+    np.testing.assert_allclose(_full(ip, cfg, kind, tok, k), want, atol=2e-5, rtol=1e-5)
+  assert np.abs(_full(ip, cfg, kind, tok, 2) - want).max() > 1e-3
+
+
+def test_dsa_exact_selection_keeps_the_true_top_k_keys():
+  """probs(): nonzero exactly on each (head, query)'s k best causal keys; softmax over them (NumPy)."""
+  rng = np.random.default_rng(0)
+  B, H, T, k = 2, 3, 10, 4
+  s = rng.normal(size=(B, H, T, T)).astype(np.float32)
+  keep = np.tril(np.ones((T, T), bool))[None].repeat(B, 0)
+  got = np.asarray(decode.probs(jnp.asarray(s), jnp.asarray(keep), None, k))
+  for b in range(B):
+    for h in range(H):
+      for t in range(T):
+        n = min(k, t + 1)
+        top = np.argsort(-s[b, h, t, :t + 1])[:n]   # brute force: the n largest causal scores
+        want = np.zeros(T)
+        e = np.exp(s[b, h, t, top] - s[b, h, t, top].max())
+        want[top] = e / e.sum()
+        np.testing.assert_allclose(got[b, h, t], want, atol=1e-6)
+
+
+def test_dsa_indexer_selection_is_shared_by_heads():
+  rng = np.random.default_rng(1)
+  s = rng.normal(size=(1, 2, 1, 6)).astype(np.float32)
+  sel = np.array([[[[0.0, 5.0, 1.0, 4.0, 2.0, 3.0]]]], np.float32)   # keys 1, 3 chosen for both heads
+  got = np.asarray(decode.probs(jnp.asarray(s), jnp.ones((1, 1, 6), bool), jnp.asarray(sel), 2))
+  for h in range(2):
+    e = np.exp(s[0, h, 0, [1, 3]])
+    np.testing.assert_allclose(got[0, h, 0, [1, 3]], e / e.sum(), atol=1e-6)
+    assert np.count_nonzero(got[0, h, 0]) == 2
+
+
+def test_dsa_decode_with_cache_equals_full_sequence():
+  """Per-query selection: prefill + token-by-token DSA equals DSA over the whole sequence."""
+  cfg = make_cfg()
+  params = init({})
+  tok = tokens(2, 20, 256)
+  want = _full(params, cfg, "mha", tok, 5)
+  np.testing.assert_allclose(_cached_logits(params, cfg, "mha", tok, 7, 24, top_k=5), want, atol=2e-5)
+
+
+def test_indexer_scores_match_numpy():
+  cfg = make_cfg()
+  ip = jax.tree.map(lambda a: a[0], decode.init_indexer(jax.random.PRNGKey(3), cfg, n_heads=2, dim=8))
+  rng = np.random.default_rng(2)
+  h = rng.normal(size=(1, 5, 64)).astype(np.float32)
+  pos = np.arange(5)[None]
+  k = np.asarray(decode.rope_at(jnp.asarray(h @ np.asarray(ip["wk"]))[:, :, None], pos, cfg.rope_theta))[:, :, 0]
+  got = np.asarray(decode.index_scores(ip, jnp.asarray(h), jnp.asarray(k)[:, :, None], pos, cfg.rope_theta))
+  q = np.asarray(decode.rope_at(jnp.asarray(np.einsum("btd,dgi->btgi", h, ip["wq"])), pos, cfg.rope_theta))
+  w = np.einsum("btd,dg->btg", h, ip["ww"]) / np.sqrt(2)
+  want = np.einsum("btg,btgs->bts", w, np.maximum(np.einsum("btgi,bsi->btgs", q, k) / np.sqrt(8), 0))
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rope_at_positions_matches_numpy_rotation():
+  x = np.random.default_rng(4).normal(size=(1, 12, 2, 8)).astype(np.float32)
+  got = decode.rope_at(jnp.asarray(x[:, 3:]), jnp.arange(3, 12)[None], 500.0)
+  np.testing.assert_allclose(got[0], np_rope(x[0], 500.0)[3:], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_indexer_distillation_lowers_the_kl():
+  cfg = make_cfg(context_length=32)
+  params = init({})
+  train_N = np.asarray(tokens(1, 4000, 256, seed=5))[0]
+  tok = jnp.asarray(train_N[:32 * 4].reshape(4, 32))
+  before = decode.indexer_kl(decode.init_indexer(jax.random.key(0), cfg), params, cfg, "mha", tok)
+  ix = decode.train_indexer(params, cfg, "mha", train_N, 60, batch_size=4, lr=1e-2, log=None)
+  after = decode.indexer_kl(ix, params, cfg, "mha", tok)
+  assert float(after) < 0.7 * float(before)
