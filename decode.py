@@ -136,8 +136,9 @@ def _writer(cache, l, start):
 def _mha(p, h_BTD, put, pos, keep_BTS, sel, cfg, top_k, dtype):
   K = cfg.d_model // cfg.n_heads
   qkv = jnp.einsum("btd,dshk->btshk", h_BTD, p["wqkv"].astype(dtype))
-  q_BTHK = rope_at(qkv[:, :, 0], pos["q"], cfg.rope_theta)
-  k_BSHK = put("k", rope_at(qkv[:, :, 1], pos["q"], cfg.rope_theta))
+  q_BTHK, k_BTHK = model.qk_norm(p, qkv[:, :, 0], qkv[:, :, 1], cfg, dtype)
+  q_BTHK = rope_at(q_BTHK, pos["q"], cfg.rope_theta)
+  k_BSHK = put("k", rope_at(k_BTHK, pos["q"], cfg.rope_theta))
   v_BSHK = put("v", qkv[:, :, 2])
   s = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32) / math.sqrt(K)
   p_BHTS = probs(s, keep_BTS, sel, top_k)
@@ -166,9 +167,12 @@ def _mla(p, h_BTD, put, pos, keep_BTS, sel, cfg, top_k, dtype):
 def _mla_svd(p, h_BTD, put, pos, keep_BTS, sel, cfg, top_k, dtype):
   """Converted MHA: keys rebuilt from all cached latents (RoPE'd at their positions), values absorbed."""
   K = cfg.d_model // cfg.n_heads
-  q_BTHK = rope_at(jnp.einsum("btd,dhk->bthk", h_BTD, p["wqkv"][:, 0].astype(dtype)), pos["q"], cfg.rope_theta)
+  q_BTHK = jnp.einsum("btd,dhk->bthk", h_BTD, p["wqkv"][:, 0].astype(dtype))
   c_BSR = put("c", jnp.einsum("btd,dr->btr", h_BTD, p["wdown"].astype(dtype)))
-  k_BSHK = rope_at(jnp.einsum("bsr,rhk->bshk", c_BSR, p["wup"][:, 0].astype(dtype)), pos["k"], cfg.rope_theta)
+  k_BSHK = jnp.einsum("bsr,rhk->bshk", c_BSR, p["wup"][:, 0].astype(dtype))
+  q_BTHK, k_BSHK = model.qk_norm(p, q_BTHK, k_BSHK, cfg, dtype)   # each rebuilt key, as model._mha does
+  q_BTHK = rope_at(q_BTHK, pos["q"], cfg.rope_theta)
+  k_BSHK = rope_at(k_BSHK, pos["k"], cfg.rope_theta)
   s = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32) / math.sqrt(K)
   p_BHTS = probs(s, keep_BTS, sel, top_k)
   ctx_BTHR = jnp.einsum("bhts,bsr->bthr", p_BHTS.astype(dtype), c_BSR)
@@ -237,6 +241,7 @@ def extend(params, cfg, kind, cache, tokens_BT, start, pad_B, top_k=0, indexer=N
   spec, w = model._head(params, cfg)
   h_BTD = model.rms_norm(x_BTD, params["final_norm"], dtype)
   logits_BTV = jnp.einsum(spec, h_BTD, w, preferred_element_type=jnp.float32)
+  logits_BTV = model.softcap(logits_BTV, model._option(cfg, "logit_softcap"))
   return (logits_BTV, cache, aux) if collect else (logits_BTV, cache)
 
 

@@ -41,7 +41,16 @@ def default_model_config():
       scan_layers=False,       # Python loop: 30% faster step on the H100 than lax.scan (docs/model.md)
       kv_lora_rank=128,        # MLA only: latent width C of the compressed K/V
       rope_head_dim=32,        # MLA only: per-head width R of the decoupled RoPE part
+      # Tokens-to-target options (issue 8; docs/model.md), all off by default:
+      qk_norm=False,           # RMSNorm over the head dim of q and k (learned gains), before RoPE
+      zero_init_out=False,     # block output projections wo, w2 start at zero: each block starts as identity
+      logit_softcap=0.0,       # c > 0: logits = c * tanh(logits / c) (Gemma 2); 0 = off
   ))
+
+
+def _option(cfg, name):
+  """A tokens-to-target option; configs saved before it existed lack it and mean off."""
+  return cfg.get(name, default_model_config()[name])
 
 
 # ----------------------------------------------------------------------------- checks
@@ -64,6 +73,14 @@ def _check(cfg):
     raise UserError(f"config.model.compute_dtype={cfg.compute_dtype!r} is unknown; use one of {list(DTYPES)}")
   if cfg.attention == "mla" and cfg.rope_head_dim % 2:
     raise UserError(f"config.model.rope_head_dim={cfg.rope_head_dim} is odd; RoPE needs an even width")
+  if cfg.attention == "mla" and _option(cfg, "qk_norm"):
+    # MLA decoding absorbs W_uk into the query and never builds per-head keys, so a norm on them
+    # would break the latent cache.
+    raise UserError("config.model.qk_norm=True is not supported with attention='mla'; set "
+                    "--config.model.qk_norm=False or use --config.model.attention=mha")
+  if _option(cfg, "logit_softcap") < 0:
+    raise UserError(f"config.model.logit_softcap={cfg.logit_softcap} is negative; use 0 (off) or a "
+                    "positive cap such as 30")
 
 
 # ----------------------------------------------------------------------------- init
@@ -125,6 +142,13 @@ def init_params(key, cfg):
   }
   if not cfg.tie_embeddings:
     params["lm_head"] = _linear(k_head, (D, V), D, V)
+  if _option(cfg, "qk_norm"):
+    K = D // cfg.n_heads
+    blocks["q_norm"] = jnp.ones((L, K), jnp.float32)   # named *norm*: adamw.decay_mask skips them
+    blocks["k_norm"] = jnp.ones((L, K), jnp.float32)
+  if _option(cfg, "zero_init_out"):
+    # Drawn above and then replaced, so every other weight keeps the same random draw as without it.
+    blocks["wo"], blocks["w2"] = jnp.zeros_like(blocks["wo"]), jnp.zeros_like(blocks["w2"])
   return params
 
 
@@ -205,12 +229,20 @@ def attention(q_BTHK, k_BTHK, v_BTHK, backend, causal=True):
   raise UserError(f"attention backend {backend!r} is unknown; use one of {list(BACKENDS)}")
 
 
+def qk_norm(p, q_BTHK, k_BTHK, cfg, dtype):
+  """With cfg.qk_norm, RMSNorm of q and k over the head dim (OLMo-2, Gemma 3), else q, k unchanged."""
+  if not _option(cfg, "qk_norm"):
+    return q_BTHK, k_BTHK
+  return rms_norm(q_BTHK, p["q_norm"], dtype), rms_norm(k_BTHK, p["k_norm"], dtype)
+
+
 def _mha(p, h_BTD, rope, cfg, dtype):
   """Multi-head attention with RoPE on q and k; returns the block's B x T x D output."""
   qkv_BT3HK = jnp.einsum("btd,dshk->btshk", h_BTD, p["wqkv"].astype(dtype))
   cos, sin = rope
-  q_BTHK = apply_rope(qkv_BT3HK[:, :, 0], cos, sin)
-  k_BTHK = apply_rope(qkv_BT3HK[:, :, 1], cos, sin)
+  q_BTHK, k_BTHK = qk_norm(p, qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], cfg, dtype)
+  q_BTHK = apply_rope(q_BTHK, cos, sin)
+  k_BTHK = apply_rope(k_BTHK, cos, sin)
   o_BTHK = attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend)
   return jnp.einsum("bthk,hkd->btd", o_BTHK, p["wo"].astype(dtype))
 
@@ -284,42 +316,59 @@ def _head(params, cfg):
 def forward(params, tokens_BT, cfg):
   """tokens B x T (int) -> fp32 logits B x T x V (bf16 operands, fp32 accumulation and output)."""
   spec, w = _head(params, cfg)
-  return jnp.einsum(spec, hidden(params, tokens_BT, cfg), w, preferred_element_type=jnp.float32)
+  logits_BTV = jnp.einsum(spec, hidden(params, tokens_BT, cfg), w, preferred_element_type=jnp.float32)
+  return softcap(logits_BTV, _option(cfg, "logit_softcap"))
+
+
+def softcap(logits, cap):
+  """cap * tanh(logits / cap) in fp32 (Gemma 2): logits smoothly bounded to (-cap, cap); cap 0 = off."""
+  if not cap:
+    return logits
+  return cap * jnp.tanh(logits.astype(jnp.float32) / cap)
 
 
 def loss_fn(params, tokens_BT, targets_BT, cfg):
   """Mean next-token cross-entropy, in fp32 via logsumexp."""
   spec, w = _head(params, cfg)
-  return _head_cross_entropy(spec, hidden(params, tokens_BT, cfg), w, targets_BT.astype(jnp.int32))
+  return _head_cross_entropy(spec, hidden(params, tokens_BT, cfg), w, targets_BT.astype(jnp.int32),
+                             float(_option(cfg, "logit_softcap")))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _head_cross_entropy(spec, h_BTD, w, targets_BT):
-  """mean(logsumexp(logits) - logits[target]), logits = einsum(spec, h, w); reductions in fp32."""
-  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def _head_cross_entropy(spec, h_BTD, w, targets_BT, cap=0.0):
+  """mean(logsumexp(z) - z[target]), z = softcap(einsum(spec, h, w), cap); reductions in fp32."""
+  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap)[0]
 
 
-def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT):
+def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0):
   # The logits are stored in the compute dtype (bf16 on GPU, as under PyTorch AMP): they are the
   # largest tensor of the step and are read three times; fp32 storage cost 0.7 ms/step (5.5%) on
-  # the H100. The logsumexp and the loss are still computed in fp32 (docs/model.md).
+  # the H100. The logsumexp and the loss are still computed in fp32 (docs/model.md). With a
+  # softcap the raw logits are what is stored; the cap is applied in fp32 on each read.
   logits_BTV = jnp.einsum(spec, h_BTD, w)
-  logits32_BTV = logits_BTV.astype(jnp.float32)
+  logits32_BTV = softcap(logits_BTV.astype(jnp.float32), cap)
   lse_BT = jax.nn.logsumexp(logits32_BTV, axis=-1)
   target_BT = jnp.take_along_axis(logits32_BTV, targets_BT[..., None], axis=-1)[..., 0]
   return jnp.mean(lse_BT - target_BT), (h_BTD, w, targets_BT, logits_BTV, lse_BT)
 
 
-def _head_cross_entropy_bwd(spec, res, g):
+def _head_cross_entropy_bwd(spec, cap, res, g):
   # Written by hand for speed (the B x T x V logits are the largest tensor of the step): one fused
   # pass makes d(loss)/d(logits) = (softmax - onehot) * g/N directly in the compute dtype, so both
   # head matmuls of the backward run in bf16. Plain autodiff would make it in fp32 over several
   # passes and run those matmuls in fp32.
   h_BTD, w, targets_BT, logits_BTV, lse_BT = res
   V = logits_BTV.shape[-1]
-  p_BTV = jnp.exp(logits_BTV.astype(jnp.float32) - lse_BT[..., None])
+  z_BTV = softcap(logits_BTV.astype(jnp.float32), cap)
+  p_BTV = jnp.exp(z_BTV - lse_BT[..., None])
   onehot_BTV = targets_BT[..., None] == jnp.arange(V, dtype=jnp.int32)
-  d_BTV = ((p_BTV - onehot_BTV) * (g / targets_BT.size)).astype(h_BTD.dtype)
+  d_BTV = (p_BTV - onehot_BTV) * (g / targets_BT.size)
+  if cap:
+    # Chain rule through z = cap * tanh(x / cap): dz/dx = 1 - (z / cap)^2, from the fp32 z just
+    # recomputed in this same pass. Storing the capped logits in bf16 instead would lose most of
+    # this factor's precision where tanh saturates, and would save no memory traffic.
+    d_BTV = d_BTV * (1.0 - jnp.square(z_BTV / cap))
+  d_BTV = d_BTV.astype(h_BTD.dtype)
   _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w)
   return (*vjp(d_BTV), None)
 

@@ -31,6 +31,7 @@ import adamw
 import data
 import errors
 import model
+import muon
 from errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -148,8 +149,13 @@ def make_train_step(config, mesh, on_device):
       grad_norm = adamw.global_norm(grads)
     lr = adamw.lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
                      min_lr=t.min_lr, schedule=t.schedule, decay_frac=t.decay_frac)
-    params, opt = adamw.update(grads, state["opt"], params, lr, b1=t.b1, b2=t.b2, eps=t.eps,
-                               weight_decay=t.weight_decay, mask=adamw.decay_mask(params))
+    if _optimizer(t) == "muon":  # Muon on the hidden matrices, AdamW on the rest (muon.py)
+      params, opt = muon.update(grads, state["opt"], params, lr, momentum=t.muon_momentum,
+                                nesterov=t.muon_nesterov, lr_scale=t.muon_lr_scale, b1=t.b1,
+                                b2=t.b2, eps=t.eps, weight_decay=t.weight_decay)
+    else:
+      params, opt = adamw.update(grads, state["opt"], params, lr, b1=t.b1, b2=t.b2, eps=t.eps,
+                                 weight_decay=t.weight_decay, mask=adamw.decay_mask(params))
     # The first step (1-based) that made the loss, gradients or params non-finite; read only at
     # sync points, so no step waits on the host for it. Checking the params (one cheap reduction)
     # keeps a NaN learning rate or update from reaching a checkpoint before the loss shows it.
@@ -220,9 +226,26 @@ def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def _optimizer(t):
+  """config.train.optimizer; configs (and checkpoints) from before the key existed mean AdamW."""
+  return t.get("optimizer", "adamw")
+
+
+# How the model is computed, not what it is: a run may resume with another kernel or layer loop.
+_EXECUTION_KEYS = ("attention_backend", "xent_backend", "scan_layers")
+
+
+def _model_identity(model_cfg):
+  """The model config as a resume compares it: keys added since a checkpoint was saved take their
+  defaults (so older runs still resume) and execution-only keys are left out."""
+  full = {**model.default_model_config().to_dict(), **model_cfg}
+  return {k: v for k, v in full.items() if k not in _EXECUTION_KEYS}
+
+
 def _init_state(config, key):
   params = model.init_params(key, config.model)
-  return {"params": params, "opt": adamw.init(params), "step": jnp.zeros((), jnp.int32),
+  opt = muon.init(params) if _optimizer(config.train) == "muon" else adamw.init(params)
+  return {"params": params, "opt": opt, "step": jnp.zeros((), jnp.int32),
           "bad_step": jnp.full((), -1, jnp.int32), "rng": jnp.zeros((2,), jnp.uint32)}
 
 
@@ -294,6 +317,10 @@ def _fmt_time(s):
 # ----------------------------------------------------------------------------- the loop
 
 
+OPTIMIZERS = ("adamw", "muon")
+MUON_KEYS = ("muon_momentum", "muon_nesterov", "muon_lr_scale")
+
+
 def _check_config(config, n_dev):
   t = config.train
   if t.batch_size % t.microbatches or (t.batch_size // t.microbatches) % n_dev:
@@ -303,6 +330,13 @@ def _check_config(config, n_dev):
         f"of {t.microbatches * n_dev}")
   if t.steps < 1 or t.log_every < 1 or t.eval_every < 1 or t.ckpt_every < 1:
     raise UserError("config.train.steps, log_every, eval_every and ckpt_every must be >= 1")
+  if _optimizer(t) not in OPTIMIZERS:
+    raise UserError(f"config.train.optimizer={_optimizer(t)!r} is unknown: use "
+                    "--config.train.optimizer=adamw or --config.train.optimizer=muon")
+  missing = [k for k in MUON_KEYS if k not in t] if _optimizer(t) == "muon" else []
+  if missing:
+    raise UserError(f"optimizer='muon' needs config.train.{', '.join(missing)}: add them to the "
+                    "config file as configs/tiny.py does")
 
 
 def _maybe_init_distributed():
@@ -325,8 +359,6 @@ def train(config, workdir):
   train_N, val_N = load_data(config)
   T, B = config.model.context_length, t.batch_size
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2) + "\n")
 
   mesh = Mesh(np.array(devices), ("data",))
   replicated = NamedSharding(mesh, P())
@@ -339,15 +371,26 @@ def train(config, workdir):
   latest = mgr.latest_step()
   prev = {"train_s": 0.0, "wall_s": 0.0}
   if latest is not None:
-    state, meta = _restore(mgr, latest, _abstract(shapes, replicated))
-    if meta["config"]["model"] != config.model.to_dict():
-      raise UserError(f"{workdir} holds a checkpoint of a different model ({meta['config']['model']}); "
+    # AdamW's and Muon's states differ in structure: a restore across them cannot work.
+    # Checked on the saved config before the arrays are read: a restore into other shapes would
+    # fail as if the checkpoint were corrupt.
+    saved = _restore(mgr, latest, None)[1]["config"]
+    if _model_identity(saved["model"]) != _model_identity(config.model.to_dict()):
+      raise UserError(f"{workdir} holds a checkpoint of a different model ({saved['model']}); "
                       "use a new --workdir for this config, or the same config.model to resume")
+    saved_opt = saved["train"].get("optimizer", "adamw")
+    if saved_opt != _optimizer(t):
+      raise UserError(f"{workdir} holds a checkpoint trained with optimizer={saved_opt!r}: resume with "
+                      f"--config.train.optimizer={saved_opt}, or use a new --workdir for {_optimizer(t)!r}")
+    state, meta = _restore(mgr, latest, _abstract(shapes, replicated))
     prev = {k: meta[k] for k in prev}
     print(f"resumed from {mgr.directory}/{latest}", flush=True)
   else:
     state = jax.jit(lambda k: _init_state(config, k), out_shardings=replicated)(init_key)
     state["rng"] = jax.device_put(jax.random.key_data(data_key), replicated)
+  # Written after the resume check, so a refused resume leaves the run's config.json alone.
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2) + "\n")
   rng_host = np.asarray(state["rng"])  # the data key; state itself is donated step after step
   start = int(state["step"])
   events = _read_metrics(workdir, start)

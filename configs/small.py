@@ -17,4 +17,6 @@ def get_config():
   config.train.lr = 6e-4  # wider models want a lower peak learning rate.
   config.train.min_lr = 6e-5
   config.train.target_val_loss = 0.0
+  # optimizer / muon_* come from the speedrun config: Muon's update is scaled to AdamW's RMS
+  # (muon.py), so the lr above serves both; try --config.train.optimizer=muon.
   return config

@@ -29,6 +29,10 @@ def get_config():
   m.scan_layers = True
   m.kv_lora_rank = 0  # MLA only.
   m.rope_head_dim = 0  # MLA only.
+  # Tokens-to-target options (docs/model.md), each off until an experiment shows it helps:
+  m.qk_norm = False  # RMSNorm over the head dim of q and k (learned gains) before RoPE; MHA only.
+  m.zero_init_out = False  # the blocks' output projections wo, w2 start at zero (each block starts as identity).
+  m.logit_softcap = 0.0  # > 0: logits = c * tanh(logits / c) (Gemma 2 uses 30); 0 = off.
 
   # Data: a directory made by data.py (train.bin, val.bin, meta.json, tokenizer.json).
   d = config.data = ml_collections.ConfigDict()
@@ -55,6 +59,13 @@ def get_config():
   t.b2 = 0.95
   t.eps = 1e-8
   t.grad_clip = 1.0  # max global L2 norm of the gradient; 0 = no clipping.
+  # 'adamw' | 'muon'. Muon (muon.py) updates the hidden weight matrices with orthogonalised
+  # momentum, scaled to AdamW's update RMS so lr, schedule and weight_decay carry over; the
+  # embedding, head and norm gains stay on AdamW (b1, b2, eps above). docs/train.md, "Muon".
+  t.optimizer = "adamw"
+  t.muon_momentum = 0.95  # Muon's SGD momentum (Jordan 2024; Moonshot 2025).
+  t.muon_nesterov = True  # Nesterov momentum: the update uses g + momentum * buffer.
+  t.muon_lr_scale = 1.0  # Muon's lr = lr * this (1.0: Moonshot's matched-RMS choice).
   t.log_every = 10
   t.eval_every = 100
   t.eval_tokens = 32_768  # the first 32k val tokens (of ~97k; 0 = all): a few seconds per eval.

@@ -572,3 +572,166 @@ def test_indexer_distillation_lowers_the_kl():
   ix = decode.train_indexer(params, cfg, "mha", train_N, 60, batch_size=4, lr=1e-2, log=None)
   after = decode.indexer_kl(ix, params, cfg, "mha", tok)
   assert float(after) < 0.7 * float(before)
+
+
+# ----------------------------------------------------------------------------- tokens-to-target options
+
+OPTIONS = ("qk_norm", "zero_init_out", "logit_softcap")
+
+
+def _np_rms(x, g):
+  return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + 1e-5) * g
+
+
+def _randomised(params, seed=7):
+  """A copy with every weight (gains and zero-initialised matrices included) redrawn at random, so a
+  gain or projection that the code forgot to apply shows up in the output."""
+  rng = np.random.default_rng(seed)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  return jax.tree.unflatten(treedef, [jnp.asarray(
+      1.0 + 0.3 * rng.normal(size=a.shape) if "norm" in jax.tree_util.keystr(path)
+      else 0.15 * rng.normal(size=a.shape), jnp.float32) for path, a in leaves])
+
+
+def test_options_default_off_and_add_no_params():
+  cfg = model.default_model_config()
+  assert (cfg.qk_norm, cfg.zero_init_out, cfg.logit_softcap) == (False, False, 0.0)
+  params = init({})
+  assert set(params["blocks"]) == {"attn_norm", "wqkv", "wo", "mlp_norm", "w13", "w2"}
+  # A config saved before the options existed (an older checkpoint's config.json) means all off.
+  old = make_cfg()
+  old = type(old)({k: v for k, v in old.to_dict().items() if k not in OPTIONS})
+  fresh = model.init_params(jax.random.PRNGKey(0), old)
+  for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  tok, tgt = tokens(2, 16, 256), tokens(2, 16, 256, seed=2)
+  np.testing.assert_array_equal(model.forward(params, tok, old), model.forward(params, tok, make_cfg()))
+  assert float(model.loss_fn(params, tok, tgt, old)) == float(model.loss_fn(params, tok, tgt, make_cfg()))
+
+
+def test_option_errors_name_the_fix():
+  with pytest.raises(UserError, match="qk_norm=False.*attention=mha"):
+    model.init_params(jax.random.PRNGKey(0), make_cfg(attention="mla", qk_norm=True))
+  with pytest.raises(UserError, match="logit_softcap"):
+    model.forward(init({}), tokens(1, 4, 256), make_cfg(logit_softcap=-1.0))
+
+
+def test_qk_norm_gains_are_per_layer_head_dim_vectors_without_weight_decay():
+  params = init(dict(qk_norm=True))
+  for name in ("q_norm", "k_norm"):
+    assert params["blocks"][name].shape == (2, 16)     # L x K
+    np.testing.assert_array_equal(params["blocks"][name], 1.0)
+    assert not adamw.decay_mask(params)["blocks"][name]
+  # Everything else is the default init, draw for draw: an A/B run differs only by the option.
+  for name, a in init({})["blocks"].items():
+    np.testing.assert_array_equal(params["blocks"][name], a)
+
+
+def np_one_block_lm(p, tok, theta, qk_norm):
+  """NumPy transcription of a one-layer tied model, with the q/k RMSNorm before RoPE when qk_norm."""
+  b = {k: np.asarray(v, np.float64)[0] for k, v in p["blocks"].items()}
+  embed = np.asarray(p["embed"], np.float64)
+  x = embed[np.asarray(tok)]
+  qkv = np.einsum("btd,dshk->btshk", _np_rms(x, b["attn_norm"]), b["wqkv"])
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  if qk_norm:
+    q, k = _np_rms(q, b["q_norm"]), _np_rms(k, b["k_norm"])
+  q = np.stack([np_rope(qi, theta) for qi in q])
+  k = np.stack([np_rope(ki, theta) for ki in k])
+  x = x + np.einsum("bthk,hkd->btd", np_causal_attention(q, k, v), b["wo"])
+  h = _np_rms(x, b["mlp_norm"])
+  gate, up = h @ b["w13"][:, 0], h @ b["w13"][:, 1]
+  x = x + (gate / (1 + np.exp(-gate)) * up) @ b["w2"]
+  return _np_rms(x, np.asarray(p["final_norm"], np.float64)) @ embed.T
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_qk_norm_forward_matches_numpy(scan_layers):
+  cfg = make_cfg(qk_norm=True, n_layers=1, scan_layers=scan_layers)
+  params = _randomised(model.init_params(jax.random.PRNGKey(0), cfg))
+  tok = tokens(2, 9, 256)
+  want = np_one_block_lm(params, tok, cfg.rope_theta, qk_norm=True)
+  np.testing.assert_allclose(model.forward(params, tok, cfg), want, atol=2e-4, rtol=1e-4)
+  # The reference can tell: without the norm it is far from the model.
+  assert np.abs(np_one_block_lm(params, tok, cfg.rope_theta, qk_norm=False) - want).max() > 1e-2
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_zero_init_out_blocks_start_as_identity(tied):
+  cfg = make_cfg(zero_init_out=True, tie_embeddings=tied)
+  params = init(dict(zero_init_out=True, tie_embeddings=tied))
+  np.testing.assert_array_equal(params["blocks"]["wo"], 0.0)
+  np.testing.assert_array_equal(params["blocks"]["w2"], 0.0)
+  default = init(dict(tie_embeddings=tied))
+  np.testing.assert_array_equal(params["blocks"]["wqkv"], default["blocks"]["wqkv"])
+  np.testing.assert_array_equal(params["embed"], default["embed"])
+  # At init the logits are the embedding -> final RMSNorm -> head alone (NumPy).
+  tok = tokens(2, 12, 256)
+  x = np.asarray(params["embed"], np.float64)[np.asarray(tok)]
+  head = np.asarray(params["embed"]).T if tied else np.asarray(params["lm_head"])
+  want = _np_rms(x, np.asarray(params["final_norm"])) @ head
+  np.testing.assert_allclose(model.forward(params, tok, cfg), want, atol=1e-5, rtol=1e-5)
+  # ... and it still learns: the zero projections get a gradient at the first step.
+  g = jax.grad(model.loss_fn)(params, tok, tokens(2, 12, 256, seed=2), cfg)
+  assert float(jnp.abs(g["blocks"]["wo"]).max()) > 1e-6 and float(jnp.abs(g["blocks"]["w2"]).max()) > 1e-6
+
+
+def _plain_softcap_loss(params, tok, tgt, cfg, cap):
+  """The same loss with no custom_vjp: plain jnp, differentiated by JAX itself."""
+  h = model.hidden(params, tok, cfg)
+  w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  z = cap * jnp.tanh((h @ w) / cap)
+  return jnp.mean(jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, tgt[..., None], axis=-1)[..., 0])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_logit_softcap_loss_and_gradient_match_plain_autodiff(tied):
+  cap = 1.5
+  cfg = make_cfg(tie_embeddings=tied, logit_softcap=cap)
+  params = dict(init(dict(tie_embeddings=tied)))
+  params["final_norm"] = params["final_norm"] * 4.0   # logits of several caps: tanh well into saturation
+  tok, tgt = tokens(2, 16, 256), tokens(2, 16, 256, seed=2)
+  raw = np.asarray(model.forward(params, tok, make_cfg(tie_embeddings=tied)), np.float64)
+  assert np.abs(raw).max() > 3 * cap
+  got = np.asarray(model.forward(params, tok, cfg))
+  np.testing.assert_allclose(got, cap * np.tanh(raw / cap), atol=1e-5)
+  assert np.abs(got).max() <= cap
+  want_loss = np_cross_entropy(cap * np.tanh(raw / cap), np.asarray(tgt))
+  assert float(model.loss_fn(params, tok, tgt, cfg)) == pytest.approx(want_loss, rel=1e-5)
+  g_got = jax.grad(model.loss_fn)(params, tok, tgt, cfg)
+  g_want = jax.grad(_plain_softcap_loss)(params, tok, tgt, cfg, cap)
+  for path, a in jax.tree_util.tree_leaves_with_path(g_got):
+    b = functools.reduce(lambda t, k: t[k.key], path, g_want)
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+  # The tanh derivative matters here: the uncapped gradient is far from it.
+  g_raw = jax.grad(model.loss_fn)(params, tok, tgt, make_cfg(tie_embeddings=tied))
+  assert float(adamw.global_norm(jax.tree.map(jnp.subtract, g_raw, g_want))) > 0.1 * float(adamw.global_norm(g_want))
+
+
+@pytest.mark.slow
+def test_logit_softcap_bf16_loss_is_close_to_fp32():
+  cfg = make_cfg(vocab_size=1000, logit_softcap=5.0)
+  params = init(dict(vocab_size=1000))
+  tok, tgt = tokens(2, 32, 1000), tokens(2, 32, 1000, seed=2)
+  ref = float(model.loss_fn(params, tok, tgt, cfg))
+  g_ref = jax.grad(model.loss_fn)(params, tok, tgt, cfg)
+  cfg.compute_dtype = "bfloat16"
+  assert float(model.loss_fn(params, tok, tgt, cfg)) == pytest.approx(ref, abs=0.02)
+  g = jax.grad(model.loss_fn)(params, tok, tgt, cfg)
+  err = adamw.global_norm(jax.tree.map(jnp.subtract, g, g_ref)) / adamw.global_norm(g_ref)
+  assert float(err) < 0.05
+
+
+@pytest.mark.parametrize("options", [dict(qk_norm=True), dict(logit_softcap=2.0),
+                                     dict(qk_norm=True, zero_init_out=True, logit_softcap=2.0)])
+def test_kv_cache_decode_with_options_equals_forward(options):
+  # zero_init_out only changes the init, so it runs with the others on random (nonzero) wo, w2.
+  cfg = make_cfg(**options)
+  params = _randomised(model.init_params(jax.random.PRNGKey(0), cfg))   # random gains, nonzero wo/w2
+  tok = tokens(2, 14, 256)
+  want = _fwd(params, tok, cfg)
+  ip, kind = decode.prepare(params, cfg)
+  np.testing.assert_allclose(_cached_logits(ip, cfg, kind, tok, 7, 20), want, atol=2e-5, rtol=1e-5)
+  if len(options) == 3:  # the full-rank SVD-converted latent cache too (keys rebuilt, normed, rotated)
+    ip, kind = decode.prepare(params, cfg, use_mla=True, mla_rank=cfg.d_model)
+    np.testing.assert_allclose(_cached_logits(ip, cfg, kind, tok, 7, 20), want, atol=1e-4, rtol=1e-4)

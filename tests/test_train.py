@@ -184,6 +184,20 @@ def test_resume_gives_the_same_losses_and_params(base, data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_refuses_another_model_but_not_another_layer_loop(base, data_dir, tmp_path):
+  workdir, _ = base
+  for name in ("other", "scan"):
+    shutil.copytree(os.path.join(workdir, "checkpoints", "10"), tmp_path / name / "checkpoints" / "10")
+  with pytest.raises(UserError, match="different model"):
+    train.train(_config(data_dir, {"d_ff": 2 * MODEL["d_ff"]}), str(tmp_path / "other"))
+  assert not os.path.exists(tmp_path / "other" / "config.json")   # the refused run wrote nothing
+  # scan_layers (like the attention/xent backends) changes how the model runs, not the model.
+  assert train.train(_config(data_dir, {"scan_layers": True}), str(tmp_path / "scan"))["steps"] == 20
+  ref, got = _losses(workdir), _losses(str(tmp_path / "scan"))
+  np.testing.assert_allclose([got[s] for s in got], [ref[s] for s in got], rtol=1e-4)
+
+
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch(base, data_dir, tmp_path):
   """2 microbatches of 8 = one batch of 16 (same windows, sampled before the split)."""
   workdir, _ = base
