@@ -87,7 +87,8 @@ def _check(q_BTHK, k_BTHK, v_BTHK):
                     "split the batch into smaller calls")
 
 
-def _forward(q_BTHK, k_BTHK, v_BTHK, causal, sm_scale, config):
+def _forward(q_BTHK, k_BTHK, v_BTHK, causal, sm_scale, config, packed_v=False):
+  """O and LSE; with packed_v, v_BTHK is the whole [B, T, 3, H, K] projection and V is its third part."""
   jt, kern = _triton()
   b, t, h, d = q_BTHK.shape
   bm, bn, warps, stages = config[0]
@@ -96,18 +97,25 @@ def _forward(q_BTHK, k_BTHK, v_BTHK, causal, sm_scale, config):
       out_shape=(jax.ShapeDtypeStruct(q_BTHK.shape, q_BTHK.dtype),
                  jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
       grid=(-(-t // bm), b * h), num_warps=warps, num_stages=stages,
-      SM_SCALE=sm_scale, T=t, H=h, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal)
+      SM_SCALE=sm_scale, T=t, H=h, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal,
+      V_ROW=(3 if packed_v else 1) * h * d, V_OFF=2 * h * d if packed_v else 0)
   return o_BTHK, lse_BHT
+
+
+def _delta(o_BTHK, do_BTHK):
+  jt, kern = _triton()
+  b, t, h, d = o_BTHK.shape
+  return jt.triton_call(
+      o_BTHK, do_BTHK, kernel=kern.bwd_preprocess_kernel,
+      out_shape=jax.ShapeDtypeStruct((b, h, t), jnp.float32),
+      grid=(-(-t // _PRE_BLOCK), b * h), num_warps=4, num_stages=1, BLOCK_M=_PRE_BLOCK, T=t, H=h, D=d)
 
 
 def _backward(q_BTHK, k_BTHK, v_BTHK, o_BTHK, lse_BHT, do_BTHK, causal, sm_scale, config):
   jt, kern = _triton()
   b, t, h, d = q_BTHK.shape
   shape = dict(T=t, H=h, D=d)
-  delta_BHT = jt.triton_call(
-      o_BTHK, do_BTHK, kernel=kern.bwd_preprocess_kernel,
-      out_shape=jax.ShapeDtypeStruct((b, h, t), jnp.float32),
-      grid=(-(-t // _PRE_BLOCK), b * h), num_warps=4, num_stages=1, BLOCK_M=_PRE_BLOCK, **shape)
+  delta_BHT = _delta(o_BTHK, do_BTHK)
   like_q = jax.ShapeDtypeStruct(q_BTHK.shape, q_BTHK.dtype)
   bm, bn, warps, stages = config[1]
   dk_BTHK, dv_BTHK = jt.triton_call(
@@ -160,3 +168,71 @@ def flash_attention(q_BTHK, k_BTHK, v_BTHK, causal=True, sm_scale=None, *, confi
   config = block_config(t, width) if config is None else tuple(tuple(c) for c in config)
   o_BTHK = _flash(q_BTHK, k_BTHK, v_BTHK, bool(causal), sm_scale, config)
   return o_BTHK[..., :d] if width != d else o_BTHK
+
+
+# ----------------------------------------------------------------------------- packed QKV + RoPE
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _flash_rope(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
+  return _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config)[0]
+
+
+def _rotated(qkv_BT3HK, cos_TK, sin_TK):
+  import model  # pylint: disable=import-outside-toplevel  (model imports this module lazily too)
+  return (model.apply_rope(qkv_BT3HK[:, :, 0], cos_TK, sin_TK),
+          model.apply_rope(qkv_BT3HK[:, :, 1], cos_TK, sin_TK))
+
+
+def _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
+  q_BTHK, k_BTHK = _rotated(qkv_BT3HK, cos_TK, sin_TK)
+  o_BTHK, lse_BHT = _forward(q_BTHK, k_BTHK, qkv_BT3HK, causal, sm_scale, config, packed_v=True)
+  return o_BTHK, (qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT)
+
+
+def _flash_rope_bwd(causal, sm_scale, config, res, do_BTHK):
+  jt, kern = _triton()
+  qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT = res
+  do_BTHK = do_BTHK.astype(q_BTHK.dtype)
+  b, t, h, d = q_BTHK.shape
+  consts = dict(T=t, H=h, D=d, SM_SCALE=sm_scale, CAUSAL=causal)
+  delta_BHT = _delta(o_BTHK, do_BTHK)
+  ins = (q_BTHK, k_BTHK, qkv_BT3HK, do_BTHK, lse_BHT, delta_BHT, cos_TK, sin_TK)
+  like_qkv = jax.ShapeDtypeStruct(qkv_BT3HK.shape, qkv_BT3HK.dtype)
+  bm, bn, warps, stages = config[1]
+  dqkv_BT3HK = jt.triton_call(*ins, kernel=kern.bwd_dkdv_rope_kernel, out_shape=like_qkv,
+                              grid=(-(-t // bn), b * h), num_warps=warps, num_stages=stages,
+                              BLOCK_M=bm, BLOCK_N=bn, **consts)
+  bm, bn, warps, stages = config[2]
+  dqkv_BT3HK = jt.triton_call(*ins, dqkv_BT3HK, kernel=kern.bwd_dq_rope_kernel, out_shape=like_qkv,
+                              input_output_aliases={len(ins): 0}, grid=(-(-t // bm), b * h),
+                              num_warps=warps, num_stages=stages, BLOCK_M=bm, BLOCK_N=bn, **consts)
+  return dqkv_BT3HK, jnp.zeros_like(cos_TK), jnp.zeros_like(sin_TK)
+
+
+_flash_rope.defvjp(_flash_rope_fwd, _flash_rope_bwd)
+
+
+def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
+  """flash_attention(rope(q), rope(k), v) from the packed q/k/v projection [B, T, 3, H, K].
+
+  cos_TK, sin_TK: model.rope_tables(T, K, theta) (RoPE on adjacent pairs, as model.apply_rope).
+  Same result as model.apply_rope + flash_attention, with less memory traffic around the kernels:
+  V is read in place from the projection, and the backward applies RoPE's transpose to dQ and dK
+  inside the kernels and writes one packed dQKV (docs/attention.md). bf16/fp16, K in HEAD_DIMS.
+  """
+  if qkv_BT3HK.ndim != 5 or qkv_BT3HK.shape[2] != 3:
+    raise UserError(f"flash_attention_rope wants the packed projection [batch, seq, 3, heads, head_dim]; "
+                    f"got {qkv_BT3HK.shape}")
+  q_BTHK = qkv_BT3HK[:, :, 0]
+  _check(q_BTHK, q_BTHK, q_BTHK)
+  t, d = q_BTHK.shape[1], q_BTHK.shape[3]
+  if d not in HEAD_DIMS:
+    raise UserError(f"flash_attention_rope supports head_dim in {HEAD_DIMS}, got {d}; use flash_attention "
+                    "on rotated q, k (it pads other widths)")
+  if cos_TK.shape != (t, d // 2) or sin_TK.shape != (t, d // 2):
+    raise UserError(f"flash_attention_rope wants cos/sin tables of shape {(t, d // 2)} "
+                    f"(model.rope_tables(T, head_dim, theta)); got {cos_TK.shape}, {sin_TK.shape}")
+  sm_scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
+  return _flash_rope(qkv_BT3HK, cos_TK.astype(jnp.float32), sin_TK.astype(jnp.float32), bool(causal), sm_scale,
+                     block_config(t, d))

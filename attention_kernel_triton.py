@@ -14,7 +14,7 @@ import triton.language as tl
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
-               T: tl.constexpr, ROW: tl.constexpr, BLOCK_N: tl.constexpr,
+               T: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr):
   offs_n = tl.arange(0, BLOCK_N)
   for start_n in range(lo, hi, BLOCK_N):
@@ -39,9 +39,9 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if MASKED:
-      v = tl.load(v_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
+      v = tl.load(v_ptrs + start_n * V_ROW, mask=cols[:, None] < T, other=0.0)
     else:
-      v = tl.load(v_ptrs + start_n * ROW)
+      v = tl.load(v_ptrs + start_n * V_ROW)
     acc = tl.dot(p.to(v.dtype), v, acc)
     m_i = m_new
   return acc, l_i, m_i
@@ -50,8 +50,12 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
 @triton.jit
 def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr):
-  """O = softmax(Q K^T * SM_SCALE) V for one block of BLOCK_M queries; LSE[b, h, t] saved."""
+               CAUSAL: tl.constexpr, V_ROW: tl.constexpr, V_OFF: tl.constexpr):
+  """O = softmax(Q K^T * SM_SCALE) V for one block of BLOCK_M queries; LSE[b, h, t] saved.
+
+  V's rows sit V_ROW elements apart from offset V_OFF: H*D and 0 for a [B, T, H, D] array, 3*H*D
+  and 2*H*D to read V in place from the packed [B, T, 3, H, D] projection.
+  """
   # Causal query blocks near the end do the most work: launch them first for load balance.
   start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
   bh = tl.program_id(1)
@@ -63,7 +67,7 @@ def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.c
   q = tl.load(Q + base + offs_m[:, None] * ROW + offs_d[None, :], mask=offs_m[:, None] < T,
               other=0.0)
   k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
-  v_ptrs = V + base + offs_n[:, None] * ROW + offs_d[None, :]
+  v_ptrs = V + (bh // H).to(tl.int64) * T * V_ROW + V_OFF + (bh % H) * D + offs_n[:, None] * V_ROW + offs_d[None, :]
   m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
   l_i = tl.zeros([BLOCK_M], tl.float32)
   acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -78,9 +82,9 @@ def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.c
     full_hi = (T // BLOCK_N) * BLOCK_N
     hi = T
   acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
-                             T, ROW, BLOCK_N, False, CAUSAL)
+                             T, ROW, V_ROW, BLOCK_N, False, CAUSAL)
   acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
-                             T, ROW, BLOCK_N, True, CAUSAL)
+                             T, ROW, V_ROW, BLOCK_N, True, CAUSAL)
   acc = acc / l_i[:, None]
   tl.store(LSE + bh * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)
   tl.store(O + base + offs_m[:, None] * ROW + offs_d[None, :], acc.to(O.dtype.element_ty),
@@ -163,7 +167,7 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, SM_SCALE: tl.constexpr, T: 
 
 @triton.jit
 def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
-              T: tl.constexpr, ROW: tl.constexpr, BLOCK_N: tl.constexpr,
+              T: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr):
   offs_n = tl.arange(0, BLOCK_N)
   for start_n in range(lo, hi, BLOCK_N):
@@ -171,10 +175,10 @@ def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
     cols = start_n + offs_n
     if MASKED:
       k = tl.load(k_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
-      v = tl.load(v_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
+      v = tl.load(v_ptrs + start_n * V_ROW, mask=cols[:, None] < T, other=0.0)
     else:
       k = tl.load(k_ptrs + start_n * ROW)
-      v = tl.load(v_ptrs + start_n * ROW)
+      v = tl.load(v_ptrs + start_n * V_ROW)
     p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
     if MASKED:  # where(), not a multiply: p may be inf on a masked entry
       if CAUSAL:
@@ -217,7 +221,107 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.con
     full_hi = (T // BLOCK_N) * BLOCK_N
     hi = T
   dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
-                 T, ROW, BLOCK_N, False, CAUSAL)
+                 T, ROW, ROW, BLOCK_N, False, CAUSAL)
   dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
-                 T, ROW, BLOCK_N, True, CAUSAL)
+                 T, ROW, ROW, BLOCK_N, True, CAUSAL)
   tl.store(DQ + qo, (dq * SM_SCALE).to(DQ.dtype.element_ty), mask=rows[:, None])
+
+
+# ----------------------------------------------------------------------------- packed QKV + RoPE
+# The backward of attention_kernel.flash_attention_rope: Q and K arrive rotated (the forward saved
+# them), V is read in place from the packed [B, T, 3, H, D] projection, and dQ, dK are rotated back
+# (RoPE's transpose) in registers before the store, straight into one packed dQKV array. XLA would
+# otherwise copy V out, run RoPE's backward over dQ and dK, and concatenate the three gradients.
+
+
+@triton.jit
+def _unrotate(x, cos, sin, ROWS: tl.constexpr, D: tl.constexpr):
+  """RoPE's transpose on a [ROWS, D] tile of adjacent pairs (x0, x1): (x0 c + x1 s, x1 c - x0 s)."""
+  x0, x1 = tl.split(tl.reshape(x, [ROWS, D // 2, 2]))
+  return tl.reshape(tl.join(x0 * cos + x1 * sin, x1 * cos - x0 * sin), [ROWS, D])
+
+
+@triton.jit
+def _rope_tile(COS, SIN, offs, T: tl.constexpr, D: tl.constexpr):
+  """cos, sin [len(offs), D/2] fp32 for the positions offs (rows >= T load zeros)."""
+  ptrs = offs[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :]
+  return (tl.load(COS + ptrs, mask=offs[:, None] < T, other=0.0),
+          tl.load(SIN + ptrs, mask=offs[:, None] < T, other=0.0))
+
+
+@triton.jit
+def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV, SM_SCALE: tl.constexpr,
+                         T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """bwd_dkdv_kernel for the packed layout: writes dK (rotated back) and dV into DQKV[:, :, 1:3]."""
+  start_n = tl.program_id(0) * BLOCK_N
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
+  offs_n = start_n + tl.arange(0, BLOCK_N)
+  offs_m = tl.arange(0, BLOCK_M)
+  offs_d = tl.arange(0, D)
+  rows = offs_n[:, None] < T
+  k = tl.load(K + base + offs_n[:, None] * ROW + offs_d[None, :], mask=rows, other=0.0)
+  kv3 = base3 + offs_n[:, None] * (3 * ROW) + offs_d[None, :]
+  v = tl.load(QKV + 2 * ROW + kv3, mask=rows, other=0.0)
+  q_ptrs = Q + base + offs_m[:, None] * ROW + offs_d[None, :]
+  do_ptrs = DO + base + offs_m[:, None] * ROW + offs_d[None, :]
+  dk = tl.zeros([BLOCK_N, D], tl.float32)
+  dv = tl.zeros([BLOCK_N, D], tl.float32)
+  qk_scale = SM_SCALE * 1.4426950408889634
+  lo = 0
+  if CAUSAL:
+    lo = start_n + BLOCK_N
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE + bh * T, DELTA + bh * T, offs_n, start_n,
+                         tl.minimum(lo, T), qk_scale, T, ROW, BLOCK_M, True)
+  dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE + bh * T, DELTA + bh * T, offs_n, lo, T,
+                       qk_scale, T, ROW, BLOCK_M, False)
+  cos, sin = _rope_tile(COS, SIN, offs_n, T, D)
+  dk = _unrotate(dk * SM_SCALE, cos, sin, BLOCK_N, D)
+  tl.store(DQKV + ROW + kv3, dk.to(DQKV.dtype.element_ty), mask=rows)
+  tl.store(DQKV + 2 * ROW + kv3, dv.to(DQKV.dtype.element_ty), mask=rows)
+
+
+@triton.jit
+def bwd_dq_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SCALE: tl.constexpr,
+                       T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """bwd_dq_kernel for the packed layout: writes dQ (rotated back) into DQKV[:, :, 0].
+
+  DQKV_IN is the dkdv kernel's output, aliased to DQKV (the same buffer), so the three gradients
+  end up in one array without a copy.
+  """
+  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
+  offs_m = start_m + tl.arange(0, BLOCK_M)
+  offs_n = tl.arange(0, BLOCK_N)
+  offs_d = tl.arange(0, D)
+  qo = base + offs_m[:, None] * ROW + offs_d[None, :]
+  rows = offs_m < T
+  q = tl.load(Q + qo, mask=rows[:, None], other=0.0)
+  do = tl.load(DO + qo, mask=rows[:, None], other=0.0)
+  lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=0.0)
+  delta = tl.load(DELTA + bh * T + offs_m, mask=rows, other=0.0)
+  k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
+  v_ptrs = QKV + base3 + 2 * ROW + offs_n[:, None] * (3 * ROW) + offs_d[None, :]
+  dq = tl.zeros([BLOCK_M, D], tl.float32)
+  qk_scale = SM_SCALE * 1.4426950408889634
+  if CAUSAL:
+    full_hi = start_m
+    hi = tl.minimum(start_m + BLOCK_M, T)
+  else:
+    full_hi = (T // BLOCK_N) * BLOCK_N
+    hi = T
+  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
+                 T, ROW, 3 * ROW, BLOCK_N, False, CAUSAL)
+  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
+                 T, ROW, 3 * ROW, BLOCK_N, True, CAUSAL)
+  cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
+  dq = _unrotate(dq * SM_SCALE, cos, sin, BLOCK_M, D)
+  tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + offs_d[None, :], dq.to(DQKV.dtype.element_ty),
+           mask=rows[:, None])

@@ -91,7 +91,7 @@ def bench_case(config, backend, mesh, args, profile_this):
         state, metrics = step(state, tokens_N)
       jax.block_until_ready(metrics)
     args.profiled = True
-    profile = summarize_trace(args.profile, PROFILE_STEPS)
+    profile = summarize_trace(args.profile, PROFILE_STEPS, args.profile_top)
   ms = 1e3 * float(np.median(times))
   tok_s = B * T / (ms / 1e3)
   peak = train.peak_flops(jax.devices()[0])
@@ -165,6 +165,9 @@ def main():
   p.add_argument("--repeats", type=int, default=None, help="timings, median taken (default 5; quick 2)")
   p.add_argument("--train_tokens", type=int, default=10_000_000, help="random tokens on the device")
   p.add_argument("--profile", default=None, help="write a jax.profiler trace of one case here")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override for every case, e.g. --set=model.xent_backend=xla (repeatable)")
+  p.add_argument("--profile_top", type=int, default=15, help="how many of the slowest kernels to list")
   p.add_argument("--profile_case", default=None, help="'case/backend' to trace (default: the first that runs)")
   p.add_argument("--out", default=None, help="JSON path (default bench/results/train_<device>.json)")
   args = p.parse_args()
@@ -186,7 +189,8 @@ def main():
             "peak_bf16_flops": train.peak_flops(dev), "jax": jax.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": _git_commit(), "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
-            "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "results": []}
+            "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "overrides": args.set,
+            "results": []}
 
   def write():  # after every case, so a run cut short still leaves its figures
     with open(out, "w") as f:
@@ -196,6 +200,12 @@ def main():
   for name, config in cases(args.quick):
     if args.cases and name not in args.cases.split(","):
       continue
+    for item in args.set:
+      key, value = item.split("=", 1)
+      section, field = key.split(".")
+      # Parsed as the type the config already holds (bool/int/float/str), as config_flags would.
+      old = config[section][field]
+      config[section][field] = (value.lower() in ("1", "true")) if isinstance(old, bool) else type(old)(value)
     for backend in args.backends.split(","):
       row = {"case": name, "backend": backend}
       try:

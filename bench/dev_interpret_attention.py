@@ -1,5 +1,6 @@
 """Dev check (not a test, not the product): runs the Triton kernels of attention_kernel_triton.py
-in Triton's CPU interpreter on torch tensors and compares O, dQ, dK, dV with NumPy float64.
+in Triton's CPU interpreter on torch tensors and compares O, dQ, dK, dV with NumPy float64, for
+q/k/v given apart and for the packed-QKV + RoPE path (V read in place, dQ/dK rotated back).
 
   pip install torch triton   # CPU builds
   TRITON_INTERPRET=1 python bench/dev_interpret_attention.py
@@ -49,7 +50,7 @@ def run(b, t, h, d, causal, dtype, cfg):
   common = dict(T=t, H=h, D=d)
   K.fwd_kernel[(-(-t // bm), b * h)](tq, tk, tv, o, lse, SM_SCALE=scale, BLOCK_M=bm,
                                     BLOCK_N=bn, CAUSAL=causal, num_warps=nw, num_stages=ns,
-                                    **common)
+                                    V_ROW=h * d, V_OFF=0, **common)
   delta = torch.empty((b, h, t), dtype=torch.float32)
   K.bwd_preprocess_kernel[(-(-t // 64), b * h)](o, tdo, delta, BLOCK_M=64, **common)
   dq, dk, dv = torch.empty_like(tq), torch.empty_like(tq), torch.empty_like(tq)
@@ -68,6 +69,50 @@ def run(b, t, h, d, causal, dtype, cfg):
   return errs
 
 
+def rope_tables(t, d):
+  ang = np.arange(t)[:, None] * 10_000.0 ** (-np.arange(0, d, 2) / d)
+  return np.cos(ang), np.sin(ang)
+
+
+def rotate(x, cos, sin, sign=1.0):
+  """RoPE on adjacent pairs of B x T x H x D (sign=-1: its transpose)."""
+  x0, x1 = x[..., 0::2], x[..., 1::2]
+  c, s = cos[None, :, None, :], sign * sin[None, :, None, :]
+  return np.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(x.shape)
+
+
+def run_rope(b, t, h, d, causal, dtype, cfg):
+  """The packed-QKV path: forward with V read from qkv, backward kernels writing one dQKV."""
+  rng = np.random.default_rng(1)
+  qkv = torch.from_numpy(rng.standard_normal((b, t, 3, h, d)).astype(np.float32)).to(dtype)
+  tdo = torch.from_numpy(rng.standard_normal((b, t, h, d)).astype(np.float32)).to(dtype)
+  cos, sin = rope_tables(t, d)
+  x = qkv.to(torch.float64).numpy()
+  q, k, v, do = rotate(x[:, :, 0], cos, sin), rotate(x[:, :, 1], cos, sin), x[:, :, 2], tdo.to(torch.float64).numpy()
+  tq, tk = (torch.from_numpy(a).to(dtype) for a in (q, k))
+  q, k = (a.to(torch.float64).numpy() for a in (tq, tk))   # the kernels see rotated q, k rounded
+  scale = d ** -0.5
+  (bm, bn, nw, ns), (bm1, bn1, _, _), (bm2, bn2, _, _) = cfg
+  common = dict(T=t, H=h, D=d)
+  o = torch.empty((b, t, h, d), dtype=dtype)
+  lse = torch.empty((b, h, t), dtype=torch.float32)
+  K.fwd_kernel[(-(-t // bm), b * h)](tq, tk, qkv, o, lse, SM_SCALE=scale, BLOCK_M=bm, BLOCK_N=bn,
+                                    CAUSAL=causal, V_ROW=3 * h * d, V_OFF=2 * h * d, **common)
+  delta = torch.empty((b, h, t), dtype=torch.float32)
+  K.bwd_preprocess_kernel[(-(-t // 64), b * h)](o, tdo, delta, BLOCK_M=64, **common)
+  tcos, tsin = (torch.from_numpy(a.astype(np.float32)) for a in (cos, sin))
+  dqkv = torch.full_like(qkv, float("nan"))   # every element must be written
+  ins = (tq, tk, qkv, tdo, lse, delta, tcos, tsin)
+  K.bwd_dkdv_rope_kernel[(-(-t // bn1), b * h)](*ins, dqkv, SM_SCALE=scale, BLOCK_M=bm1, BLOCK_N=bn1,
+                                               CAUSAL=causal, **common)
+  K.bwd_dq_rope_kernel[(-(-t // bm2), b * h)](*ins, dqkv, dqkv, SM_SCALE=scale, BLOCK_M=bm2, BLOCK_N=bn2,
+                                             CAUSAL=causal, **common)
+  ro, rdq, rdk, rdv = reference(q, k, v, do, causal, scale)
+  want = (ro, rotate(rdq, cos, sin, -1.0), rotate(rdk, cos, sin, -1.0), rdv)
+  got = (o, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])
+  return [np.linalg.norm(g.to(torch.float64).numpy() - r) / max(np.linalg.norm(r), 1.0) for g, r in zip(got, want)]
+
+
 def main():
   worst = 0.0
   for b, t, h, d in [(1, 1, 1, 32), (2, 17, 3, 32), (1, 40, 2, 64), (1, 128, 1, 16),
@@ -78,10 +123,11 @@ def main():
       # off by 1e10 there); bfloat16 is checked on the GPU by tests/test_attention_kernel.py.
       for dtype in (torch.float16,):
         cfg = attention_kernel.block_config(t, d)
-        errs = run(b, t, h, d, causal, dtype, cfg)
-        worst = max(worst, max(errs))
-        print(f"B={b} T={t} H={h} D={d} causal={causal:d} {str(dtype):15s} cfg={cfg} "
-              "rel err o/dq/dk/dv: " + " ".join(f"{e:.1e}" for e in errs), flush=True)
+        for name, fn in (("split", run), ("rope", run_rope)):
+          errs = fn(b, t, h, d, causal, dtype, cfg)
+          worst = max(worst, max(errs))
+          print(f"{name:5s} B={b} T={t} H={h} D={d} causal={causal:d} {str(dtype):15s} cfg={cfg} "
+                "rel err o/dq/dk/dv: " + " ".join(f"{e:.1e}" for e in errs), flush=True)
   print(f"worst relative error {worst:.2e}")
   assert worst < 2e-2, worst
 

@@ -24,6 +24,7 @@ def get_config():
   m.rope_theta = 10_000.0
   m.attention = "mha"  # 'mha' | 'mla'
   m.attention_backend = "xla"  # the plain einsum reference runs everywhere, CPU included.
+  m.xent_backend = "xla"  # the loss softmax in plain XLA (the Triton kernel needs a GPU).
   m.tie_embeddings = True
   m.compute_dtype = "float32"  # CPUs have no fast bf16 matmul.
   m.scan_layers = True

@@ -20,9 +20,11 @@ def get_config():
   m.d_ff = 1344  # ~8/3 * d_model, rounded to a multiple of 64.
   m.rope_theta = 10_000.0
   m.attention = "mha"  # 'mha' | 'mla'
-  # Our Triton flash attention (attention_kernel.py): 11.46 vs 12.05 ms/step with cuDNN at B128 on the
-  # H100 (docs/train.md). Needs the GPU install line of README.md; 'cudnn' needs nothing extra.
+  # Our Triton flash attention with RoPE and the q/k/v split in its custom VJP (attention_kernel.py):
+  # 10.64 vs 11.67 ms/step with cuDNN at B128 on the H100 (docs/model.md, "Fused kernels"). Needs the
+  # GPU install line of README.md; 'cudnn' needs nothing extra.
   m.attention_backend = "triton"
+  m.xent_backend = "triton"  # xent_kernel.py: one pass over the logits; 10.83 vs 11.14 ms/step with 'xla'.
   m.tie_embeddings = True
   m.compute_dtype = "bfloat16"  # fp32 master weights, bf16 matmuls.
   # Unrolled layers: on the H100 the loss+grad at B128 took 12.6 ms unrolled vs 18.4 ms under

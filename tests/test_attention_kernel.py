@@ -85,6 +85,58 @@ def test_forward_and_gradients_match_float32_reference(b, h, t, d, causal, dtype
     assert err < TOL[dtype], f"{name}: relative error {err:.2e} >= {TOL[dtype]}"
 
 
+# (B, H, T, head_dim, causal): the packed-QKV + RoPE entry point over its head dims and ragged T.
+ROPE_SHAPES = [(1, 1, 1, 32, True), (2, 3, 17, 16, True), (8, 16, 256, 32, True), (2, 4, 300, 64, False),
+               (1, 2, 1000, 128, True)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,h,t,d,causal", ROPE_SHAPES)
+def test_packed_rope_entry_matches_rope_then_float32_reference(b, h, t, d, causal):
+  """flash_attention_rope(qkv) = attention(rope(q), rope(k), v); its dQKV is checked against the
+  float32 reference differentiated through a NumPy RoPE written here (pairs (2i, 2i+1), angle
+  t * 10000^(-2i/d)), so the in-kernel transpose of RoPE is checked against independent code."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  import model  # pylint: disable=import-outside-toplevel
+  k1, k2 = jax.random.split(jax.random.PRNGKey(t + d), 2)
+  qkv = jax.random.normal(k1, (b, t, 3, h, d), jnp.float32).astype(jnp.bfloat16)
+  do = jax.random.normal(k2, (b, t, h, d), jnp.float32).astype(jnp.bfloat16)
+  cos, sin = model.rope_tables(t, d, 10_000.0)
+  ang = np.arange(t)[:, None] * 10_000.0 ** (-np.arange(0, d, 2) / d)
+  # fp32 angles drift by ~T * 1e-7 rad from float64 ones: at T = 1000 that is 1e-4.
+  np.testing.assert_allclose(np.asarray(cos), np.cos(ang), atol=3e-4)
+
+  def np_rope(x):  # x: B x T x H x D, jnp so it can be differentiated; the tables are NumPy's
+    c, s_ = jnp.asarray(np.cos(ang)[None, :, None, :], jnp.float32), jnp.asarray(np.sin(ang)[None, :, None, :], jnp.float32)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return jnp.stack([x0 * c - x1 * s_, x0 * s_ + x1 * c], axis=-1).reshape(x.shape)
+
+  def ref(qkv, do):
+    qkv = qkv.astype(jnp.float32)
+    o, vjp = jax.vjp(lambda x: _reference(np_rope(x[:, :, 0]), np_rope(x[:, :, 1]), x[:, :, 2], causal,
+                                          1.0 / np.sqrt(d)), qkv)
+    return o, vjp(do.astype(jnp.float32))[0]
+
+  @jax.jit
+  def run(qkv, do):
+    o, vjp = jax.vjp(lambda x: attention_kernel.flash_attention_rope(x, cos, sin, causal=causal), qkv)
+    return o, vjp(do)[0]
+
+  got = run(qkv, do)
+  cpu = jax.devices("cpu")[0]
+  with jax.default_device(cpu):
+    want = jax.jit(ref)(jax.device_put(qkv, cpu), jax.device_put(do, cpu))
+  for name, g, w in zip(("o", "dqkv"), got, want):
+    assert g.dtype == jnp.bfloat16 and g.shape == w.shape, name
+    assert np.all(np.isfinite(np.asarray(g, np.float32))), name
+    err = _err(g, w)
+    assert err < TOL["bfloat16"], f"{name}: relative error {err:.2e}"
+  for i, name in enumerate(("dq", "dk", "dv")):   # each part, so a wrong slot cannot hide
+    assert _err(got[1][:, :, i], want[1][:, :, i]) < TOL["bfloat16"], name
+
+
 @pytest.mark.gpu
 def test_causal_output_ignores_future_keys():
   """Changing keys/values after position t must not change the output at positions <= t."""

@@ -1,0 +1,108 @@
+"""Tests of xent_kernel.py (the Triton cross-entropy of the LM head).
+
+GPU tests compare the loss and its gradients with respect to h and the head weight with jax.grad
+of a plain jnp cross-entropy written here (no custom_vjp), on the same bf16 logits. The kernel's
+gradient passes through bf16 (the logits gradient is stored in the compute dtype, as in model.py's
+XLA path), so gradients are compared at 1e-2 relative Frobenius error; the loss at 1e-5.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ref_loss(spec, h, w, targets, softcap):
+  logits = jnp.einsum(spec, h, w).astype(jnp.float32)
+  if softcap:
+    logits = softcap * jnp.tanh(logits / softcap)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jnp.mean(lse - picked)
+
+
+def _err(got, ref):
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  return np.linalg.norm(got - ref) / np.linalg.norm(ref)
+
+
+# (B, T, D, V, tied, softcap): vocab below, at and above the kernel's 2048-wide block, ragged ends.
+CASES = [(2, 16, 64, 300, True, 0.0), (2, 64, 64, 2048, False, 0.0), (4, 128, 128, 10_000, True, 0.0),
+         (3, 33, 96, 5_001, False, 30.0), (2, 64, 64, 10_000, True, 15.0)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,t,d,v,tied,softcap", CASES)
+def test_loss_and_gradients_match_plain_jax(b, t, d, v, tied, softcap):
+  import xent_kernel  # pylint: disable=import-outside-toplevel
+  k1, k2, k3 = jax.random.split(jax.random.key(v + t), 3)
+  h = jax.random.normal(k1, (b, t, d), jnp.float32).astype(jnp.bfloat16)
+  spec, shape = ("btd,vd->btv", (v, d)) if tied else ("btd,dv->btv", (d, v))
+  w = (jax.random.normal(k2, shape, jnp.float32) * 2.0 / np.sqrt(d)).astype(jnp.bfloat16)
+  targets = jax.random.randint(k3, (b, t), 0, v)
+  # 3 * loss: a cotangent other than 1 must scale the gradients.
+  got = jax.jit(jax.value_and_grad(lambda h, w: 3 * xent_kernel.head_cross_entropy(spec, h, w, targets, softcap),
+                                   argnums=(0, 1)))(h, w)
+  ref = jax.jit(jax.value_and_grad(lambda h, w: 3 * _ref_loss(spec, h.astype(jnp.float32), w.astype(jnp.float32),
+                                                              targets, softcap), argnums=(0, 1)))(h, w)
+  # The reference's logits are fp32 products of the same bf16 operands; the kernel reads them
+  # rounded to bf16, so the loss agrees to bf16 rounding of the logits, averaged over tokens.
+  np.testing.assert_allclose(float(got[0]), float(ref[0]), rtol=2e-3)
+  assert _err(got[1][0], ref[1][0]) < 1e-2
+  assert _err(got[1][1], ref[1][1]) < 1e-2
+  plain = jax.jit(lambda h, w: xent_kernel.head_cross_entropy(spec, h, w, targets, softcap))(h, w)
+  np.testing.assert_allclose(float(plain), float(got[0]) / 3, rtol=1e-6)   # loss-only path
+
+
+@pytest.mark.gpu
+def test_model_loss_and_grads_equal_with_either_xent_backend():
+  import model  # pylint: disable=import-outside-toplevel
+  cfg = model.default_model_config()
+  cfg.update(dict(vocab_size=3000, d_model=128, n_layers=2, n_heads=4, d_ff=256, context_length=64))
+  params = model.init_params(jax.random.key(0), cfg)
+  tokens = jax.random.randint(jax.random.key(1), (4, 65), 0, cfg.vocab_size)
+  out = {}
+  for backend in ("xla", "triton"):
+    c = cfg.copy_and_resolve_references()
+    c.xent_backend = backend
+    out[backend] = jax.jit(jax.value_and_grad(lambda p, c=c: model.loss_fn(p, tokens[:, :-1], tokens[:, 1:], c)))(params)
+  np.testing.assert_allclose(float(out["triton"][0]), float(out["xla"][0]), rtol=1e-5)
+  for g1, g2 in zip(jax.tree.leaves(out["triton"][1]), jax.tree.leaves(out["xla"][1])):
+    assert _err(g1, g2) < 1e-2
+
+
+def test_without_gpu_the_error_says_what_to_do():
+  if jax.default_backend() == "gpu":
+    pytest.skip("this machine has a GPU")
+  import xent_kernel  # pylint: disable=import-outside-toplevel  (imports without triton)
+  h = jnp.ones((1, 2, 8), jnp.bfloat16)
+  with pytest.raises(UserError, match="xent_backend"):
+    xent_kernel.head_cross_entropy("btd,vd->btv", h, jnp.ones((5, 8), jnp.bfloat16), jnp.zeros((1, 2), jnp.int32), 0.0)
+
+
+def test_unknown_xent_backend_is_a_user_error():
+  import model  # pylint: disable=import-outside-toplevel
+  cfg = model.default_model_config()
+  cfg.update(dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_ff=32, context_length=8, xent_backend="cuda"))
+  with pytest.raises(UserError, match="xent_backend"):
+    model.init_params(jax.random.key(0), cfg)
+
+
+def test_kernel_in_triton_interpreter_matches_numpy():
+  """The Triton kernel itself, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
+  pytest.importorskip("torch")
+  triton = pytest.importorskip("triton")
+  if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7):
+    pytest.skip(f"triton {triton.__version__}'s interpreter rejects recent NumPy; needs triton >= 3.7 (CPU)")
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "dev_interpret_xent.py")], capture_output=True,
+                     text=True, cwd=ROOT, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+  assert "worst error" in r.stdout

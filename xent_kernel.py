@@ -1,0 +1,75 @@
+"""Cross-entropy of the LM head with a Triton kernel for the softmax part (model.py's xent_backend='triton').
+
+`head_cross_entropy(spec, h_BTD, w, targets_BT)` = mean over tokens of logsumexp(logits) - logits[target],
+logits = einsum(spec, h, w), the same value as model.py's XLA version. The logits matmuls stay with
+cuBLAS; what the kernel replaces is the softmax work around them. On the H100 at the speedrun shape
+(32k tokens x 10k vocab in bf16, 655 MB of logits) XLA spends ~1 ms a step there: a max pass, a
+sum-exp pass, a gather and, in the backward, a pass that reads the logits and writes the gradient.
+The kernel reads each row once and, when a gradient is needed, writes d(loss)/d(logits) in the
+same pass (docs/model.md has the measurements). The gradient is therefore made in the forward and
+kept instead of the logits: same memory, and the backward is just the two matmuls.
+
+triton and jax_triton are imported when the kernel is launched, so this module imports anywhere.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from errors import UserError
+
+BLOCK_V = 2048   # logits per loop step; 5 steps for a 10k vocab
+NUM_WARPS = 8
+
+
+def _triton():
+  try:
+    import jax_triton  # pylint: disable=import-outside-toplevel
+    import xent_kernel_triton  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UserError(f"xent_backend='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
+                    "GPU install line of README.md, or set --config.model.xent_backend=xla") from e
+  if jax.default_backend() != "gpu":
+    raise UserError(f"xent_backend='triton' needs an NVIDIA GPU, but JAX runs on '{jax.default_backend()}'; "
+                    "set --config.model.xent_backend=xla on this machine")
+  return jax_triton, xent_kernel_triton
+
+
+def _rows(logits_NV, targets_N, softcap, write_grad):
+  """(loss_N fp32, dlogits_NV in the logits dtype, already divided by N) from the kernel."""
+  jt, kern = _triton()
+  N, V = logits_NV.shape
+  out_shape = [jax.ShapeDtypeStruct((N,), jnp.float32),
+               jax.ShapeDtypeStruct((N, V) if write_grad else (1,), logits_NV.dtype)]
+  return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_fwd_kernel,
+                        out_shape=out_shape, grid=(N,), num_warps=NUM_WARPS, num_stages=1,
+                        V=V, SCALE=1.0 / N, SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def head_cross_entropy(spec, h_BTD, w, targets_BT, softcap):
+  """mean(logsumexp(logits) - logits[target]) with logits = einsum(spec, h, w) in h's dtype,
+  soft-capped to softcap * tanh(logits / softcap) first when softcap > 0."""
+  logits_BTV = jnp.einsum(spec, h_BTD, w)
+  V = logits_BTV.shape[-1]
+  loss_N, _ = _rows(logits_BTV.reshape(-1, V), targets_BT.reshape(-1), softcap, False)
+  return jnp.mean(loss_N)
+
+
+def _fwd(spec, h_BTD, w, targets_BT, softcap):
+  logits_BTV = jnp.einsum(spec, h_BTD, w)
+  V = logits_BTV.shape[-1]
+  loss_N, d_NV = _rows(logits_BTV.reshape(-1, V), targets_BT.reshape(-1), softcap, True)
+  return jnp.mean(loss_N), (h_BTD, w, d_NV.reshape(logits_BTV.shape))
+
+
+def _bwd(spec, softcap, res, g):  # pylint: disable=unused-argument
+  # d_BTV already holds (softmax - onehot) / N; the cotangent g (1 for a plain loss) scales the
+  # small results rather than the B x T x V gradient.
+  h_BTD, w, d_BTV = res
+  _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w)
+  dh_BTD, dw = vjp(d_BTV)
+  return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None)
+
+
+head_cross_entropy.defvjp(_fwd, _bwd)
