@@ -5,6 +5,7 @@
   python sample.py --workdir=/tmp/gen_tiny --use_mla --mla_rank=64      # MHA checkpoint, SVD latent cache
   python sample.py --workdir=/tmp/gen_tiny --sparse_top_k=32 --train_indexer_steps=200   # DSA
   python sample.py --workdir=/tmp/gen_tiny --eval_tokens=32768 --sparse_top_k=32          # val loss instead
+  python sample.py --workdir=/tmp/gen_tiny --attention=cuda --temperature=0   # no cache: a kernel end to end
 
 Each prompt is preceded by <|endoftext|> (how documents start in the training data) and generation
 stops at the next one. Text streams to stdout for a single prompt; the throughput goes to stderr.
@@ -25,6 +26,7 @@ import numpy as np
 import data
 import decode
 import errors
+import model
 import tokenizer as tokenizer_lib
 import train
 from errors import UserError
@@ -45,6 +47,11 @@ _SPARSE_TOP_K = flags.DEFINE_integer("sparse_top_k", 0, "DSA: each query attends
 _INDEXER_STEPS = flags.DEFINE_integer("train_indexer_steps", 0,
                                       "DSA: distil a lightning indexer for this many steps first "
                                       "(0 = select by exact attention scores).")
+_ATTENTION = flags.DEFINE_enum(
+    "attention", None, list(model.BACKENDS),
+    "Generate without a KV cache: every new token recomputes the whole sequence with model.forward "
+    "on this attention backend (slow; it runs a full-sequence kernel such as the forward-only 'cuda' "
+    "one end to end). Default: the KV-cache path.")
 _EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", 0, "Instead of generating, print the val loss of the "
                                     "chosen inference path over this many val tokens.")
 
@@ -161,6 +168,64 @@ class Generator:
     return [o[:o.index(self.eos)] if self.eos in o else o for o in outs], seconds, slot - Tp
 
 
+class RecomputeGenerator:
+  """Generation without a cache: each step runs model.forward over the whole sequence.
+
+  The full-sequence attention kernels (the forward-only CUDA one in particular) take q, k and v of
+  one length, so they cannot attend from one new token to a cache; recomputing the sequence lets
+  them generate, at O(T) times the cost per token. Rows are right-padded to the context length, so
+  one compilation serves every step; causality keeps the padding invisible to the real positions.
+  Same interface as Generator. Greedy output equals Generator's; sampled output uses other draws.
+  """
+
+  def __init__(self, params, cfg, backend, temperature=0.0, top_k=0, top_p=1.0, eos_id=None):
+    cfg = cfg.copy_and_resolve_references()
+    cfg.attention_backend = backend
+    self.params, self.cfg = params, cfg
+    self.eos = -1 if eos_id is None else eos_id
+    pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    def step(params, tokens_BS, len_B, key):
+      logits_BSV = model.forward(params, tokens_BS, cfg)
+      last_BV = jnp.take_along_axis(logits_BSV, (len_B - 1)[:, None, None], axis=1)[:, 0]
+      return pick(last_BV, key)
+
+    self._step = jax.jit(step)
+
+  def generate(self, prompts, max_new_tokens, seed=0, on_chunk=None):
+    S = self.cfg.context_length
+    longest = max(len(p) for p in prompts)
+    if longest >= S:
+      raise UserError(f"a prompt has {longest} tokens but the model's context is {S}; shorten it to "
+                      f"fewer than {S} tokens")
+    max_new = min(max_new_tokens, S - longest + 1)   # the last token generated needs no slot
+    B = len(prompts)
+    tokens_BS = np.zeros((B, S), np.int32)
+    len_B = np.array([len(p) for p in prompts], np.int32)
+    for b, p in enumerate(prompts):
+      tokens_BS[b, :len(p)] = p
+    outs, done_B = [[] for _ in prompts], np.zeros(B, bool)
+    key = jax.random.key(seed)
+    self._step.lower(self.params, tokens_BS, len_B, key).compile()   # compiled before the clock starts
+    t0, steps = time.perf_counter(), 0
+    while steps < max_new and not done_B.all():
+      key, sub = jax.random.split(key)
+      nxt_B = np.asarray(self._step(self.params, tokens_BS, len_B, sub))
+      for b in np.flatnonzero(~done_B):
+        outs[b].append(int(nxt_B[b]))
+        done_B[b] = nxt_B[b] == self.eos
+        if len_B[b] < S:
+          tokens_BS[b, len_B[b]] = nxt_B[b]
+          len_B[b] += 1
+      steps += 1
+      if on_chunk and steps % CHUNK == 0:
+        on_chunk(outs)
+    seconds = time.perf_counter() - t0
+    if on_chunk:
+      on_chunk(outs)
+    return [o[:o.index(self.eos)] if self.eos in o else o for o in outs], seconds, max(steps - 1, 0)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -221,6 +286,9 @@ def main(argv):
     raise UserError(f"unexpected arguments {argv[1:]}; flags are --name=value")
   if _TEMPERATURE.value < 0 or not 0 < _TOP_P.value <= 1 or _TOP_K.value < 0 or _SPARSE_TOP_K.value < 0:
     raise UserError("need --temperature >= 0, 0 < --top_p <= 1, --top_k >= 0, --sparse_top_k >= 0")
+  if _ATTENTION.value and (_USE_MLA.value or _SPARSE_TOP_K.value or _EVAL_TOKENS.value):
+    raise UserError("--attention (no-cache generation) runs the model as trained; drop --use_mla, "
+                    "--sparse_top_k and --eval_tokens, which belong to the KV-cache path")
   prompts = read_prompts()
   params, config, kind = load_model(_WORKDIR.value, _USE_MLA.value, _MLA_RANK.value)
   indexer = _indexer(params, config, kind)
@@ -236,8 +304,13 @@ def main(argv):
   tok = load_tokenizer(config)
   eos = tok.token_id("<|endoftext|>")
   ids = [[eos] + tok.encode(p) for p in prompts]
-  gen = Generator(params, config.model, kind, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value,
-                  _SPARSE_TOP_K.value, indexer, eos)
+  if _ATTENTION.value:
+    gen = RecomputeGenerator(params, config.model, _ATTENTION.value, _TEMPERATURE.value, _TOP_K.value,
+                             _TOP_P.value, eos)
+    kind = f"no cache, attention={_ATTENTION.value}"
+  else:
+    gen = Generator(params, config.model, kind, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value,
+                    _SPARSE_TOP_K.value, indexer, eos)
   shown = [""]
 
   def stream(outs):   # batch 1: print the new text; hold back a partial UTF-8 character
