@@ -12,6 +12,7 @@ cutting cannot change the result (see `_safe_cut`), which is what lets training 
 parallel processes and `encode_iterable` stream.
 """
 import collections
+import contextlib
 import heapq
 import json
 import math
@@ -182,6 +183,28 @@ class _Progress:
       print(f" done in {time.time() - self.t0:.1f}s", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _workers_skip_main():
+  """Starts workers without re-importing the caller's script in them.
+
+  The workers run functions of this module only, but multiprocessing imports the parent's __main__
+  file into each new process (for forkserver: into the server they fork from). When that script is
+  train.py or speedrun.py, it pulls in JAX, Orbax and the model, seconds of start-up for nothing.
+  Hiding __main__'s file while the pool starts makes them skip it.
+  """
+  main = sys.modules.get("__main__")
+  if main is None:
+    yield
+    return
+  saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+  main.__dict__.pop("__file__", None)
+  main.__spec__ = None   # multiprocessing reads it; None (as for `python -c`) means "no main to import"
+  try:
+    yield
+  finally:
+    main.__dict__.update(saved)
+
+
 def _imap_chunks(fn, tasks, workers, init=None, initargs=(), ordered=True):
   """Runs fn over tasks in `workers` processes (in-process for one worker), yielding results (in task
   order when ordered). At most 2 tasks per worker are in flight, so results never pile up in memory."""
@@ -193,7 +216,9 @@ def _imap_chunks(fn, tasks, workers, init=None, initargs=(), ordered=True):
     return
   # forkserver, not fork: the caller may hold threads (JAX does), and forking those can deadlock
   ctx = multiprocessing.get_context("forkserver")
-  with ctx.Pool(workers, initializer=init, initargs=initargs) as pool:
+  with _workers_skip_main():
+    pool = ctx.Pool(workers, initializer=init, initargs=initargs)
+  with pool:
     pending = collections.deque()
     it = iter(tasks)
     for t in it:

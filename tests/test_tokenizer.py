@@ -287,6 +287,27 @@ def test_encode_file_equals_encode(trained, tmp_path, monkeypatch, workers):
   assert sorted(os.listdir(tmp_path)) == ["in.txt", "out.bin"]  # the temporary file is gone
 
 
+def test_encode_file_from_an_unguarded_script_does_not_rerun_it(trained, tmp_path):
+  """The worker processes must not import the caller's script: a script without the
+  `if __name__ == "__main__"` guard used to crash ('bootstrapping phase'), and a guarded one paid
+  its imports (JAX, for train.py and speedrun.py) again in the fork server."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  trained.save(str(tmp_path / "tok.json"))
+  src = write(tmp_path, "in.txt", stories(20_000))
+  script = write(tmp_path, "script.py", f"""import sys
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+import tokenizer
+print("script body ran", flush=True)
+tok = tokenizer.Tokenizer.load({str(tmp_path / "tok.json")!r})
+print(tokenizer.encode_file(tok, {src!r}, {str(tmp_path / "out.bin")!r}, num_workers=2, progress=False))
+""")
+  r = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.count("script body ran") == 1
+  assert np.fromfile(tmp_path / "out.bin", dtype="<u2").tolist() == trained.encode(stories(20_000))
+
+
 def test_encode_file_with_overlapping_specials(trained, tmp_path, monkeypatch):
   monkeypatch.setattr(tk, "_CHUNK_BYTES", 500)
   tok = tk.Tokenizer(trained.vocab, trained.merges, [EOT, "<pad>", EOT + EOT])
