@@ -735,3 +735,28 @@ def test_kv_cache_decode_with_options_equals_forward(options):
   if len(options) == 3:  # the full-rank SVD-converted latent cache too (keys rebuilt, normed, rotated)
     ip, kind = decode.prepare(params, cfg, use_mla=True, mla_rank=cfg.d_model)
     np.testing.assert_allclose(_cached_logits(ip, cfg, kind, tok, 7, 20), want, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- residual dtype
+
+
+def test_bf16_residual_stream_rounds_after_every_add_and_nowhere_else():
+  """residual_dtype='bfloat16': the reference is the fp32 model with the stream rounded to bf16 after
+  the embedding lookup and after each residual add (written here with the model's own sublayers)."""
+  cfg = make_cfg(residual_dtype="bfloat16")
+  params = init({})
+  tok = tokens(2, 32, cfg.vocab_size)
+  rope = model.rope_tables(32, cfg.d_model // cfg.n_heads, cfg.rope_theta)
+  f32, bf = jnp.float32, jnp.bfloat16
+  x = params["embed"][tok].astype(bf)
+  for i in range(cfg.n_layers):
+    p = jax.tree.map(lambda a, i=i: a[i], params["blocks"])
+    x = (x.astype(f32) + model._mha(p, model.rms_norm(x, p["attn_norm"], f32), rope, cfg, f32)).astype(bf)  # pylint: disable=protected-access
+    x = (x.astype(f32) + model.swiglu(p, model.rms_norm(x, p["mlp_norm"], f32), f32)).astype(bf)
+  want = jnp.einsum("btd,vd->btv", model.rms_norm(x, params["final_norm"], f32), params["embed"])
+  got = model.forward(params, tok, cfg)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  fp32 = model.forward(params, tok, make_cfg())
+  assert 1e-4 < float(jnp.max(jnp.abs(got - fp32))) < 0.1   # the rounding is there, and small
+  with pytest.raises(UserError, match="residual_dtype"):
+    model.forward(params, tok, make_cfg(residual_dtype="float16"))
