@@ -133,20 +133,14 @@ def _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, lo, h
 
 
 @triton.jit
-def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, SM_SCALE: tl.constexpr, T: tl.constexpr,
-                    H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """dK, dV for one block of BLOCK_N keys, looping over the query blocks that see them."""
-  start_n = tl.program_id(0) * BLOCK_N
-  bh = tl.program_id(1)
-  ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+def _dkdv_block(Q, k, v, DO, LSE, DELTA, base, bh, start_n, SM_SCALE: tl.constexpr, T: tl.constexpr,
+                ROW: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr):
+  """(dK * SM_SCALE, dV) for the BLOCK_N keys at start_n whose tiles k, v are loaded, looping over the
+  query blocks that see them; Q, dO rows sit ROW apart from base, LSE/DELTA rows are [b*H + h, t]."""
   offs_n = start_n + tl.arange(0, BLOCK_N)
   offs_m = tl.arange(0, BLOCK_M)
   offs_d = tl.arange(0, D)
-  kv = base + offs_n[:, None] * ROW + offs_d[None, :]
-  k = tl.load(K + kv, mask=offs_n[:, None] < T, other=0.0)
-  v = tl.load(V + kv, mask=offs_n[:, None] < T, other=0.0)
   q_ptrs = Q + base + offs_m[:, None] * ROW + offs_d[None, :]
   do_ptrs = DO + base + offs_m[:, None] * ROW + offs_d[None, :]
   lse_ptr = LSE + bh * T
@@ -161,8 +155,27 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, SM_SCALE: tl.constexpr, T: 
                          tl.minimum(lo, T), qk_scale, T, ROW, BLOCK_M, True)
   dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, lo, T,
                        qk_scale, T, ROW, BLOCK_M, False)
-  tl.store(DK + kv, (dk * SM_SCALE).to(DK.dtype.element_ty), mask=offs_n[:, None] < T)
-  tl.store(DV + kv, dv.to(DV.dtype.element_ty), mask=offs_n[:, None] < T)
+  return dk * SM_SCALE, dv
+
+
+@triton.jit
+def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, SM_SCALE: tl.constexpr, T: tl.constexpr,
+                    H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """dK, dV for one block of BLOCK_N keys, looping over the query blocks that see them."""
+  start_n = tl.program_id(0) * BLOCK_N
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  offs_n = start_n + tl.arange(0, BLOCK_N)
+  kv = base + offs_n[:, None] * ROW + tl.arange(0, D)[None, :]
+  rows = offs_n[:, None] < T
+  k = tl.load(K + kv, mask=rows, other=0.0)
+  v = tl.load(V + kv, mask=rows, other=0.0)
+  dk, dv = _dkdv_block(Q, k, v, DO, LSE, DELTA, base, bh, start_n, SM_SCALE, T, ROW, D, BLOCK_M, BLOCK_N,
+                       CAUSAL)
+  tl.store(DK + kv, dk.to(DK.dtype.element_ty), mask=rows)
+  tl.store(DV + kv, dv.to(DV.dtype.element_ty), mask=rows)
 
 
 @triton.jit
@@ -193,14 +206,11 @@ def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
 
 
 @triton.jit
-def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.constexpr,
-                  H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """dQ for one block of BLOCK_M queries, looping over the key blocks they see."""
-  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-  bh = tl.program_id(1)
-  ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+def _dq_block(Q, K, v_head, DO, LSE, DELTA, base, bh, start_m, SM_SCALE: tl.constexpr, T: tl.constexpr,
+              ROW: tl.constexpr, V_ROW: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """dQ * SM_SCALE for the BLOCK_M queries at start_m, looping over the key blocks they see; Q, K, dO
+  rows sit ROW apart from base, V's rows V_ROW apart from v_head (this head's first row)."""
   offs_m = start_m + tl.arange(0, BLOCK_M)
   offs_n = tl.arange(0, BLOCK_N)
   offs_d = tl.arange(0, D)
@@ -211,7 +221,7 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.con
   lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=0.0)
   delta = tl.load(DELTA + bh * T + offs_m, mask=rows, other=0.0)
   k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
-  v_ptrs = V + base + offs_n[:, None] * ROW + offs_d[None, :]
+  v_ptrs = v_head + offs_n[:, None] * V_ROW + offs_d[None, :]
   dq = tl.zeros([BLOCK_M, D], tl.float32)
   qk_scale = SM_SCALE * 1.4426950408889634
   if CAUSAL:  # BLOCK_M % BLOCK_N == 0, as in the forward
@@ -221,10 +231,26 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.con
     full_hi = (T // BLOCK_N) * BLOCK_N
     hi = T
   dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
-                 T, ROW, ROW, BLOCK_N, False, CAUSAL)
+                 T, ROW, V_ROW, BLOCK_N, False, CAUSAL)
   dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
-                 T, ROW, ROW, BLOCK_N, True, CAUSAL)
-  tl.store(DQ + qo, (dq * SM_SCALE).to(DQ.dtype.element_ty), mask=rows[:, None])
+                 T, ROW, V_ROW, BLOCK_N, True, CAUSAL)
+  return dq * SM_SCALE
+
+
+@triton.jit
+def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.constexpr,
+                  H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """dQ for one block of BLOCK_M queries, looping over the key blocks they see."""
+  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  dq = _dq_block(Q, K, V + base, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, ROW, D, BLOCK_M,
+                 BLOCK_N, CAUSAL)
+  offs_m = start_m + tl.arange(0, BLOCK_M)
+  tl.store(DQ + base + offs_m[:, None] * ROW + tl.arange(0, D)[None, :], dq.to(DQ.dtype.element_ty),
+           mask=offs_m[:, None] < T)
 
 
 # ----------------------------------------------------------------------------- packed QKV + RoPE
@@ -260,27 +286,15 @@ def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV, SM_SCALE: tl
   base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
   base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
   offs_n = start_n + tl.arange(0, BLOCK_N)
-  offs_m = tl.arange(0, BLOCK_M)
   offs_d = tl.arange(0, D)
   rows = offs_n[:, None] < T
   k = tl.load(K + base + offs_n[:, None] * ROW + offs_d[None, :], mask=rows, other=0.0)
   kv3 = base3 + offs_n[:, None] * (3 * ROW) + offs_d[None, :]
   v = tl.load(QKV + 2 * ROW + kv3, mask=rows, other=0.0)
-  q_ptrs = Q + base + offs_m[:, None] * ROW + offs_d[None, :]
-  do_ptrs = DO + base + offs_m[:, None] * ROW + offs_d[None, :]
-  dk = tl.zeros([BLOCK_N, D], tl.float32)
-  dv = tl.zeros([BLOCK_N, D], tl.float32)
-  qk_scale = SM_SCALE * 1.4426950408889634
-  lo = 0
-  if CAUSAL:
-    lo = start_n + BLOCK_N
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE + bh * T, DELTA + bh * T, offs_n, start_n,
-                         tl.minimum(lo, T), qk_scale, T, ROW, BLOCK_M, True)
-  dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE + bh * T, DELTA + bh * T, offs_n, lo, T,
-                       qk_scale, T, ROW, BLOCK_M, False)
+  dk, dv = _dkdv_block(Q, k, v, DO, LSE, DELTA, base, bh, start_n, SM_SCALE, T, ROW, D, BLOCK_M, BLOCK_N,
+                       CAUSAL)
   cos, sin = _rope_tile(COS, SIN, offs_n, T, D)
-  dk = _unrotate(dk * SM_SCALE, cos, sin, BLOCK_N, D)
-  tl.store(DQKV + ROW + kv3, dk.to(DQKV.dtype.element_ty), mask=rows)
+  tl.store(DQKV + ROW + kv3, _unrotate(dk, cos, sin, BLOCK_N, D).to(DQKV.dtype.element_ty), mask=rows)
   tl.store(DQKV + 2 * ROW + kv3, dv.to(DQKV.dtype.element_ty), mask=rows)
 
 
@@ -298,30 +312,9 @@ def bwd_dq_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SC
   ROW: tl.constexpr = H * D
   base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
   base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
+  dq = _dq_block(Q, K, QKV + base3 + 2 * ROW, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, 3 * ROW, D,
+                 BLOCK_M, BLOCK_N, CAUSAL)
   offs_m = start_m + tl.arange(0, BLOCK_M)
-  offs_n = tl.arange(0, BLOCK_N)
-  offs_d = tl.arange(0, D)
-  qo = base + offs_m[:, None] * ROW + offs_d[None, :]
-  rows = offs_m < T
-  q = tl.load(Q + qo, mask=rows[:, None], other=0.0)
-  do = tl.load(DO + qo, mask=rows[:, None], other=0.0)
-  lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=0.0)
-  delta = tl.load(DELTA + bh * T + offs_m, mask=rows, other=0.0)
-  k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
-  v_ptrs = QKV + base3 + 2 * ROW + offs_n[:, None] * (3 * ROW) + offs_d[None, :]
-  dq = tl.zeros([BLOCK_M, D], tl.float32)
-  qk_scale = SM_SCALE * 1.4426950408889634
-  if CAUSAL:
-    full_hi = start_m
-    hi = tl.minimum(start_m + BLOCK_M, T)
-  else:
-    full_hi = (T // BLOCK_N) * BLOCK_N
-    hi = T
-  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
-                 T, ROW, 3 * ROW, BLOCK_N, False, CAUSAL)
-  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
-                 T, ROW, 3 * ROW, BLOCK_N, True, CAUSAL)
   cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
-  dq = _unrotate(dq * SM_SCALE, cos, sin, BLOCK_M, D)
-  tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + offs_d[None, :], dq.to(DQKV.dtype.element_ty),
-           mask=rows[:, None])
+  tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + tl.arange(0, D)[None, :],
+           _unrotate(dq, cos, sin, BLOCK_M, D).to(DQKV.dtype.element_ty), mask=offs_m[:, None] < T)
