@@ -135,16 +135,19 @@ print(f"generate stage: {time.time() - t0:.1f}s")"""),
 
 DEMO = [
     ("md", """\
-# Demo: tokenizer, training, a learning-rate sweep, and three decode paths
+# Demo: tokenizer, training, sweeps, optimizers, and three decode paths
 
-Everything runs on a CPU in about a minute, on the bundled TinyStories sample with tiny models:
-the numbers show how to use the code, not what a full-size run reaches."""),
+Tokenizer experiments, a tiny model, a learning-rate and a batch-size sweep, AdamW vs Muon, then
+generation through the standard, MLA and DSA decode paths (and without a cache). Everything runs
+on a CPU in about two minutes, on the bundled TinyStories sample with tiny models: the numbers
+show how to use the code, not what a full-size run reaches."""),
     ("code", """\
 import tempfile
-STEPS = 40          # training steps of the main model
-SWEEP_STEPS = 30    # steps per learning rate in the sweep
-SWEEP_LRS = [3e-4, 3e-3, 3e-2]
+STEPS = 24          # steps of every run at BATCH_SIZE (the batch sweep keeps its tokens fixed)
+LR = 3e-3           # peak learning rate of the main model, the batch sweep and the Muon run
 BATCH_SIZE = 8
+SWEEP_LRS = [3e-4, 3e-3, 3e-2]
+SWEEP_BATCHES = [8, 16, 32]  # each divides STEPS * BATCH_SIZE
 CONTEXT = 64
 WORKDIR = tempfile.mkdtemp(prefix="demo_")
 PROMPT = "Once upon a time, there was a little"
@@ -183,43 +186,101 @@ The speedrun's data preparation (10k BPE on the whole sample, both splits encode
 DATA_DIR = data.prepare("tinystories_sample", os.path.join(WORKDIR, "data"), progress=False)
 VOCAB_SIZE = data.read_meta(DATA_DIR)["vocab_size"]
 
-def tiny_config(steps, lr):
+def tiny_config(steps, lr, batch_size=BATCH_SIZE, optimizer="adamw"):
   c = load_config("configs/tiny.py")
   c.data.dir = DATA_DIR
   c.model.context_length = CONTEXT
-  c.train.update(steps=steps, lr=lr, min_lr=lr / 10, batch_size=BATCH_SIZE, warmup_steps=5,
-                 log_every=10, eval_every=steps, eval_tokens=8192, ckpt_every=steps)
+  # warmup is 1/8 of the run, so runs of equal tokens but different batch warm up over equal tokens
+  c.train.update(steps=steps, lr=lr, min_lr=lr / 10, batch_size=batch_size, optimizer=optimizer,
+                 warmup_steps=max(1, steps // 8), log_every=4, eval_every=steps, eval_tokens=8192,
+                 ckpt_every=steps)
   return c
 
 RUN_DIR = os.path.join(WORKDIR, "main")
-summary = train.train(tiny_config(STEPS, 3e-3), RUN_DIR)
+summary = train.train(tiny_config(STEPS, LR), RUN_DIR)
 FINAL_VAL_LOSS = summary["final_val_loss"]
 print(f"val loss {FINAL_VAL_LOSS:.4f} after {summary['tokens']:,} tokens "
       f"(untrained: ln({VOCAB_SIZE}) = {math.log(VOCAB_SIZE):.2f})")"""),
     ("md", """\
 ## 3. Learning-rate sweep
-Same model, data and steps; only the peak learning rate changes. With this few steps the curve is
-noisy: a real sweep uses more steps and a few seeds."""),
+Same model, data and steps; only the peak learning rate changes (the main model is the `LR`
+point, so it is not trained twice). With this few steps the curve is noisy: a real sweep uses more
+steps and a few seeds."""),
     ("code", """\
 sweep = {}
 for lr in SWEEP_LRS:
-  s = train.train(tiny_config(SWEEP_STEPS, lr), os.path.join(WORKDIR, f"lr_{lr:g}"))
+  if lr == LR:  # the main model above is this run
+    sweep[lr] = FINAL_VAL_LOSS
+    continue
+  s = train.train(tiny_config(STEPS, lr), os.path.join(WORKDIR, f"lr_{lr:g}"))
   sweep[lr] = s["final_val_loss"]
 for lr, loss in sweep.items():
   print(f"lr {lr:g}: val loss {loss:.4f}")
 plt.figure(figsize=(5, 3))
 plt.semilogx(list(sweep), list(sweep.values()), "o-")
-plt.xlabel("peak lr"); plt.ylabel(f"val loss after {SWEEP_STEPS} steps")
+plt.xlabel("peak lr"); plt.ylabel(f"val loss after {STEPS} steps")
 plt.show()"""),
     ("md", """\
-## 4. Generation: standard KV cache, MLA latent cache, DSA top-k
+## 4. Batch-size sweep at an equal token budget
+Every run sees `STEPS x BATCH_SIZE` sequences (with the defaults: batch 8 for 24 steps, the main
+model; 16 for 12; 32 for 6), at the same peak lr. What it shows: at a budget this small the larger
+batch usually loses, because it takes fewer optimizer steps for the same tokens and sits far above
+the *critical batch size* (beyond it, doubling the batch no longer halves the steps needed). That
+size grows as the loss falls, so longer runs (the H100 speedrun uses batch 128) afford larger
+batches.
+
+Its limits: ~12k tokens, one seed, a val loss still far from converged, so the gaps are noisy; and
+one lr for all batches is unfair to the large ones (they usually want a larger lr, so a real sweep
+tunes lr per batch size)."""),
+    ("code", """\
+budget = STEPS * BATCH_SIZE * CONTEXT
+bs_sweep = {BATCH_SIZE: summary}  # the main model above is the BATCH_SIZE run
+for B in SWEEP_BATCHES:
+  if B not in bs_sweep:
+    bs_sweep[B] = train.train(tiny_config(STEPS * BATCH_SIZE // B, LR, batch_size=B),
+                              os.path.join(WORKDIR, f"batch_{B}"))
+bs_sweep = {B: bs_sweep[B] for B in sorted(bs_sweep)}
+for B, s in bs_sweep.items():
+  print(f"batch {B:3d} x {s['steps']:3d} steps ({s['tokens']:,} tokens): "
+        f"val loss {s['final_val_loss']:.4f}")
+  assert s["tokens"] == budget, (B, s["tokens"], budget)  # equal tokens: only the batch changed
+plt.figure(figsize=(5, 3))
+plt.semilogx(list(bs_sweep), [s["final_val_loss"] for s in bs_sweep.values()], "o-", base=2)
+plt.xlabel("batch size (sequences)"); plt.ylabel(f"val loss after {budget:,} tokens")
+plt.show()"""),
+    ("md", """\
+## 5. AdamW vs Muon
+The main model again with `config.train.optimizer = "muon"` (muon.py; docs/train.md, section
+Muon): orthogonalised momentum on the hidden weight matrices, AdamW on the embedding and the
+norm gains. Muon's update is scaled to AdamW's RMS, so the same lr and schedule carry over. Same
+seed, data and tokens; the curves are the train losses logged in each run's metrics.jsonl, the
+markers the final val loss. One seed at this size is a hint, not a result."""),
+    ("code", """\
+MUON_DIR = os.path.join(WORKDIR, "muon")
+muon_summary = train.train(tiny_config(STEPS, LR, optimizer="muon"), MUON_DIR)
+assert muon_summary["tokens"] == summary["tokens"]
+plt.figure(figsize=(6, 3.5))
+for name, run_dir in [("AdamW", RUN_DIR), ("Muon", MUON_DIR)]:
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    events = [json.loads(line) for line in f]
+  tr = [e for e in events if e["event"] == "train"]
+  ev = [e for e in events if e["event"] == "eval"]
+  line, = plt.plot([e["tokens"] for e in tr], [e["loss"] for e in tr], label=f"{name} train")
+  plt.plot([e["tokens"] for e in ev], [e["val_loss"] for e in ev], "o", color=line.get_color(),
+           label=f"{name} val")
+  print(f"{name:5s}: final train loss {tr[-1]['loss']:.4f}, val loss {ev[-1]['val_loss']:.4f} "
+        f"after {ev[-1]['tokens']:,} tokens")
+plt.xlabel("tokens seen"); plt.ylabel("loss (nats/token)"); plt.legend()
+plt.show()"""),
+    ("md", """\
+## 6. Generation: standard KV cache, MLA latent cache, DSA top-k
 The same checkpoint through three decode paths (docs/generation.md):
 * standard: the full K/V cache;
 * MLA: `--use_mla --mla_rank=32` converts K/V by SVD into a 32-wide latent cache (D = 128);
 * DSA: `--sparse_top_k=16`: each query attends only to its 16 best keys.
 
 For each: the val loss through that path (the quality cost) and a sampled continuation (same
-seed for all three). The model has seen only ~20k tokens, so expect word salad."""),
+seed for all three). The model has seen only ~12k tokens, so expect word salad."""),
     ("code", """\
 params0, config = train.load_checkpoint(RUN_DIR)
 T = config.model.context_length
@@ -236,6 +297,19 @@ for name, use_mla, rank, top_k in [("standard", False, 0, 0), ("MLA r=32", True,
   gen = sample.Generator(params, config.model, kind, temperature=0.8, sparse_top_k=top_k, eos_id=eos)
   outs, seconds, steps = gen.generate(prompt_ids, 24, seed=0)
   print(f"{name:11s} kind={kind:7s} val loss {loss:.4f} | {PROMPT}{tok.decode(outs[0])!r}")"""),
+    ("md", """\
+Without a cache: `sample.RecomputeGenerator` reruns `model.forward` over the whole sequence for
+every new token (O(T) more work per token; it is how a full-sequence kernel such as the
+forward-only CUDA one generates, `python sample.py --attention=cuda`). Greedy decoding is
+deterministic, so it must give exactly the tokens of the KV-cache path; the assert checks it."""),
+    ("code", """\
+cached, _, _ = sample.Generator(params0, config.model, "mha", eos_id=eos).generate(prompt_ids, 24)
+fresh, _, _ = sample.RecomputeGenerator(params0, config.model, "xla", eos_id=eos).generate(
+    prompt_ids, 24)
+print(f"greedy, KV cache  | {PROMPT}{tok.decode(cached[0])!r}")
+print(f"greedy, no cache  | {PROMPT}{tok.decode(fresh[0])!r}")
+assert fresh == cached, (fresh, cached)
+print(f"no-cache greedy output equals the cached one ({len(fresh[0])} tokens)")"""),
     ("md", """\
 The same paths from a shell (here the MLA one):"""),
     ("code", """\

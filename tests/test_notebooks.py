@@ -7,6 +7,7 @@ beat an untrained model, whose expected loss is ln(vocab) (a uniform guess over 
 import json
 import math
 import os
+import re
 
 import nbformat
 import pytest
@@ -46,3 +47,13 @@ def test_demo_notebook_runs_and_learns(tmp_path, monkeypatch):
   outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
   for path in ("kind=mha", "kind=mla_svd", "DSA top-16"):  # all three decode paths ran
     assert path in outputs, path
+  # The batch sweep trained every batch size on one token budget (as train.py counted it).
+  rows = [(int(b), int(s), int(n.replace(",", "")), float(l)) for b, s, n, l in re.findall(
+      r"batch +(\d+) x +(\d+) steps \(([\d,]+) tokens\): val loss ([\d.]+)", outputs)]
+  assert len({b for b, *_ in rows}) >= 3, rows
+  assert len({b * s for b, s, *_ in rows}) == 1 and len({n for _, _, n, _ in rows}) == 1, rows
+  assert all(l < math.log(r["vocab"]) for *_, l in rows), rows
+  # Muon trained too (same tokens as AdamW, asserted in the notebook) and learned like it.
+  muon = re.search(r"Muon : final train loss [\d.]+, val loss ([\d.]+)", outputs)
+  assert muon and float(muon.group(1)) < math.log(r["vocab"]) - 1.0, outputs[-2000:]
+  assert "no-cache greedy output equals the cached one" in outputs  # the notebook's assert ran
