@@ -2,9 +2,10 @@
 
 `head_cross_entropy(spec, h_BTD, w, targets_BT, softcap)` = mean over tokens of logsumexp(z) - z[target],
 z = softcap(einsum(spec, h, w)) (z = the logits when softcap is 0), the same value as model.py's XLA
-version. The logits matmuls stay with cuBLAS; what the kernel replaces is the softmax work around them. On the H100 at the speedrun shape
-(32k tokens x 10k vocab in bf16, 655 MB of logits) XLA spends ~1 ms a step there: a max pass, a
-sum-exp pass, a gather and, in the backward, a pass that reads the logits and writes the gradient.
+version. The logits matmuls stay with cuBLAS; what the kernel replaces is the softmax work around
+them. On the H100 at the speedrun shape (32k tokens x 10k vocab in bf16, 655 MB of logits) XLA
+spends ~1 ms a step there: a max pass, a sum-exp pass, a gather and, in the backward, a pass that
+reads the logits and writes the gradient.
 The kernel reads each row once and, when a gradient is needed, writes d(loss)/d(logits) in the
 same pass (docs/model.md has the measurements). The gradient is therefore made in the forward and
 kept instead of the logits: same memory, and the backward is just the two matmuls.
