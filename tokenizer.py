@@ -216,6 +216,9 @@ def _imap_chunks(fn, tasks, workers, init=None, initargs=(), ordered=True):
     return
   # forkserver, not fork: the caller may hold threads (JAX does), and forking those can deadlock
   ctx = multiprocessing.get_context("forkserver")
+  # The fork server imports this module (numpy, regex) once; each worker forked from it then starts
+  # with it loaded. (Takes effect when the server starts: at this process's first pool.)
+  ctx.set_forkserver_preload([__name__])
   with _workers_skip_main():
     pool = ctx.Pool(workers, initializer=init, initargs=initargs)
   with pool:
