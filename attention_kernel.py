@@ -178,28 +178,26 @@ def _flash_rope(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
   return _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config)[0]
 
 
+def _rotated(qkv_BT3HK, cos_TK, sin_TK):
+  import model  # pylint: disable=import-outside-toplevel  (model imports this module lazily too)
+  return (model.apply_rope(qkv_BT3HK[:, :, 0], cos_TK, sin_TK),
+          model.apply_rope(qkv_BT3HK[:, :, 1], cos_TK, sin_TK))
+
+
 def _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
-  jt, kern = _triton()
-  b, t, _, h, d = qkv_BT3HK.shape
-  bm, bn, warps, stages = config[0]
-  o_BTHK, lse_BHT = jt.triton_call(
-      qkv_BT3HK, cos_TK, sin_TK, kernel=kern.fwd_rope_kernel,
-      out_shape=(jax.ShapeDtypeStruct((b, t, h, d), qkv_BT3HK.dtype),
-                 jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
-      grid=(-(-t // bm), b * h), num_warps=warps, num_stages=stages,
-      SM_SCALE=sm_scale, T=t, H=h, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal)
-  # Only the unrotated projection is kept: the backward kernels rotate q and k again as they load.
-  return o_BTHK, (qkv_BT3HK, cos_TK, sin_TK, o_BTHK, lse_BHT)
+  q_BTHK, k_BTHK = _rotated(qkv_BT3HK, cos_TK, sin_TK)
+  o_BTHK, lse_BHT = _forward(q_BTHK, k_BTHK, qkv_BT3HK, causal, sm_scale, config, packed_v=True)
+  return o_BTHK, (qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT)
 
 
 def _flash_rope_bwd(causal, sm_scale, config, res, do_BTHK):
   jt, kern = _triton()
-  qkv_BT3HK, cos_TK, sin_TK, o_BTHK, lse_BHT = res
-  do_BTHK = do_BTHK.astype(qkv_BT3HK.dtype)
-  b, t, h, d = o_BTHK.shape
+  qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT = res
+  do_BTHK = do_BTHK.astype(q_BTHK.dtype)
+  b, t, h, d = q_BTHK.shape
   consts = dict(T=t, H=h, D=d, SM_SCALE=sm_scale, CAUSAL=causal)
   delta_BHT = _delta(o_BTHK, do_BTHK)
-  ins = (qkv_BT3HK, do_BTHK, lse_BHT, delta_BHT, cos_TK, sin_TK)
+  ins = (q_BTHK, k_BTHK, qkv_BT3HK, do_BTHK, lse_BHT, delta_BHT, cos_TK, sin_TK)
   like_qkv = jax.ShapeDtypeStruct(qkv_BT3HK.shape, qkv_BT3HK.dtype)
   bm, bn, warps, stages = config[1]
   dqkv_BT3HK = jt.triton_call(*ins, kernel=kern.bwd_dkdv_rope_kernel, out_shape=like_qkv,
@@ -220,9 +218,8 @@ def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
 
   cos_TK, sin_TK: model.rope_tables(T, K, theta) (RoPE on adjacent pairs, as model.apply_rope).
   Same result as model.apply_rope + flash_attention, with less memory traffic around the kernels:
-  the kernels read q, k and v in place from the projection and rotate q and k in registers, and
-  the backward applies RoPE's transpose to dQ and dK inside the kernels and writes one packed dQKV
-  (docs/attention.md). bf16/fp16, K in HEAD_DIMS.
+  V is read in place from the projection, and the backward applies RoPE's transpose to dQ and dK
+  inside the kernels and writes one packed dQKV (docs/attention.md). bf16/fp16, K in HEAD_DIMS.
   """
   if qkv_BT3HK.ndim != 5 or qkv_BT3HK.shape[2] != 3:
     raise UserError(f"flash_attention_rope wants the packed projection [batch, seq, 3, heads, head_dim]; "

@@ -13,9 +13,9 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, COS, SIN, offs_m, lo, hi, qk_scale,
-               T: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr, D: tl.constexpr,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr):
+def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
+               T: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr, BLOCK_N: tl.constexpr,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr):
   offs_n = tl.arange(0, BLOCK_N)
   for start_n in range(lo, hi, BLOCK_N):
     start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -24,8 +24,6 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, COS, SIN, offs_m, lo, hi, qk_sc
       k = tl.load(k_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
     else:
       k = tl.load(k_ptrs + start_n * ROW)
-    if ROPE:
-      k = _rope_rows(k, COS, SIN, cols, T, BLOCK_N, D)
     qk = tl.dot(q, tl.trans(k)) * qk_scale
     if MASKED:
       if CAUSAL:  # keys >= T are also > every real query, so the causal test covers them
@@ -50,21 +48,26 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, COS, SIN, offs_m, lo, hi, qk_sc
 
 
 @triton.jit
-def _fwd_block(q_head, k_head, v_head, O, LSE, COS, SIN, o_base, bh, start_m, SM_SCALE: tl.constexpr,
-               T: tl.constexpr, QK_ROW: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr,
-               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-               ROPE: tl.constexpr):
-  """O and LSE for the BLOCK_M queries at start_m of head bh. Q, K rows sit QK_ROW apart from
-  q_head, k_head (this head's first row), V's V_ROW apart from v_head, O's ROW apart from o_base.
-  ROPE: q and k arrive unrotated and are rotated here, tile by tile, as they are loaded."""
+def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
+               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr, V_ROW: tl.constexpr, V_OFF: tl.constexpr):
+  """O = softmax(Q K^T * SM_SCALE) V for one block of BLOCK_M queries; LSE[b, h, t] saved.
+
+  V's rows sit V_ROW elements apart from offset V_OFF: H*D and 0 for a [B, T, H, D] array, 3*H*D
+  and 2*H*D to read V in place from the packed [B, T, 3, H, D] projection.
+  """
+  # Causal query blocks near the end do the most work: launch them first for load balance.
+  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
   offs_m = start_m + tl.arange(0, BLOCK_M)
   offs_n = tl.arange(0, BLOCK_N)
   offs_d = tl.arange(0, D)
-  q = tl.load(q_head + offs_m[:, None] * QK_ROW + offs_d[None, :], mask=offs_m[:, None] < T, other=0.0)
-  if ROPE:
-    q = _rope_rows(q, COS, SIN, offs_m, T, BLOCK_M, D)
-  k_ptrs = k_head + offs_n[:, None] * QK_ROW + offs_d[None, :]
-  v_ptrs = v_head + offs_n[:, None] * V_ROW + offs_d[None, :]
+  q = tl.load(Q + base + offs_m[:, None] * ROW + offs_d[None, :], mask=offs_m[:, None] < T,
+              other=0.0)
+  k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
+  v_ptrs = V + (bh // H).to(tl.int64) * T * V_ROW + V_OFF + (bh % H) * D + offs_n[:, None] * V_ROW + offs_d[None, :]
   m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
   l_i = tl.zeros([BLOCK_M], tl.float32)
   acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -78,33 +81,14 @@ def _fwd_block(q_head, k_head, v_head, O, LSE, COS, SIN, o_base, bh, start_m, SM
   else:
     full_hi = (T // BLOCK_N) * BLOCK_N
     hi = T
-  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, COS, SIN, offs_m, 0, full_hi, qk_scale,
-                             T, QK_ROW, V_ROW, D, BLOCK_N, False, CAUSAL, ROPE)
-  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, COS, SIN, offs_m, full_hi, hi, qk_scale,
-                             T, QK_ROW, V_ROW, D, BLOCK_N, True, CAUSAL, ROPE)
+  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
+                             T, ROW, V_ROW, BLOCK_N, False, CAUSAL)
+  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
+                             T, ROW, V_ROW, BLOCK_N, True, CAUSAL)
   acc = acc / l_i[:, None]
   tl.store(LSE + bh * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)
-  tl.store(O + o_base + offs_m[:, None] * ROW + offs_d[None, :], acc.to(O.dtype.element_ty),
+  tl.store(O + base + offs_m[:, None] * ROW + offs_d[None, :], acc.to(O.dtype.element_ty),
            mask=offs_m[:, None] < T)
-
-
-@triton.jit
-def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
-               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr, V_ROW: tl.constexpr, V_OFF: tl.constexpr):
-  """O = softmax(Q K^T * SM_SCALE) V for one block of BLOCK_M queries; LSE[b, h, t] saved.
-
-  V's rows sit V_ROW elements apart from offset V_OFF: H*D and 0 for a [B, T, H, D] array, 3*H*D
-  and 2*H*D to read V in place from a packed [B, T, 3, H, D] projection.
-  """
-  # Causal query blocks near the end do the most work: launch them first for load balance.
-  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-  bh = tl.program_id(1)
-  ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  v_head = V + (bh // H).to(tl.int64) * T * V_ROW + V_OFF + (bh % H) * D
-  _fwd_block(Q + base, K + base, v_head, O, LSE, Q, Q, base, bh, start_m, SM_SCALE, T, ROW, ROW, V_ROW,
-             D, BLOCK_M, BLOCK_N, CAUSAL, False)
 
 
 @triton.jit
@@ -125,18 +109,16 @@ def bwd_preprocess_kernel(O, DO, DELTA, T: tl.constexpr, H: tl.constexpr, D: tl.
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, COS, SIN, offs_n, lo, hi, qk_scale,
-                T: tl.constexpr, QK_ROW: tl.constexpr, ROW: tl.constexpr, D: tl.constexpr,
-                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr):
+def _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, lo, hi, qk_scale,
+                T: tl.constexpr, ROW: tl.constexpr, BLOCK_M: tl.constexpr,
+                MASKED: tl.constexpr):
   # Query rows >= T load as zeros with lse = delta = 0, so P^T = 1 there but dO = 0 and
   # dS^T = 1 * (0 - 0) = 0: they add nothing to dK or dV.
   for start_m in range(lo, hi, BLOCK_M):
     start_m = tl.multiple_of(start_m, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     rows = offs_m < T
-    q = tl.load(q_ptrs + start_m * QK_ROW, mask=rows[:, None], other=0.0)
-    if ROPE:
-      q = _rope_rows(q, COS, SIN, offs_m, T, BLOCK_M, D)
+    q = tl.load(q_ptrs + start_m * ROW, mask=rows[:, None], other=0.0)
     lse = tl.load(lse_ptr + offs_m, mask=rows, other=0.0)
     p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
     if MASKED:
@@ -151,17 +133,16 @@ def _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, COS, SIN, off
 
 
 @triton.jit
-def _dkdv_block(q_head, k, v, do_head, LSE, DELTA, COS, SIN, bh, start_n, SM_SCALE: tl.constexpr,
-                T: tl.constexpr, QK_ROW: tl.constexpr, ROW: tl.constexpr, D: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr):
+def _dkdv_block(Q, k, v, DO, LSE, DELTA, base, bh, start_n, SM_SCALE: tl.constexpr, T: tl.constexpr,
+                ROW: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr):
   """(dK * SM_SCALE, dV) for the BLOCK_N keys at start_n whose tiles k, v are loaded, looping over the
-  query blocks that see them; Q rows sit QK_ROW apart from q_head, dO rows ROW apart from do_head,
-  LSE/DELTA rows are [b*H + h, t]. ROPE: Q tiles are rotated as they are loaded."""
+  query blocks that see them; Q, dO rows sit ROW apart from base, LSE/DELTA rows are [b*H + h, t]."""
   offs_n = start_n + tl.arange(0, BLOCK_N)
   offs_m = tl.arange(0, BLOCK_M)
   offs_d = tl.arange(0, D)
-  q_ptrs = q_head + offs_m[:, None] * QK_ROW + offs_d[None, :]
-  do_ptrs = do_head + offs_m[:, None] * ROW + offs_d[None, :]
+  q_ptrs = Q + base + offs_m[:, None] * ROW + offs_d[None, :]
+  do_ptrs = DO + base + offs_m[:, None] * ROW + offs_d[None, :]
   lse_ptr = LSE + bh * T
   delta_ptr = DELTA + bh * T
   dk = tl.zeros([BLOCK_N, D], tl.float32)
@@ -170,10 +151,10 @@ def _dkdv_block(q_head, k, v, do_head, LSE, DELTA, COS, SIN, bh, start_n, SM_SCA
   lo = 0
   if CAUSAL:  # queries before start_n never see these keys; the diagonal block is masked
     lo = start_n + BLOCK_N  # BLOCK_N % BLOCK_M == 0, so start_n is a multiple of BLOCK_M
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, COS, SIN, offs_n, start_n,
-                         tl.minimum(lo, T), qk_scale, T, QK_ROW, ROW, D, BLOCK_M, True, ROPE)
-  dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, COS, SIN, offs_n, lo, T,
-                       qk_scale, T, QK_ROW, ROW, D, BLOCK_M, False, ROPE)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, start_n,
+                         tl.minimum(lo, T), qk_scale, T, ROW, BLOCK_M, True)
+  dk, dv = _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, lo, T,
+                       qk_scale, T, ROW, BLOCK_M, False)
   return dk * SM_SCALE, dv
 
 
@@ -191,16 +172,16 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, SM_SCALE: tl.constexpr, T: 
   rows = offs_n[:, None] < T
   k = tl.load(K + kv, mask=rows, other=0.0)
   v = tl.load(V + kv, mask=rows, other=0.0)
-  dk, dv = _dkdv_block(Q + base, k, v, DO + base, LSE, DELTA, Q, Q, bh, start_n, SM_SCALE, T, ROW, ROW, D,
-                       BLOCK_M, BLOCK_N, CAUSAL, False)
+  dk, dv = _dkdv_block(Q, k, v, DO, LSE, DELTA, base, bh, start_n, SM_SCALE, T, ROW, D, BLOCK_M, BLOCK_N,
+                       CAUSAL)
   tl.store(DK + kv, dk.to(DK.dtype.element_ty), mask=rows)
   tl.store(DV + kv, dv.to(DV.dtype.element_ty), mask=rows)
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, COS, SIN, offs_m, lo, hi, qk_scale,
-              T: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr, D: tl.constexpr,
-              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, ROPE: tl.constexpr):
+def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
+              T: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr):
   offs_n = tl.arange(0, BLOCK_N)
   for start_n in range(lo, hi, BLOCK_N):
     start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -211,8 +192,6 @@ def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, COS, SIN, offs_m, lo, hi, q
     else:
       k = tl.load(k_ptrs + start_n * ROW)
       v = tl.load(v_ptrs + start_n * V_ROW)
-    if ROPE:
-      k = _rope_rows(k, COS, SIN, cols, T, BLOCK_N, D)
     p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
     if MASKED:  # where(), not a multiply: p may be inf on a masked entry
       if CAUSAL:
@@ -227,24 +206,21 @@ def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, COS, SIN, offs_m, lo, hi, q
 
 
 @triton.jit
-def _dq_block(q_head, k_head, v_head, do_head, LSE, DELTA, COS, SIN, bh, start_m, SM_SCALE: tl.constexpr,
-              T: tl.constexpr, QK_ROW: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr,
-              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-              ROPE: tl.constexpr):
-  """dQ * SM_SCALE for the BLOCK_M queries at start_m, looping over the key blocks they see; Q, K
-  rows sit QK_ROW apart from q_head, k_head, dO rows ROW apart from do_head, V rows V_ROW apart
-  from v_head (each this head's first row). ROPE: Q and K tiles are rotated as they are loaded."""
+def _dq_block(Q, K, v_head, DO, LSE, DELTA, base, bh, start_m, SM_SCALE: tl.constexpr, T: tl.constexpr,
+              ROW: tl.constexpr, V_ROW: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """dQ * SM_SCALE for the BLOCK_M queries at start_m, looping over the key blocks they see; Q, K, dO
+  rows sit ROW apart from base, V's rows V_ROW apart from v_head (this head's first row)."""
   offs_m = start_m + tl.arange(0, BLOCK_M)
   offs_n = tl.arange(0, BLOCK_N)
   offs_d = tl.arange(0, D)
+  qo = base + offs_m[:, None] * ROW + offs_d[None, :]
   rows = offs_m < T
-  q = tl.load(q_head + offs_m[:, None] * QK_ROW + offs_d[None, :], mask=rows[:, None], other=0.0)
-  if ROPE:
-    q = _rope_rows(q, COS, SIN, offs_m, T, BLOCK_M, D)
-  do = tl.load(do_head + offs_m[:, None] * ROW + offs_d[None, :], mask=rows[:, None], other=0.0)
+  q = tl.load(Q + qo, mask=rows[:, None], other=0.0)
+  do = tl.load(DO + qo, mask=rows[:, None], other=0.0)
   lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=0.0)
   delta = tl.load(DELTA + bh * T + offs_m, mask=rows, other=0.0)
-  k_ptrs = k_head + offs_n[:, None] * QK_ROW + offs_d[None, :]
+  k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
   v_ptrs = v_head + offs_n[:, None] * V_ROW + offs_d[None, :]
   dq = tl.zeros([BLOCK_M, D], tl.float32)
   qk_scale = SM_SCALE * 1.4426950408889634
@@ -254,10 +230,10 @@ def _dq_block(q_head, k_head, v_head, do_head, LSE, DELTA, COS, SIN, bh, start_m
   else:
     full_hi = (T // BLOCK_N) * BLOCK_N
     hi = T
-  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, COS, SIN, offs_m, 0, full_hi, qk_scale,
-                 T, QK_ROW, V_ROW, D, BLOCK_N, False, CAUSAL, ROPE)
-  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, COS, SIN, offs_m, full_hi, hi, qk_scale,
-                 T, QK_ROW, V_ROW, D, BLOCK_N, True, CAUSAL, ROPE)
+  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
+                 T, ROW, V_ROW, BLOCK_N, False, CAUSAL)
+  dq = _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
+                 T, ROW, V_ROW, BLOCK_N, True, CAUSAL)
   return dq * SM_SCALE
 
 
@@ -270,20 +246,25 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.con
   bh = tl.program_id(1)
   ROW: tl.constexpr = H * D
   base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  dq = _dq_block(Q + base, K + base, V + base, DO + base, LSE, DELTA, Q, Q, bh, start_m, SM_SCALE, T, ROW,
-                 ROW, ROW, D, BLOCK_M, BLOCK_N, CAUSAL, False)
+  dq = _dq_block(Q, K, V + base, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, ROW, D, BLOCK_M,
+                 BLOCK_N, CAUSAL)
   offs_m = start_m + tl.arange(0, BLOCK_M)
   tl.store(DQ + base + offs_m[:, None] * ROW + tl.arange(0, D)[None, :], dq.to(DQ.dtype.element_ty),
            mask=offs_m[:, None] < T)
 
 
 # ----------------------------------------------------------------------------- packed QKV + RoPE
-# The kernels of attention_kernel.flash_attention_rope. They read Q, K and V in place from the packed
-# [B, T, 3, H, D] projection, unrotated, and apply RoPE to each Q and K tile in registers as it is
-# loaded (in fp32, rounded back to the input dtype, as model.apply_rope does); the backward applies
-# RoPE's transpose to dQ and dK before the store, straight into one packed dQKV array. XLA would
-# otherwise run RoPE over q and k (a read and a write of both, kept for the backward), copy V out,
-# run RoPE's backward over dQ and dK, and concatenate the three gradients.
+# The backward of attention_kernel.flash_attention_rope: Q and K arrive rotated (the forward saved
+# them), V is read in place from the packed [B, T, 3, H, D] projection, and dQ, dK are rotated back
+# (RoPE's transpose) in registers before the store, straight into one packed dQKV array. XLA would
+# otherwise copy V out, run RoPE's backward over dQ and dK, and concatenate the three gradients.
+
+
+@triton.jit
+def _unrotate(x, cos, sin, ROWS: tl.constexpr, D: tl.constexpr):
+  """RoPE's transpose on a [ROWS, D] tile of adjacent pairs (x0, x1): (x0 c + x1 s, x1 c - x0 s)."""
+  x0, x1 = tl.split(tl.reshape(x, [ROWS, D // 2, 2]))
+  return tl.reshape(tl.join(x0 * cos + x1 * sin, x1 * cos - x0 * sin), [ROWS, D])
 
 
 @triton.jit
@@ -295,35 +276,7 @@ def _rope_tile(COS, SIN, offs, T: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _rope_rows(x, COS, SIN, offs, T: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
-  """RoPE on a [ROWS, D] tile of adjacent pairs (x0, x1) at positions offs: (x0 c - x1 s, x0 s + x1 c)."""
-  cos, sin = _rope_tile(COS, SIN, offs, T, D)
-  x0, x1 = tl.split(tl.reshape(x.to(tl.float32), [ROWS, D // 2, 2]))
-  return tl.reshape(tl.join(x0 * cos - x1 * sin, x0 * sin + x1 * cos), [ROWS, D]).to(x.dtype)
-
-
-@triton.jit
-def _unrotate(x, cos, sin, ROWS: tl.constexpr, D: tl.constexpr):
-  """RoPE's transpose on a [ROWS, D] tile of adjacent pairs (x0, x1): (x0 c + x1 s, x1 c - x0 s)."""
-  x0, x1 = tl.split(tl.reshape(x, [ROWS, D // 2, 2]))
-  return tl.reshape(tl.join(x0 * cos + x1 * sin, x1 * cos - x0 * sin), [ROWS, D])
-
-
-@triton.jit
-def fwd_rope_kernel(QKV, COS, SIN, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """fwd_kernel on the packed projection, with RoPE applied to q and k tiles as they are loaded."""
-  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-  bh = tl.program_id(1)
-  ROW: tl.constexpr = H * D
-  head3 = QKV + (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  _fwd_block(head3, head3 + ROW, head3 + 2 * ROW, O, LSE, COS, SIN, base, bh, start_m, SM_SCALE, T,
-             3 * ROW, ROW, 3 * ROW, D, BLOCK_M, BLOCK_N, CAUSAL, True)
-
-
-@triton.jit
-def bwd_dkdv_rope_kernel(QKV, DO, LSE, DELTA, COS, SIN, DQKV, SM_SCALE: tl.constexpr,
+def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV, SM_SCALE: tl.constexpr,
                          T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
   """bwd_dkdv_kernel for the packed layout: writes dK (rotated back) and dV into DQKV[:, :, 1:3]."""
@@ -333,19 +286,20 @@ def bwd_dkdv_rope_kernel(QKV, DO, LSE, DELTA, COS, SIN, DQKV, SM_SCALE: tl.const
   base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
   base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
   offs_n = start_n + tl.arange(0, BLOCK_N)
+  offs_d = tl.arange(0, D)
   rows = offs_n[:, None] < T
-  kv3 = base3 + offs_n[:, None] * (3 * ROW) + tl.arange(0, D)[None, :]
-  k = _rope_rows(tl.load(QKV + ROW + kv3, mask=rows, other=0.0), COS, SIN, offs_n, T, BLOCK_N, D)
+  k = tl.load(K + base + offs_n[:, None] * ROW + offs_d[None, :], mask=rows, other=0.0)
+  kv3 = base3 + offs_n[:, None] * (3 * ROW) + offs_d[None, :]
   v = tl.load(QKV + 2 * ROW + kv3, mask=rows, other=0.0)
-  dk, dv = _dkdv_block(QKV + base3, k, v, DO + base, LSE, DELTA, COS, SIN, bh, start_n, SM_SCALE, T,
-                       3 * ROW, ROW, D, BLOCK_M, BLOCK_N, CAUSAL, True)
+  dk, dv = _dkdv_block(Q, k, v, DO, LSE, DELTA, base, bh, start_n, SM_SCALE, T, ROW, D, BLOCK_M, BLOCK_N,
+                       CAUSAL)
   cos, sin = _rope_tile(COS, SIN, offs_n, T, D)
   tl.store(DQKV + ROW + kv3, _unrotate(dk, cos, sin, BLOCK_N, D).to(DQKV.dtype.element_ty), mask=rows)
   tl.store(DQKV + 2 * ROW + kv3, dv.to(DQKV.dtype.element_ty), mask=rows)
 
 
 @triton.jit
-def bwd_dq_rope_kernel(QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SCALE: tl.constexpr,
+def bwd_dq_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SCALE: tl.constexpr,
                        T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
   """bwd_dq_kernel for the packed layout: writes dQ (rotated back) into DQKV[:, :, 0].
@@ -358,8 +312,8 @@ def bwd_dq_rope_kernel(QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SCALE: t
   ROW: tl.constexpr = H * D
   base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
   base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
-  dq = _dq_block(QKV + base3, QKV + base3 + ROW, QKV + base3 + 2 * ROW, DO + base, LSE, DELTA, COS, SIN,
-                 bh, start_m, SM_SCALE, T, 3 * ROW, ROW, 3 * ROW, D, BLOCK_M, BLOCK_N, CAUSAL, True)
+  dq = _dq_block(Q, K, QKV + base3 + 2 * ROW, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, 3 * ROW, D,
+                 BLOCK_M, BLOCK_N, CAUSAL)
   offs_m = start_m + tl.arange(0, BLOCK_M)
   cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
   tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + tl.arange(0, D)[None, :],

@@ -82,7 +82,7 @@ def rotate(x, cos, sin, sign=1.0):
 
 
 def run_rope(b, t, h, d, causal, dtype, cfg):
-  """The packed-QKV path: q, k, v read from qkv and q, k rotated in the kernels; one dQKV written."""
+  """The packed-QKV path: forward with V read from qkv, backward kernels writing one dQKV."""
   rng = np.random.default_rng(1)
   qkv = torch.from_numpy(rng.standard_normal((b, t, 3, h, d)).astype(np.float32)).to(dtype)
   tdo = torch.from_numpy(rng.standard_normal((b, t, h, d)).astype(np.float32)).to(dtype)
@@ -90,19 +90,19 @@ def run_rope(b, t, h, d, causal, dtype, cfg):
   x = qkv.to(torch.float64).numpy()
   q, k, v, do = rotate(x[:, :, 0], cos, sin), rotate(x[:, :, 1], cos, sin), x[:, :, 2], tdo.to(torch.float64).numpy()
   tq, tk = (torch.from_numpy(a).to(dtype) for a in (q, k))
-  q, k = (a.to(torch.float64).numpy() for a in (tq, tk))   # the kernels round rotated q, k too
+  q, k = (a.to(torch.float64).numpy() for a in (tq, tk))   # the kernels see rotated q, k rounded
   scale = d ** -0.5
   (bm, bn, nw, ns), (bm1, bn1, _, _), (bm2, bn2, _, _) = cfg
   common = dict(T=t, H=h, D=d)
   o = torch.empty((b, t, h, d), dtype=dtype)
   lse = torch.empty((b, h, t), dtype=torch.float32)
-  tcos, tsin = (torch.from_numpy(a.astype(np.float32)) for a in (cos, sin))
-  K.fwd_rope_kernel[(-(-t // bm), b * h)](qkv, tcos, tsin, o, lse, SM_SCALE=scale, BLOCK_M=bm, BLOCK_N=bn,
-                                         CAUSAL=causal, num_warps=nw, num_stages=ns, **common)
+  K.fwd_kernel[(-(-t // bm), b * h)](tq, tk, qkv, o, lse, SM_SCALE=scale, BLOCK_M=bm, BLOCK_N=bn,
+                                    CAUSAL=causal, V_ROW=3 * h * d, V_OFF=2 * h * d, **common)
   delta = torch.empty((b, h, t), dtype=torch.float32)
   K.bwd_preprocess_kernel[(-(-t // 64), b * h)](o, tdo, delta, BLOCK_M=64, **common)
+  tcos, tsin = (torch.from_numpy(a.astype(np.float32)) for a in (cos, sin))
   dqkv = torch.full_like(qkv, float("nan"))   # every element must be written
-  ins = (qkv, tdo, lse, delta, tcos, tsin)
+  ins = (tq, tk, qkv, tdo, lse, delta, tcos, tsin)
   K.bwd_dkdv_rope_kernel[(-(-t // bn1), b * h)](*ins, dqkv, SM_SCALE=scale, BLOCK_M=bm1, BLOCK_N=bn1,
                                                CAUSAL=causal, **common)
   K.bwd_dq_rope_kernel[(-(-t // bm2), b * h)](*ins, dqkv, dqkv, SM_SCALE=scale, BLOCK_M=bm2, BLOCK_N=bn2,
