@@ -86,17 +86,22 @@ def from_matrices(x_NIO, roles, shape):
   return jnp.transpose(x, inverse)
 
 
-def newton_schulz(g_NIO, steps=5, eps=1e-7):
-  """NS5 of each matrix of the batch, in fp32: ~U V^T of its SVD (singular values ~[0.7, 1.2])."""
+def newton_schulz(g_NIO, steps=5, eps=1e-7, dtype=jnp.float32):
+  """NS5 of each matrix of the batch: ~U V^T of its SVD (singular values ~[0.7, 1.2]), as fp32.
+
+  dtype is the iteration's: bfloat16 runs its matmuls at the bf16 rate (Jordan's Muon does); the
+  normalisation is fp32 either way, and the result is rounded to bf16 after each of the 5 steps.
+  """
   a, b, c = NS_COEFFS
   x = g_NIO.astype(jnp.float32)
   tall = x.shape[-2] > x.shape[-1]
   if tall:  # iterate on the smaller Gram matrix
     x = jnp.swapaxes(x, -1, -2)
-  x = x / (jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True)) + eps)
+  x = (x / (jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True)) + eps)).astype(dtype)
   for _ in range(steps):
     a_NMM = x @ jnp.swapaxes(x, -1, -2)
     x = a * x + (b * a_NMM + c * a_NMM @ a_NMM) @ x
+  x = x.astype(jnp.float32)
   return jnp.swapaxes(x, -1, -2) if tall else x
 
 
@@ -129,9 +134,9 @@ def init(params):
 
 
 def update(grads, state, params, lr, *, momentum=0.95, nesterov=True, ns_steps=5, lr_scale=1.0,
-           b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1):
+           b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, ns_dtype=jnp.float32):
   """One step -> (new params, new state): Muon on the matrix leaves, AdamW (b1, b2, eps, with
-  adamw.decay_mask) on the others; weight_decay is decoupled in both."""
+  adamw.decay_mask) on the others; weight_decay is decoupled in both. ns_dtype: newton_schulz's."""
   views = matrix_views(params)
   m_views = _split(views, views, True)
   g = jax.tree.map(lambda x: x.astype(jnp.float32), _split(grads, views, True))
@@ -141,7 +146,7 @@ def update(grads, state, params, lr, *, momentum=0.95, nesterov=True, ns_steps=5
   def step(p, u, roles):
     u_NIO = to_matrices(u, roles)
     scale = 0.2 * math.sqrt(max(u_NIO.shape[1:]))
-    o = from_matrices(newton_schulz(u_NIO, ns_steps), roles, jnp.shape(p))
+    o = from_matrices(newton_schulz(u_NIO, ns_steps, dtype=ns_dtype), roles, jnp.shape(p))
     p32 = p.astype(jnp.float32)
     return (p32 - lr * lr_scale * (scale * o + weight_decay * p32)).astype(p.dtype)
 

@@ -152,7 +152,8 @@ def make_train_step(config, mesh, on_device):
     if _optimizer(t) == "muon":  # Muon on the hidden matrices, AdamW on the rest (muon.py)
       params, opt = muon.update(grads, state["opt"], params, lr, momentum=t.muon_momentum,
                                 nesterov=t.muon_nesterov, lr_scale=t.muon_lr_scale, b1=t.b1,
-                                b2=t.b2, eps=t.eps, weight_decay=t.weight_decay)
+                                b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                                ns_dtype=MUON_NS_DTYPES[t.get("muon_ns_dtype", "float32")])
     else:
       params, opt = adamw.update(grads, state["opt"], params, lr, b1=t.b1, b2=t.b2, eps=t.eps,
                                  weight_decay=t.weight_decay, mask=adamw.decay_mask(params))
@@ -319,6 +320,8 @@ def _fmt_time(s):
 
 OPTIMIZERS = ("adamw", "muon")
 MUON_KEYS = ("muon_momentum", "muon_nesterov", "muon_lr_scale")
+# muon_ns_dtype is optional (configs older than it run fp32, as before).
+MUON_NS_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _check_config(config, n_dev):
@@ -337,6 +340,9 @@ def _check_config(config, n_dev):
   if missing:
     raise UserError(f"optimizer='muon' needs config.train.{', '.join(missing)}: add them to the "
                     "config file as configs/tiny.py does")
+  if t.get("muon_ns_dtype", "float32") not in MUON_NS_DTYPES:
+    raise UserError(f"config.train.muon_ns_dtype={t.muon_ns_dtype!r} is unknown: use "
+                    f"{' or '.join(MUON_NS_DTYPES)}")
 
 
 def _maybe_init_distributed():

@@ -68,6 +68,7 @@ def get_config():
   t.muon_momentum = 0.95  # Muon's SGD momentum (Jordan 2024; Moonshot 2025).
   t.muon_nesterov = True  # Nesterov momentum: the update uses g + momentum * buffer.
   t.muon_lr_scale = 1.0  # Muon's lr = lr * this (1.0: Moonshot's matched-RMS choice).
+  t.muon_ns_dtype = "float32"  # Newton-Schulz matmuls: 'float32' | 'bfloat16' (faster, rounder).
   t.log_every = 10
   t.eval_every = 100
   t.eval_tokens = 32_768  # the first 32k val tokens (of ~97k; 0 = all): a few seconds per eval.
