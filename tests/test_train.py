@@ -231,6 +231,38 @@ def test_eight_devices_give_the_same_losses_as_one(base, data_dir, tmp_path):
   np.testing.assert_allclose([got[s] for s in ref], [ref[s] for s in ref], rtol=2e-5)
 
 
+_LOCAL_SLICE_CHECK = """
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import model, train
+from configs import tiny
+c = tiny.get_config()
+c.model.vocab_size, c.train.batch_size = 64, 16
+seen = []
+loss_fn = model.loss_fn
+model.loss_fn = lambda params, x_BT, y_BT, cfg: seen.append(x_BT.shape) or loss_fn(params, x_BT, y_BT, cfg)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+rep = NamedSharding(mesh, P())
+state = jax.jit(lambda k: train._init_state(c, k), out_shardings=rep)(jax.random.key(0))
+state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), rep)
+tokens = jax.device_put(np.arange(5000, dtype=np.uint16) % 64, rep)
+train.make_train_step(c, mesh, on_device=True).lower(state, tokens)
+print("SEEN", seen)
+"""
+
+
+@pytest.mark.slow
+def test_each_device_differentiates_only_its_slice_of_the_batch():
+  """With 8 devices the loss (and so the Triton kernels inside it, which have no sharding rule for
+  XLA's partitioner) must be traced on B/8 sequences, not on the whole batch: on 2 H100s the step
+  that left the split to XLA ran no faster than on one GPU."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  r = subprocess.run([sys.executable, "-c", _LOCAL_SLICE_CHECK], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "SEEN [(2, " in r.stdout, r.stdout[-500:]  # 16 sequences / 8 devices
+
+
 # ----------------------------------------------------------------------------- stopping
 
 
