@@ -130,30 +130,31 @@ def make_train_step(config, mesh, on_device):
   batch_sharding = NamedSharding(mesh, P(None, "data"))
   replicated = NamedSharding(mesh, P())
 
-  def batch_loss(params, batch_BT1):
-    loss = model.loss_fn(params, batch_BT1[:, :-1], batch_BT1[:, 1:], mcfg)
-    # Under shard_map (below) each device holds a slice of the batch: the mean over devices is the
-    # batch mean (equal slices), and differentiating it gives every device the averaged gradient.
-    return jax.lax.pmean(loss, "data") if mesh.size > 1 else loss
+  def grads_of(params, batch_BT1):
+    return jax.value_and_grad(model.loss_fn)(params, batch_BT1[:, :-1], batch_BT1[:, 1:], mcfg)
 
   def loss_and_grads(params, batch_MBT1):
     if M == 1:
-      return jax.value_and_grad(batch_loss)(params, batch_MBT1[0])
+      return grads_of(params, batch_MBT1[0])
     # gradient accumulation: equal-sized microbatches, so the mean of means is the mean
     def body(acc, batch_BT1):
-      return jax.tree.map(jnp.add, acc, jax.value_and_grad(batch_loss)(params, batch_BT1)), None
+      return jax.tree.map(jnp.add, acc, grads_of(params, batch_BT1)), None
     zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
     (loss, grads), _ = jax.lax.scan(body, zero, batch_MBT1)
     return loss / M, jax.tree.map(lambda g: g / M, grads)
 
   if mesh.size > 1:
-    # Explicit data parallelism: each device differentiates the loss on its own slice of the batch;
-    # the pmean in batch_loss becomes one all-reduce of the gradients (per microbatch). Left to
-    # XLA's partitioner, 2 H100s ran a B128 step no faster than one (10.97 vs 10.82 ms;
-    # bench/results/multi_gpu_h100x2/): the model's Triton calls (attention, cross-entropy) carry
-    # no sharding rule, so every device most likely computed the whole batch.
-    loss_and_grads = jax.shard_map(loss_and_grads, mesh=mesh, in_specs=(P(), P(None, "data")),
-                                   out_specs=P())
+    # Explicit data parallelism: each device differentiates the loss of its own slice of the batch
+    # and one all-reduce (pmean) averages loss and gradients (equal slices: the mean of means is
+    # the mean). Left to XLA's partitioner, 2 H100s ran a B128 step no faster than one (10.97 vs
+    # 10.82 ms; bench/results/multi_gpu_h100x2/): the model's Triton calls (attention,
+    # cross-entropy) carry no sharding rule, so every device most likely computed the whole batch.
+    # check_vma=False: jax-triton's primitive has no varying-axis typing, which shard_map's checker
+    # would reject inside the kernels' custom VJPs; the per-device gradients are then plain local
+    # gradients, averaged explicitly here.
+    local = loss_and_grads
+    loss_and_grads = jax.shard_map(lambda p, b: jax.lax.pmean(local(p, b), "data"), mesh=mesh,
+                                   in_specs=(P(), P(None, "data")), out_specs=P(), check_vma=False)
 
   def update(state, batch_MBT1):
     params, step = state["params"], state["step"]

@@ -231,36 +231,56 @@ def test_eight_devices_give_the_same_losses_as_one(base, data_dir, tmp_path):
   np.testing.assert_allclose([got[s] for s in ref], [ref[s] for s in ref], rtol=2e-5)
 
 
-_LOCAL_SLICE_CHECK = """
-import jax, numpy as np
+_DATA_PARALLEL_CHECK = """
+import jax, jax.numpy as jnp, numpy as np
+import jax.extend as jex
+from jax._src import core
+from jax.interpreters import mlir
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import model, train
 from configs import tiny
-c = tiny.get_config()
-c.model.vocab_size, c.train.batch_size = 64, 16
+
+# An identity op built like jax-triton's kernel call: a bare primitive with no sharding rule and no
+# varying-axis typing, inside a custom VJP, as our Triton attention and cross-entropy are.
+prim = jex.core.Primitive("opaque_identity")
+prim.def_abstract_eval(lambda x: core.ShapedArray(x.shape, x.dtype))
+mlir.register_lowering(prim, mlir.lower_fun(lambda x: x, multiple_results=False))
+opaque = jax.custom_vjp(lambda x: prim.bind(x))
+opaque.defvjp(lambda x: (prim.bind(x), None), lambda _, g: (prim.bind(g),))
+
 seen = []
 loss_fn = model.loss_fn
-model.loss_fn = lambda params, x_BT, y_BT, cfg: seen.append(x_BT.shape) or loss_fn(params, x_BT, y_BT, cfg)
-mesh = Mesh(np.array(jax.devices()), ("data",))
-rep = NamedSharding(mesh, P())
-state = jax.jit(lambda k: train._init_state(c, k), out_shardings=rep)(jax.random.key(0))
-state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), rep)
-tokens = jax.device_put(np.arange(5000, dtype=np.uint16) % 64, rep)
-train.make_train_step(c, mesh, on_device=True).lower(state, tokens)
-print("SEEN", seen)
+def patched(params, x_BT, y_BT, cfg):
+  seen.append(x_BT.shape[0])
+  return opaque(loss_fn(params, x_BT, y_BT, cfg))
+model.loss_fn = patched
+
+c = tiny.get_config()
+c.model.vocab_size, c.train.batch_size = 64, 16
+tokens_np = np.arange(5000, dtype=np.uint16) % 61
+out = {}
+for n in (1, 8):
+  mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
+  rep = NamedSharding(mesh, P())
+  state = jax.jit(lambda k: train._init_state(c, k), out_shardings=rep)(jax.random.key(0))
+  state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), rep)
+  _, m = train.make_train_step(c, mesh, on_device=True)(state, jax.device_put(tokens_np, rep))
+  out[n] = (float(m["loss"]), float(m["grad_norm"]))
+print("SEEN", seen, "OUT", out)
+np.testing.assert_allclose(out[8], out[1], rtol=1e-5)
 """
 
 
 @pytest.mark.slow
 def test_each_device_differentiates_only_its_slice_of_the_batch():
-  """With 8 devices the loss (and so the Triton kernels inside it, which have no sharding rule for
-  XLA's partitioner) must be traced on B/8 sequences, not on the whole batch: on 2 H100s the step
-  that left the split to XLA ran no faster than on one GPU."""
+  """With 8 devices the loss must be traced on B/8 sequences, not on the whole batch, even around
+  an op with no sharding rule (our Triton kernels: on 2 H100s the step that left the split to XLA
+  ran no faster than on one GPU), and the averaged loss and gradient norm must equal one device's."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  r = subprocess.run([sys.executable, "-c", _LOCAL_SLICE_CHECK], cwd=ROOT, env=env, capture_output=True,
+  r = subprocess.run([sys.executable, "-c", _DATA_PARALLEL_CHECK], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "SEEN [(2, " in r.stdout, r.stdout[-500:]  # 16 sequences / 8 devices
+  assert "SEEN [16, 2]" in r.stdout, r.stdout[-500:]  # one device: 16 sequences; eight: 16 / 8
 
 
 # ----------------------------------------------------------------------------- stopping
