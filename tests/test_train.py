@@ -259,15 +259,18 @@ c = tiny.get_config()
 c.model.vocab_size, c.train.batch_size = 64, 16
 tokens_np = np.arange(5000, dtype=np.uint16) % 61
 out = {}
-for n in (1, 8):
-  mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
-  rep = NamedSharding(mesh, P())
-  state = jax.jit(lambda k: train._init_state(c, k), out_shardings=rep)(jax.random.key(0))
-  state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), rep)
-  _, m = train.make_train_step(c, mesh, on_device=True)(state, jax.device_put(tokens_np, rep))
-  out[n] = (float(m["loss"]), float(m["grad_norm"]))
+for m_ in (1, 2):  # microbatches: 2 accumulates on each device before the one all-reduce
+  c.train.microbatches = m_
+  for n in (1, 8):
+    mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
+    rep = NamedSharding(mesh, P())
+    state = jax.jit(lambda k: train._init_state(c, k), out_shardings=rep)(jax.random.key(0))
+    state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), rep)
+    _, m = train.make_train_step(c, mesh, on_device=True)(state, jax.device_put(tokens_np, rep))
+    out[m_, n] = (float(m["loss"]), float(m["grad_norm"]))
 print("SEEN", seen, "OUT", out)
-np.testing.assert_allclose(out[8], out[1], rtol=1e-5)
+for m_ in (1, 2):
+  np.testing.assert_allclose(out[m_, 8], out[1, 1], rtol=1e-5)
 """
 
 
@@ -275,12 +278,14 @@ np.testing.assert_allclose(out[8], out[1], rtol=1e-5)
 def test_each_device_differentiates_only_its_slice_of_the_batch():
   """With 8 devices the loss must be traced on B/8 sequences, not on the whole batch, even around
   an op with no sharding rule (our Triton kernels: on 2 H100s the step that left the split to XLA
-  ran no faster than on one GPU), and the averaged loss and gradient norm must equal one device's."""
+  ran no faster than on one GPU), and the averaged loss and gradient norm must equal one device's,
+  with and without gradient accumulation."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
   r = subprocess.run([sys.executable, "-c", _DATA_PARALLEL_CHECK], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "SEEN [16, 2]" in r.stdout, r.stdout[-500:]  # one device: 16 sequences; eight: 16 / 8
+  # one device: 16 sequences; eight: 16 / 8; then 2 microbatches: 8 on one device, 1 on each of 8
+  assert "SEEN [16, 2, 8, 1]" in r.stdout, r.stdout[-500:]
 
 
 # ----------------------------------------------------------------------------- stopping
