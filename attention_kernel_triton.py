@@ -318,3 +318,108 @@ def bwd_dq_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SC
   cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
   tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + tl.arange(0, D)[None, :],
            _unrotate(dq, cos, sin, BLOCK_M, D).to(DQKV.dtype.element_ty), mask=offs_m[:, None] < T)
+
+
+# ----------------------------------------------------------------------------- fused backward
+# One program per head for the whole backward of the packed-QKV + RoPE path (short sequences: the
+# speedrun's T = 256). The split kernels above recompute P in both the dK/dV and the dQ kernel and
+# need a separate pass for delta; here delta, dK, dV and dQ come from one sweep over the causal
+# block pairs, each computing P and dS once. dQ sums over key blocks, so it is accumulated in an
+# fp32 scratch slot owned by the program (no atomics: nothing else touches it); the grid is
+# persistent (a few programs per SM, each looping over heads), so the scratch stays small enough
+# to live in L2.
+
+
+@triton.jit
+def _fused_inner(dk, dv, k, v, Q, DO, LSE, DELTA, ACC, q_off, lse_off, delta_off, acc_off, offs_n, lo, hi,
+                 qk_scale,
+                 T: tl.constexpr, ROW: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+  offs_d = tl.arange(0, D)
+  for start_m in range(lo, hi, BLOCK_M):
+    start_m = tl.multiple_of(start_m, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    rows = offs_m < T
+    # Query rows >= T load as zeros with lse = delta = 0: their P is 1 but dO = 0 and dS = 0.
+    q = tl.load(Q + q_off + offs_m[:, None] * ROW + offs_d[None, :], mask=rows[:, None], other=0.0)
+    do = tl.load(DO + q_off + offs_m[:, None] * ROW + offs_d[None, :], mask=rows[:, None], other=0.0)
+    lse = tl.load(LSE + lse_off + offs_m, mask=rows, other=0.0)
+    delta = tl.load(DELTA + delta_off + offs_m, mask=rows, other=0.0)
+    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+    if MASKED:  # the diagonal block (causal) or keys >= T (the ragged last block)
+      if CAUSAL:
+        keep = offs_m[:, None] >= offs_n[None, :]
+      else:
+        keep = offs_n[None, :] < T
+      p = tl.where(keep, p, 0.0)
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
+    ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)
+    acc_ptrs = ACC + acc_off + offs_m[:, None] * D + offs_d[None, :]
+    tl.store(acc_ptrs, tl.load(acc_ptrs) + tl.dot(ds.to(k.dtype), k))
+  return dk, dv
+
+
+@triton.jit
+def bwd_fused_rope_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, DQKV, ACC, DELTA, SM_SCALE: tl.constexpr,
+                          T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BH: tl.constexpr,
+                          T_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          CAUSAL: tl.constexpr):
+  """dQKV of the packed-QKV + RoPE attention, one head at a time (heads pid, pid + grid, ...).
+
+  Q, K: the rotated q, k [B, T, H, D] the forward saved; V is read in place from QKV [B, T, 3, H, D];
+  O, DO: [B, T, H, D]; LSE: [B*H, T]. ACC [grid, T_PAD, D] fp32 and DELTA [grid, T_PAD] fp32 are
+  this program's scratch (outputs nobody reads). BLOCK_N % BLOCK_M == 0.
+  """
+  pid = tl.program_id(0)
+  ROW: tl.constexpr = H * D
+  offs_d = tl.arange(0, D)
+  acc_off = pid.to(tl.int64) * T_PAD * D
+  delta_off = pid.to(tl.int64) * T_PAD
+  qk_scale = SM_SCALE * 1.4426950408889634
+  nprog = tl.num_programs(0)
+  for i in range(0, tl.cdiv(BH - pid, nprog)):
+    bh = pid + i * nprog
+    base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+    base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
+    # 1. delta = rowsum(O * dO) for every row, and the dQ accumulator zeroed.
+    for start_m in range(0, T, BLOCK_M):
+      offs_m = start_m + tl.arange(0, BLOCK_M)
+      rows = offs_m[:, None] < T
+      o = tl.load(O + base + offs_m[:, None] * ROW + offs_d[None, :], mask=rows, other=0.0).to(tl.float32)
+      do = tl.load(DO + base + offs_m[:, None] * ROW + offs_d[None, :], mask=rows, other=0.0).to(tl.float32)
+      tl.store(DELTA + delta_off + offs_m, tl.sum(o * do, 1))
+      tl.store(ACC + acc_off + offs_m[:, None] * D + offs_d[None, :], tl.zeros([BLOCK_M, D], tl.float32))
+    tl.debug_barrier()   # other threads of this program read those rows below
+    # 2. per key block: dK, dV in registers over the query blocks that see it; dQ into ACC.
+    for start_n in range(0, T, BLOCK_N):
+      offs_n = start_n + tl.arange(0, BLOCK_N)
+      rows = offs_n[:, None] < T
+      k = tl.load(K + base + offs_n[:, None] * ROW + offs_d[None, :], mask=rows, other=0.0)
+      kv3 = base3 + offs_n[:, None] * (3 * ROW) + offs_d[None, :]
+      v = tl.load(QKV + 2 * ROW + kv3, mask=rows, other=0.0)
+      dk = tl.zeros([BLOCK_N, D], tl.float32)
+      dv = tl.zeros([BLOCK_N, D], tl.float32)
+      if CAUSAL:  # queries before start_n never see these keys; the diagonal block is masked
+        lo = start_n + BLOCK_N
+        dk, dv = _fused_inner(dk, dv, k, v, Q, DO, LSE, DELTA, ACC, base, bh * T, delta_off, acc_off, offs_n, start_n,
+                              tl.minimum(lo, T), qk_scale, T, ROW, D, BLOCK_M, True, True)
+        dk, dv = _fused_inner(dk, dv, k, v, Q, DO, LSE, DELTA, ACC, base, bh * T, delta_off, acc_off, offs_n, lo, T,
+                              qk_scale, T, ROW, D, BLOCK_M, False, True)
+      else:
+        dk, dv = _fused_inner(dk, dv, k, v, Q, DO, LSE, DELTA, ACC, base, bh * T, delta_off, acc_off, offs_n, 0, T,
+                              qk_scale, T, ROW, D, BLOCK_M, T % BLOCK_N != 0, False)
+      cos, sin = _rope_tile(COS, SIN, offs_n, T, D)
+      tl.store(DQKV + ROW + kv3, _unrotate(dk * SM_SCALE, cos, sin, BLOCK_N, D).to(DQKV.dtype.element_ty),
+               mask=rows)
+      tl.store(DQKV + 2 * ROW + kv3, dv.to(DQKV.dtype.element_ty), mask=rows)
+      tl.debug_barrier()   # ACC rows are read back by other threads in the next key block
+    # 3. dQ, rotated back, into DQKV[:, :, 0].
+    for start_m in range(0, T, BLOCK_M):
+      offs_m = start_m + tl.arange(0, BLOCK_M)
+      rows = offs_m[:, None] < T
+      dq = tl.load(ACC + acc_off + offs_m[:, None] * D + offs_d[None, :]) * SM_SCALE
+      cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
+      tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + offs_d[None, :],
+               _unrotate(dq, cos, sin, BLOCK_M, D).to(DQKV.dtype.element_ty), mask=rows)
+    tl.debug_barrier()   # the next head overwrites DELTA and ACC
