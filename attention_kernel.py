@@ -32,11 +32,6 @@ _FWD = {16: (64, 32, 4, 3), 32: (64, 32, 4, 3), 64: (64, 64, 4, 3), 128: (128, 1
 _DKDV = {16: (32, 64, 4, 3), 32: (32, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 128, 8, 3)}
 _DQ = {16: (64, 32, 4, 4), 32: (64, 32, 4, 4), 64: (64, 64, 4, 3), 128: (128, 64, 8, 3)}
 _PRE_BLOCK = 128  # rows per program of the delta kernel (memory bound; size barely matters)
-# The fused backward of flash_attention_rope (one program per head, bwd_fused_rope_kernel):
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, programs per SM), used for T <= FUSED_MAX_T, where a head's
-# whole backward is short enough that one program per head still fills the GPU.
-_FUSED = {16: (64, 64, 4, 2, 2), 32: (64, 64, 4, 2, 2), 64: (64, 64, 4, 2, 2)}
-FUSED_MAX_T = 512
 
 
 def _clamp(block, seq_len):
@@ -183,19 +178,6 @@ def _flash_rope(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
   return _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config)[0]
 
 
-def fused_config(seq_len, head_dim):
-  """The fused backward's (BLOCK_M, BLOCK_N, num_warps, num_stages, programs per SM), or None where
-  the split kernels are used (long sequences: too few heads to keep every SM busy; head dim 128)."""
-  if seq_len > FUSED_MAX_T or head_dim not in _FUSED:
-    return None
-  m, n, w, s, per_sm = _FUSED[head_dim]
-  return _clamp(m, seq_len), _clamp(n, seq_len), w, s, per_sm
-
-
-def _sm_count():
-  return getattr(jax.devices()[0], "core_count", None) or 132   # 132: the H100 SXM
-
-
 def _rotated(qkv_BT3HK, cos_TK, sin_TK):
   import model  # pylint: disable=import-outside-toplevel  (model imports this module lazily too)
   return (model.apply_rope(qkv_BT3HK[:, :, 0], cos_TK, sin_TK),
@@ -217,9 +199,6 @@ def _flash_rope_bwd(causal, sm_scale, config, res, do_BTHK):
   delta_BHT = _delta(o_BTHK, do_BTHK)
   ins = (q_BTHK, k_BTHK, qkv_BT3HK, do_BTHK, lse_BHT, delta_BHT, cos_TK, sin_TK)
   like_qkv = jax.ShapeDtypeStruct(qkv_BT3HK.shape, qkv_BT3HK.dtype)
-  if len(config) > 3 and config[3] is not None:
-    return _fused_rope_bwd(jt, kern, qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT, do_BTHK,
-                           consts, config[3])
   bm, bn, warps, stages = config[1]
   dqkv_BT3HK = jt.triton_call(*ins, kernel=kern.bwd_dkdv_rope_kernel, out_shape=like_qkv,
                               grid=(-(-t // bn), b * h), num_warps=warps, num_stages=stages,
@@ -231,33 +210,16 @@ def _flash_rope_bwd(causal, sm_scale, config, res, do_BTHK):
   return dqkv_BT3HK, jnp.zeros_like(cos_TK), jnp.zeros_like(sin_TK)
 
 
-def _fused_rope_bwd(jt, kern, qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT, do_BTHK, consts, fused):
-  b, t, h, _ = q_BTHK.shape
-  bm, bn, warps, stages, per_sm = fused
-  grid = min(b * h, per_sm * _sm_count())
-  t_pad = -(-t // bn) * bn
-  out_shape = (jax.ShapeDtypeStruct(qkv_BT3HK.shape, qkv_BT3HK.dtype),
-               jax.ShapeDtypeStruct((grid, t_pad, consts["D"]), jnp.float32),   # dQ accumulators
-               jax.ShapeDtypeStruct((grid, t_pad), jnp.float32))                 # delta rows
-  dqkv_BT3HK, _, _ = jt.triton_call(
-      q_BTHK, k_BTHK, qkv_BT3HK, o_BTHK, do_BTHK, lse_BHT, cos_TK, sin_TK, kernel=kern.bwd_fused_rope_kernel,
-      out_shape=out_shape, grid=(grid,), num_warps=warps, num_stages=stages, BH=b * h, T_PAD=t_pad,
-      BLOCK_M=bm, BLOCK_N=bn, **consts)
-  return dqkv_BT3HK, jnp.zeros_like(cos_TK), jnp.zeros_like(sin_TK)
-
-
 _flash_rope.defvjp(_flash_rope_fwd, _flash_rope_bwd)
 
 
-def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None, *, fused=None):
+def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
   """flash_attention(rope(q), rope(k), v) from the packed q/k/v projection [B, T, 3, H, K].
 
   cos_TK, sin_TK: model.rope_tables(T, K, theta) (RoPE on adjacent pairs, as model.apply_rope).
   Same result as model.apply_rope + flash_attention, with less memory traffic around the kernels:
   V is read in place from the projection, and the backward applies RoPE's transpose to dQ and dK
   inside the kernels and writes one packed dQKV (docs/attention.md). bf16/fp16, K in HEAD_DIMS.
-  For T <= FUSED_MAX_T (and K <= 64) the backward is one fused kernel (bwd_fused_rope_kernel);
-  `fused` overrides that: False for the split kernels, or a fused_config-style tuple (tuning).
   """
   if qkv_BT3HK.ndim != 5 or qkv_BT3HK.shape[2] != 3:
     raise UserError(f"flash_attention_rope wants the packed projection [batch, seq, 3, heads, head_dim]; "
@@ -272,11 +234,5 @@ def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None, 
     raise UserError(f"flash_attention_rope wants cos/sin tables of shape {(t, d // 2)} "
                     f"(model.rope_tables(T, head_dim, theta)); got {cos_TK.shape}, {sin_TK.shape}")
   sm_scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
-  if fused is None or fused is True:
-    forced, fused = fused is True, fused_config(t, d)
-    if forced and fused is None:
-      raise UserError(f"flash_attention_rope has no fused backward for T={t}, head_dim={d} (it needs "
-                      f"T <= {FUSED_MAX_T} and head_dim in {sorted(_FUSED)}); pass fused=None")
-  fused = tuple(fused) if fused else None
   return _flash_rope(qkv_BT3HK, cos_TK.astype(jnp.float32), sin_TK.astype(jnp.float32), bool(causal), sm_scale,
-                     (*block_config(t, d), fused))
+                     block_config(t, d))

@@ -91,14 +91,11 @@ ROPE_SHAPES = [(1, 1, 1, 32, True), (2, 3, 17, 16, True), (8, 16, 256, 32, True)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fused", [None, False, (32, 64, 4, 1, 1)], ids=["default", "split", "fused-1-per-sm"])
 @pytest.mark.parametrize("b,h,t,d,causal", ROPE_SHAPES)
-def test_packed_rope_entry_matches_rope_then_float32_reference(b, h, t, d, causal, fused):
+def test_packed_rope_entry_matches_rope_then_float32_reference(b, h, t, d, causal):
   """flash_attention_rope(qkv) = attention(rope(q), rope(k), v); its dQKV is checked against the
   float32 reference differentiated through a NumPy RoPE written here (pairs (2i, 2i+1), angle
-  t * 10000^(-2i/d)), so the in-kernel transpose of RoPE is checked against independent code.
-  Both backwards: the split kernels and the fused one (one program per head; with one program per
-  SM, each program loops over many heads, reusing its scratch)."""
+  t * 10000^(-2i/d)), so the in-kernel transpose of RoPE is checked against independent code."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import attention_kernel  # pylint: disable=import-outside-toplevel
@@ -122,13 +119,9 @@ def test_packed_rope_entry_matches_rope_then_float32_reference(b, h, t, d, causa
                                           1.0 / np.sqrt(d)), qkv)
     return o, vjp(do.astype(jnp.float32))[0]
 
-  if isinstance(fused, tuple) and (t > attention_kernel.FUSED_MAX_T or d > 64):
-    pytest.skip("no fused backward at this shape")
-
   @jax.jit
   def run(qkv, do):
-    o, vjp = jax.vjp(lambda x: attention_kernel.flash_attention_rope(x, cos, sin, causal=causal, fused=fused),
-                     qkv)
+    o, vjp = jax.vjp(lambda x: attention_kernel.flash_attention_rope(x, cos, sin, causal=causal), qkv)
     return o, vjp(do)[0]
 
   got = run(qkv, do)
@@ -247,10 +240,6 @@ def test_block_config_fits_the_kernels():
       for blk in (fm, fn, km, kn, qm, qn):
         assert blk >= 16 and blk & (blk - 1) == 0 and blk <= max(16, 2 * t)
       assert fm % fn == 0 and kn % km == 0 and qm % qn == 0
-      fused = attention_kernel.fused_config(t, d)
-      if fused is not None:   # the fused backward loops key blocks outside, query blocks inside
-        bm, bn = fused[:2]
-        assert bm >= 16 and bn >= 16 and bn % bm == 0 and bm & (bm - 1) == 0 and bn & (bn - 1) == 0
 
 
 @pytest.mark.slow
