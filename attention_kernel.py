@@ -1,10 +1,10 @@
 """Flash attention (FlashAttention-2, forward and backward) in Triton, called from JAX via jax-triton.
 
 `flash_attention(q_BTHK, k_BTHK, v_BTHK)` is the `triton` attention backend of model.py. It is a
-jax.custom_vjp over four Triton kernels (attention_kernel_triton.py): the forward saves only O
-and the log-sum-exp per row; the backward computes delta = rowsum(dO * O), then dK/dV (one
-program per key block) and dQ (one program per query block), recomputing the probabilities block
-by block, so no T x T matrix ever reaches global memory. The kernels read the model's
+jax.custom_vjp over three Triton kernels (attention_kernel_triton.py): the forward saves only O
+and the log-sum-exp per row; the backward computes dQ (one program per query block; it also makes
+delta = rowsum(dO * O) from the rows it loads) and then dK/dV (one program per key block),
+recomputing the probabilities block by block, so no T x T matrix ever reaches global memory. The kernels read the model's
 [B, T, H, K] layout through strides: no transposes around them.
 
 triton and jax_triton are imported only when a kernel is launched, so this module imports on a
@@ -31,7 +31,6 @@ DTYPES = (jnp.bfloat16, jnp.float16)
 _FWD = {16: (64, 32, 4, 3), 32: (64, 32, 4, 3), 64: (64, 64, 4, 3), 128: (128, 128, 8, 3)}
 _DKDV = {16: (32, 64, 4, 3), 32: (32, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 128, 8, 3)}
 _DQ = {16: (64, 32, 4, 4), 32: (64, 32, 4, 4), 64: (64, 64, 4, 3), 128: (128, 64, 8, 3)}
-_PRE_BLOCK = 128  # rows per program of the delta kernel (memory bound; size barely matters)
 
 
 def _clamp(block, seq_len):
@@ -102,30 +101,22 @@ def _forward(q_BTHK, k_BTHK, v_BTHK, causal, sm_scale, config, packed_v=False):
   return o_BTHK, lse_BHT
 
 
-def _delta(o_BTHK, do_BTHK):
-  jt, kern = _triton()
-  b, t, h, d = o_BTHK.shape
-  return jt.triton_call(
-      o_BTHK, do_BTHK, kernel=kern.bwd_preprocess_kernel,
-      out_shape=jax.ShapeDtypeStruct((b, h, t), jnp.float32),
-      grid=(-(-t // _PRE_BLOCK), b * h), num_warps=4, num_stages=1, BLOCK_M=_PRE_BLOCK, T=t, H=h, D=d)
-
-
 def _backward(q_BTHK, k_BTHK, v_BTHK, o_BTHK, lse_BHT, do_BTHK, causal, sm_scale, config):
   jt, kern = _triton()
   b, t, h, d = q_BTHK.shape
   shape = dict(T=t, H=h, D=d)
-  delta_BHT = _delta(o_BTHK, do_BTHK)
   like_q = jax.ShapeDtypeStruct(q_BTHK.shape, q_BTHK.dtype)
+  like_lse = jax.ShapeDtypeStruct((b, h, t), jnp.float32)
+  # dQ first: its kernel also makes delta = rowsum(O * dO), which the dK/dV kernel needs.
+  bm, bn, warps, stages = config[2]
+  delta_BHT, dq_BTHK = jt.triton_call(
+      q_BTHK, k_BTHK, v_BTHK, o_BTHK, do_BTHK, lse_BHT, kernel=kern.bwd_dq_kernel,
+      out_shape=(like_lse, like_q), grid=(-(-t // bm), b * h), num_warps=warps, num_stages=stages,
+      SM_SCALE=sm_scale, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, **shape)
   bm, bn, warps, stages = config[1]
   dk_BTHK, dv_BTHK = jt.triton_call(
       q_BTHK, k_BTHK, v_BTHK, do_BTHK, lse_BHT, delta_BHT, kernel=kern.bwd_dkdv_kernel,
       out_shape=(like_q, like_q), grid=(-(-t // bn), b * h), num_warps=warps, num_stages=stages,
-      SM_SCALE=sm_scale, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, **shape)
-  bm, bn, warps, stages = config[2]
-  dq_BTHK = jt.triton_call(
-      q_BTHK, k_BTHK, v_BTHK, do_BTHK, lse_BHT, delta_BHT, kernel=kern.bwd_dq_kernel,
-      out_shape=like_q, grid=(-(-t // bm), b * h), num_warps=warps, num_stages=stages,
       SM_SCALE=sm_scale, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, **shape)
   return dq_BTHK, dk_BTHK, dv_BTHK
 
@@ -196,16 +187,17 @@ def _flash_rope_bwd(causal, sm_scale, config, res, do_BTHK):
   do_BTHK = do_BTHK.astype(q_BTHK.dtype)
   b, t, h, d = q_BTHK.shape
   consts = dict(T=t, H=h, D=d, SM_SCALE=sm_scale, CAUSAL=causal)
-  delta_BHT = _delta(o_BTHK, do_BTHK)
-  ins = (q_BTHK, k_BTHK, qkv_BT3HK, do_BTHK, lse_BHT, delta_BHT, cos_TK, sin_TK)
   like_qkv = jax.ShapeDtypeStruct(qkv_BT3HK.shape, qkv_BT3HK.dtype)
+  # dQ (and delta = rowsum(O * dO)) first, into a fresh dQKV; dK, dV then fill the rest in place.
+  bm, bn, warps, stages = config[2]
+  delta_BHT, dqkv_BT3HK = jt.triton_call(
+      q_BTHK, k_BTHK, qkv_BT3HK, o_BTHK, do_BTHK, lse_BHT, cos_TK, sin_TK, kernel=kern.bwd_dq_rope_kernel,
+      out_shape=(jax.ShapeDtypeStruct((b, h, t), jnp.float32), like_qkv), grid=(-(-t // bm), b * h),
+      num_warps=warps, num_stages=stages, BLOCK_M=bm, BLOCK_N=bn, **consts)
+  ins = (q_BTHK, k_BTHK, qkv_BT3HK, do_BTHK, lse_BHT, delta_BHT, cos_TK, sin_TK, dqkv_BT3HK)
   bm, bn, warps, stages = config[1]
   dqkv_BT3HK = jt.triton_call(*ins, kernel=kern.bwd_dkdv_rope_kernel, out_shape=like_qkv,
-                              grid=(-(-t // bn), b * h), num_warps=warps, num_stages=stages,
-                              BLOCK_M=bm, BLOCK_N=bn, **consts)
-  bm, bn, warps, stages = config[2]
-  dqkv_BT3HK = jt.triton_call(*ins, dqkv_BT3HK, kernel=kern.bwd_dq_rope_kernel, out_shape=like_qkv,
-                              input_output_aliases={len(ins): 0}, grid=(-(-t // bm), b * h),
+                              input_output_aliases={len(ins) - 1: 0}, grid=(-(-t // bn), b * h),
                               num_warps=warps, num_stages=stages, BLOCK_M=bm, BLOCK_N=bn, **consts)
   return dqkv_BT3HK, jnp.zeros_like(cos_TK), jnp.zeros_like(sin_TK)
 

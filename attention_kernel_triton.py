@@ -92,23 +92,6 @@ def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.c
 
 
 @triton.jit
-def bwd_preprocess_kernel(O, DO, DELTA, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
-                          BLOCK_M: tl.constexpr):
-  """DELTA[b, h, t] = sum_d O * dO (the rowsum that turns dP into dS)."""
-  start_m = tl.program_id(0) * BLOCK_M
-  bh = tl.program_id(1)
-  ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  offs_m = start_m + tl.arange(0, BLOCK_M)
-  offs_d = tl.arange(0, D)
-  ptrs = base + offs_m[:, None] * ROW + offs_d[None, :]
-  rows = offs_m[:, None] < T
-  o = tl.load(O + ptrs, mask=rows, other=0.0).to(tl.float32)
-  do = tl.load(DO + ptrs, mask=rows, other=0.0).to(tl.float32)
-  tl.store(DELTA + bh * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
-
-
-@triton.jit
 def _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, lo, hi, qk_scale,
                 T: tl.constexpr, ROW: tl.constexpr, BLOCK_M: tl.constexpr,
                 MASKED: tl.constexpr):
@@ -206,11 +189,15 @@ def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
 
 
 @triton.jit
-def _dq_block(Q, K, v_head, DO, LSE, DELTA, base, bh, start_m, SM_SCALE: tl.constexpr, T: tl.constexpr,
+def _dq_block(Q, K, v_head, O, DO, LSE, DELTA, base, bh, start_m, SM_SCALE: tl.constexpr, T: tl.constexpr,
               ROW: tl.constexpr, V_ROW: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """dQ * SM_SCALE for the BLOCK_M queries at start_m, looping over the key blocks they see; Q, K, dO
-  rows sit ROW apart from base, V's rows V_ROW apart from v_head (this head's first row)."""
+  """dQ * SM_SCALE for the BLOCK_M queries at start_m, looping over the key blocks they see; Q, K, O,
+  dO rows sit ROW apart from base, V's rows V_ROW apart from v_head (this head's first row).
+
+  It also makes these rows' delta = rowsum(O * dO) and stores it in DELTA for the dK/dV kernel,
+  which runs after it: the rows are loaded here anyway, so delta costs no pass of its own.
+  """
   offs_m = start_m + tl.arange(0, BLOCK_M)
   offs_n = tl.arange(0, BLOCK_N)
   offs_d = tl.arange(0, D)
@@ -219,7 +206,9 @@ def _dq_block(Q, K, v_head, DO, LSE, DELTA, base, bh, start_m, SM_SCALE: tl.cons
   q = tl.load(Q + qo, mask=rows[:, None], other=0.0)
   do = tl.load(DO + qo, mask=rows[:, None], other=0.0)
   lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=0.0)
-  delta = tl.load(DELTA + bh * T + offs_m, mask=rows, other=0.0)
+  o = tl.load(O + qo, mask=rows[:, None], other=0.0)
+  delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+  tl.store(DELTA + bh * T + offs_m, delta, mask=rows)
   k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
   v_ptrs = v_head + offs_n[:, None] * V_ROW + offs_d[None, :]
   dq = tl.zeros([BLOCK_M, D], tl.float32)
@@ -238,15 +227,15 @@ def _dq_block(Q, K, v_head, DO, LSE, DELTA, base, bh, start_m, SM_SCALE: tl.cons
 
 
 @triton.jit
-def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.constexpr,
+def bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, SM_SCALE: tl.constexpr, T: tl.constexpr,
                   H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """dQ for one block of BLOCK_M queries, looping over the key blocks they see."""
+  """dQ and delta for one block of BLOCK_M queries, looping over the key blocks they see."""
   start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
   bh = tl.program_id(1)
   ROW: tl.constexpr = H * D
   base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  dq = _dq_block(Q, K, V + base, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, ROW, D, BLOCK_M,
+  dq = _dq_block(Q, K, V + base, O, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, ROW, D, BLOCK_M,
                  BLOCK_N, CAUSAL)
   offs_m = start_m + tl.arange(0, BLOCK_M)
   tl.store(DQ + base + offs_m[:, None] * ROW + tl.arange(0, D)[None, :], dq.to(DQ.dtype.element_ty),
@@ -276,10 +265,14 @@ def _rope_tile(COS, SIN, offs, T: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV, SM_SCALE: tl.constexpr,
+def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SCALE: tl.constexpr,
                          T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """bwd_dkdv_kernel for the packed layout: writes dK (rotated back) and dV into DQKV[:, :, 1:3]."""
+  """bwd_dkdv_kernel for the packed layout: writes dK (rotated back) and dV into DQKV[:, :, 1:3].
+
+  DQKV_IN is the dQ kernel's output, aliased to DQKV (the same buffer), so the three gradients
+  end up in one array without a copy.
+  """
   start_n = tl.program_id(0) * BLOCK_N
   bh = tl.program_id(1)
   ROW: tl.constexpr = H * D
@@ -299,20 +292,17 @@ def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV, SM_SCALE: tl
 
 
 @triton.jit
-def bwd_dq_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SCALE: tl.constexpr,
+def bwd_dq_rope_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, DELTA, DQKV, SM_SCALE: tl.constexpr,
                        T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """bwd_dq_kernel for the packed layout: writes dQ (rotated back) into DQKV[:, :, 0].
-
-  DQKV_IN is the dkdv kernel's output, aliased to DQKV (the same buffer), so the three gradients
-  end up in one array without a copy.
-  """
+  """bwd_dq_kernel for the packed layout: writes dQ (rotated back) into DQKV[:, :, 0], and delta.
+  The dK/dV kernel fills DQKV[:, :, 1:3] after it."""
   start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
   bh = tl.program_id(1)
   ROW: tl.constexpr = H * D
   base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
   base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
-  dq = _dq_block(Q, K, QKV + base3 + 2 * ROW, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, 3 * ROW, D,
+  dq = _dq_block(Q, K, QKV + base3 + 2 * ROW, O, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, 3 * ROW, D,
                  BLOCK_M, BLOCK_N, CAUSAL)
   offs_m = start_m + tl.arange(0, BLOCK_M)
   cos, sin = _rope_tile(COS, SIN, offs_m, T, D)

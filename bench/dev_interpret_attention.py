@@ -51,15 +51,14 @@ def run(b, t, h, d, causal, dtype, cfg):
   K.fwd_kernel[(-(-t // bm), b * h)](tq, tk, tv, o, lse, SM_SCALE=scale, BLOCK_M=bm,
                                     BLOCK_N=bn, CAUSAL=causal, num_warps=nw, num_stages=ns,
                                     V_ROW=h * d, V_OFF=0, **common)
-  delta = torch.empty((b, h, t), dtype=torch.float32)
-  K.bwd_preprocess_kernel[(-(-t // 64), b * h)](o, tdo, delta, BLOCK_M=64, **common)
+  delta = torch.full((b, h, t), float("nan"), dtype=torch.float32)   # the dQ kernel must fill it
   dq, dk, dv = torch.empty_like(tq), torch.empty_like(tq), torch.empty_like(tq)
   (_, (bm1, bn1, _, _), (bm2, bn2, _, _)) = cfg
+  K.bwd_dq_kernel[(-(-t // bm2), b * h)](tq, tk, tv, o, tdo, lse, delta, dq, SM_SCALE=scale,
+                                        BLOCK_M=bm2, BLOCK_N=bn2, CAUSAL=causal, **common)
   K.bwd_dkdv_kernel[(-(-t // bn1), b * h)](tq, tk, tv, tdo, lse, delta, dk, dv,
                                           SM_SCALE=scale, BLOCK_M=bm1, BLOCK_N=bn1,
                                           CAUSAL=causal, **common)
-  K.bwd_dq_kernel[(-(-t // bm2), b * h)](tq, tk, tv, tdo, lse, delta, dq, SM_SCALE=scale,
-                                        BLOCK_M=bm2, BLOCK_N=bn2, CAUSAL=causal, **common)
   want = reference(q, k, v, do, causal, scale)
   errs = []
   for got, ref in zip((o, dq, dk, dv), want):
@@ -98,15 +97,13 @@ def run_rope(b, t, h, d, causal, dtype, cfg):
   lse = torch.empty((b, h, t), dtype=torch.float32)
   K.fwd_kernel[(-(-t // bm), b * h)](tq, tk, qkv, o, lse, SM_SCALE=scale, BLOCK_M=bm, BLOCK_N=bn,
                                     CAUSAL=causal, V_ROW=3 * h * d, V_OFF=2 * h * d, **common)
-  delta = torch.empty((b, h, t), dtype=torch.float32)
-  K.bwd_preprocess_kernel[(-(-t // 64), b * h)](o, tdo, delta, BLOCK_M=64, **common)
+  delta = torch.full((b, h, t), float("nan"), dtype=torch.float32)
   tcos, tsin = (torch.from_numpy(a.astype(np.float32)) for a in (cos, sin))
   dqkv = torch.full_like(qkv, float("nan"))   # every element must be written
-  ins = (tq, tk, qkv, tdo, lse, delta, tcos, tsin)
-  K.bwd_dkdv_rope_kernel[(-(-t // bn1), b * h)](*ins, dqkv, SM_SCALE=scale, BLOCK_M=bm1, BLOCK_N=bn1,
-                                               CAUSAL=causal, **common)
-  K.bwd_dq_rope_kernel[(-(-t // bm2), b * h)](*ins, dqkv, dqkv, SM_SCALE=scale, BLOCK_M=bm2, BLOCK_N=bn2,
-                                             CAUSAL=causal, **common)
+  K.bwd_dq_rope_kernel[(-(-t // bm2), b * h)](tq, tk, qkv, o, tdo, lse, tcos, tsin, delta, dqkv, SM_SCALE=scale,
+                                             BLOCK_M=bm2, BLOCK_N=bn2, CAUSAL=causal, **common)
+  K.bwd_dkdv_rope_kernel[(-(-t // bn1), b * h)](tq, tk, qkv, tdo, lse, delta, tcos, tsin, dqkv, dqkv,
+                                               SM_SCALE=scale, BLOCK_M=bm1, BLOCK_N=bn1, CAUSAL=causal, **common)
   ro, rdq, rdk, rdv = reference(q, k, v, do, causal, scale)
   want = (ro, rotate(rdq, cos, sin, -1.0), rotate(rdk, cos, sin, -1.0), rdv)
   got = (o, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])

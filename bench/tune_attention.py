@@ -71,8 +71,8 @@ def _launcher(kind, shape, cfg, ts):
   if kind == "dkdv":
     dk, dv = torch.empty_like(q), torch.empty_like(q)
     return lambda: K.bwd_dkdv_kernel[(-(-t // bn), b * h)](q, k, v, do, lse, delta, dk, dv, **c)
-  dq = torch.empty_like(q)
-  return lambda: K.bwd_dq_kernel[(-(-t // bm), b * h)](q, k, v, do, lse, delta, dq, **c)
+  dq, o, delta_out = torch.empty_like(q), torch.randn_like(q), torch.empty_like(delta)
+  return lambda: K.bwd_dq_kernel[(-(-t // bm), b * h)](q, k, v, o, do, lse, delta_out, dq, **c)
 
 
 def _valid(kind, cfg):
