@@ -47,9 +47,6 @@ def default_model_config():
       qk_norm=False,           # RMSNorm over the head dim of q and k (learned gains), before RoPE
       zero_init_out=False,     # block output projections wo, w2 start at zero: each block starts as identity
       logit_softcap=0.0,       # c > 0: logits = c * tanh(logits / c) (Gemma 2); 0 = off
-      # Throughput option, off by default: the LM head's forward and input-gradient matmuls in FP8
-      # (e4m3 h and W, e5m2 d(logits)), the weight gradient in bf16 from the same e5m2 d(logits).
-      fp8_head=False,
   ))
 
 
@@ -91,8 +88,6 @@ def _check(cfg):
   if _option(cfg, "logit_softcap") < 0:
     raise UserError(f"config.model.logit_softcap={cfg.logit_softcap} is negative; use 0 (off) or a "
                     "positive cap such as 30")
-  if not isinstance(_option(cfg, "fp8_head"), bool):
-    raise UserError(f"config.model.fp8_head={cfg.fp8_head!r} must be True or False")
 
 
 # ----------------------------------------------------------------------------- init
@@ -357,27 +352,19 @@ def loss_fn(params, tokens_BT, targets_BT, cfg):
   """Mean next-token cross-entropy, in fp32 via logsumexp."""
   spec, w = _head(params, cfg)
   h_BTD, cap = hidden(params, tokens_BT, cfg), float(_option(cfg, "logit_softcap"))
-  fp8 = bool(_option(cfg, "fp8_head"))
   if _option(cfg, "xent_backend") == "triton":
     import xent_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
-    return xent_kernel.head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, fp8)
-  return _head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, fp8)
+    return xent_kernel.head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap)
+  return _head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
-def _head_cross_entropy(spec, h_BTD, w, targets_BT, cap=0.0, fp8=False):
-  """mean(logsumexp(z) - z[target]), z = softcap(einsum(spec, h, w), cap); reductions in fp32.
-  With fp8, the head matmuls run as head_logits_fp8 / head_backward_fp8."""
-  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap, fp8)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def _head_cross_entropy(spec, h_BTD, w, targets_BT, cap=0.0):
+  """mean(logsumexp(z) - z[target]), z = softcap(einsum(spec, h, w), cap); reductions in fp32."""
+  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap)[0]
 
 
-def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0, fp8=False):
-  if fp8:
-    raw_BTV, scale, w8_VD, s_w = head_logits_fp8(spec, h_BTD, w)
-    z_BTV = softcap(raw_BTV.astype(jnp.float32) * scale, cap)
-    lse_BT = jax.nn.logsumexp(z_BTV, axis=-1)
-    target_BT = jnp.take_along_axis(z_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    return jnp.mean(lse_BT - target_BT), (h_BTD, w, targets_BT, raw_BTV, lse_BT, (scale, w8_VD, s_w))
+def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0):
   # The logits are stored in the compute dtype (bf16 on GPU, as under PyTorch AMP): they are the
   # largest tensor of the step and are read three times; fp32 storage cost 0.7 ms/step (5.5%) on
   # the H100. The logsumexp and the loss are still computed in fp32 (docs/model.md). With a
@@ -386,25 +373,16 @@ def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0, fp8=False):
   logits32_BTV = softcap(logits_BTV.astype(jnp.float32), cap)
   lse_BT = jax.nn.logsumexp(logits32_BTV, axis=-1)
   target_BT = jnp.take_along_axis(logits32_BTV, targets_BT[..., None], axis=-1)[..., 0]
-  return jnp.mean(lse_BT - target_BT), (h_BTD, w, targets_BT, logits_BTV, lse_BT, None)
+  return jnp.mean(lse_BT - target_BT), (h_BTD, w, targets_BT, logits_BTV, lse_BT)
 
 
-def _head_cross_entropy_bwd(spec, cap, fp8, res, g):
+def _head_cross_entropy_bwd(spec, cap, res, g):
   # Written by hand for speed (the B x T x V logits are the largest tensor of the step): one fused
   # pass makes d(loss)/d(logits) = (softmax - onehot) * g/N directly in the compute dtype, so both
   # head matmuls of the backward run in bf16. Plain autodiff would make it in fp32 over several
   # passes and run those matmuls in fp32.
-  h_BTD, w, targets_BT, logits_BTV, lse_BT, fp8_res = res
+  h_BTD, w, targets_BT, logits_BTV, lse_BT = res
   V = logits_BTV.shape[-1]
-  if fp8:
-    scale, w8_VD, s_w = fp8_res
-    z_BTV = softcap(logits_BTV.astype(jnp.float32) * scale, cap)
-    d_BTV = jnp.exp(z_BTV - lse_BT[..., None]) - (targets_BT[..., None] == jnp.arange(V, dtype=jnp.int32))
-    if cap:
-      d_BTV = d_BTV * (1.0 - jnp.square(z_BTV / cap))
-    g8_BTV = (d_BTV * FP8_GRAD_SCALE).astype(FP8_GRAD)
-    coef = g / (targets_BT.size * FP8_GRAD_SCALE)
-    return (*head_backward_fp8(spec, h_BTD, w, w8_VD, s_w, g8_BTV, coef), None)
   z_BTV = softcap(logits_BTV.astype(jnp.float32), cap)
   p_BTV = jnp.exp(z_BTV - lse_BT[..., None])
   onehot_BTV = targets_BT[..., None] == jnp.arange(V, dtype=jnp.int32)
@@ -420,47 +398,6 @@ def _head_cross_entropy_bwd(spec, cap, fp8, res, g):
 
 
 _head_cross_entropy.defvjp(_head_cross_entropy_fwd, _head_cross_entropy_bwd)
-
-
-# ----------------------------------------------------------------------------- FP8 LM head
-# The head is the step's largest matmul (B*T x D x V, three times: logits, dX, dW). Its forward and
-# dX run ~1.5-1.9x faster on the H100 with FP8 operands (docs/model.md). Per-tensor scales are
-# taken from the current tensors (no history to carry): h and W map their largest |value| to
-# e4m3's 448. d(logits) = (softmax - onehot) lies in [-1, 1] and needs range more than precision
-# (probabilities down to 1e-9 still matter in sum), so it goes to e5m2 with a fixed scale of 2^14:
-# 1.0 -> 16384, well inside e5m2's 57344, and the smallest subnormal then stands for 9e-10.
-FP8 = jnp.float8_e4m3fn
-FP8_GRAD = jnp.float8_e5m2
-FP8_GRAD_SCALE = 2.0 ** 14
-
-
-def fp8_quantize(x):
-  """(x / s rounded to e4m3, s): s = max|x| / 448 over the whole tensor, in fp32, so none overflows."""
-  x32 = x.astype(jnp.float32)
-  s = jnp.maximum(jnp.max(jnp.abs(x32)), 1e-30) / float(jnp.finfo(FP8).max)
-  return (x32 / s).astype(FP8), s
-
-
-def head_logits_fp8(spec, h_BTD, w):
-  """FP8 head forward: (raw bf16 logits, their fp32 scale, W as e4m3 V x D, W's scale).
-
-  logits = raw * scale. The scale stays apart so the pass that reads the logits applies it (the
-  Triton cross-entropy kernel, or XLA's fusion) instead of another pass over the B x T x V array.
-  """
-  w_VD = w if spec == "btd,vd->btv" else w.T
-  h8_BTD, s_h = fp8_quantize(h_BTD)
-  w8_VD, s_w = fp8_quantize(w_VD)
-  raw_BTV = jnp.einsum("btd,vd->btv", h8_BTD, w8_VD, preferred_element_type=jnp.bfloat16)
-  return raw_BTV, s_h * s_w, w8_VD, s_w
-
-
-def head_backward_fp8(spec, h_BTD, w, w8_VD, s_w, g8_BTV, coef):
-  """(dh, dW) from d(logits) = g8 * coef (g8 in e5m2): dh in FP8 against the e4m3 W, dW in bf16."""
-  dh_BTD = jnp.einsum("btv,vd->btd", g8_BTV, w8_VD, preferred_element_type=jnp.bfloat16)
-  dh_BTD = (dh_BTD.astype(jnp.float32) * (s_w * coef)).astype(h_BTD.dtype)
-  dw_VD = jnp.einsum("btv,btd->vd", g8_BTV.astype(h_BTD.dtype), h_BTD, preferred_element_type=jnp.float32)
-  dw_VD = dw_VD * coef
-  return dh_BTD, (dw_VD if spec == "btd,vd->btv" else dw_VD.T).astype(w.dtype)
 
 
 # ----------------------------------------------------------------------------- FLOPs

@@ -36,57 +36,38 @@ def _triton():
   return jax_triton, xent_kernel_triton
 
 
-def _rows(logits_NV, targets_N, softcap, write_grad, logit_scale=None, fp8=False):
-  """(loss_N fp32, dlogits_NV) from the kernel: dlogits in the logits dtype and already divided
-  by N, or with fp8 in e5m2 times model.FP8_GRAD_SCALE (the caller divides by N)."""
-  import model  # pylint: disable=import-outside-toplevel  (model imports this module lazily too)
+def _rows(logits_NV, targets_N, softcap, write_grad):
+  """(loss_N fp32, dlogits_NV in the logits dtype, already divided by N) from the kernel."""
   jt, kern = _triton()
   N, V = logits_NV.shape
-  grad_dtype, scale = (model.FP8_GRAD, model.FP8_GRAD_SCALE) if fp8 else (logits_NV.dtype, 1.0 / N)
   out_shape = [jax.ShapeDtypeStruct((N,), jnp.float32),
-               jax.ShapeDtypeStruct((N, V) if write_grad else (1,), grad_dtype)]
-  logit_scale = jnp.ones((1,), jnp.float32) if logit_scale is None else jnp.reshape(logit_scale, (1,))
-  return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), logit_scale.astype(jnp.float32),
-                        kernel=kern.xent_fwd_kernel, out_shape=out_shape, grid=(N,), num_warps=NUM_WARPS,
-                        num_stages=1, V=V, SCALE=scale, SOFTCAP=float(softcap), BLOCK_V=BLOCK_V,
-                        WRITE_GRAD=write_grad)
+               jax.ShapeDtypeStruct((N, V) if write_grad else (1,), logits_NV.dtype)]
+  return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_fwd_kernel,
+                        out_shape=out_shape, grid=(N,), num_warps=NUM_WARPS, num_stages=1,
+                        V=V, SCALE=1.0 / N, SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
 
 
-def _logits(spec, h_BTD, w, fp8):
-  """(logits B x T x V as stored, their scale or None, what the FP8 backward needs)."""
-  if not fp8:
-    return jnp.einsum(spec, h_BTD, w), None, None
-  import model  # pylint: disable=import-outside-toplevel
-  raw_BTV, scale, w8_VD, s_w = model.head_logits_fp8(spec, h_BTD, w)
-  return raw_BTV, scale, (w8_VD, s_w)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
-def head_cross_entropy(spec, h_BTD, w, targets_BT, softcap, fp8=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def head_cross_entropy(spec, h_BTD, w, targets_BT, softcap):
   """mean(logsumexp(logits) - logits[target]) with logits = einsum(spec, h, w) in h's dtype,
-  soft-capped to softcap * tanh(logits / softcap) first when softcap > 0. With fp8 the head
-  matmuls run in FP8 (model.head_logits_fp8 / model.head_backward_fp8)."""
-  logits_BTV, scale, _ = _logits(spec, h_BTD, w, fp8)
+  soft-capped to softcap * tanh(logits / softcap) first when softcap > 0."""
+  logits_BTV = jnp.einsum(spec, h_BTD, w)
   V = logits_BTV.shape[-1]
-  loss_N, _ = _rows(logits_BTV.reshape(-1, V), targets_BT.reshape(-1), softcap, False, scale)
+  loss_N, _ = _rows(logits_BTV.reshape(-1, V), targets_BT.reshape(-1), softcap, False)
   return jnp.mean(loss_N)
 
 
-def _fwd(spec, h_BTD, w, targets_BT, softcap, fp8):
-  logits_BTV, scale, fp8_res = _logits(spec, h_BTD, w, fp8)
+def _fwd(spec, h_BTD, w, targets_BT, softcap):
+  logits_BTV = jnp.einsum(spec, h_BTD, w)
   V = logits_BTV.shape[-1]
-  loss_N, d_NV = _rows(logits_BTV.reshape(-1, V), targets_BT.reshape(-1), softcap, True, scale, fp8)
-  return jnp.mean(loss_N), (h_BTD, w, d_NV.reshape(logits_BTV.shape), fp8_res)
+  loss_N, d_NV = _rows(logits_BTV.reshape(-1, V), targets_BT.reshape(-1), softcap, True)
+  return jnp.mean(loss_N), (h_BTD, w, d_NV.reshape(logits_BTV.shape))
 
 
-def _bwd(spec, softcap, fp8, res, g):  # pylint: disable=unused-argument
-  # d_BTV already holds (softmax - onehot) / N (times FP8_GRAD_SCALE instead of / N with fp8);
-  # the cotangent g (1 for a plain loss) scales the small results rather than the B x T x V array.
-  h_BTD, w, d_BTV, fp8_res = res
-  if fp8:
-    import model  # pylint: disable=import-outside-toplevel
-    coef = g / (d_BTV.shape[0] * d_BTV.shape[1] * model.FP8_GRAD_SCALE)
-    return (*model.head_backward_fp8(spec, h_BTD, w, *fp8_res, d_BTV, coef), None)
+def _bwd(spec, softcap, res, g):  # pylint: disable=unused-argument
+  # d_BTV already holds (softmax - onehot) / N; the cotangent g (1 for a plain loss) scales the
+  # small results rather than the B x T x V gradient.
+  h_BTD, w, d_BTV = res
   _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w)
   dh_BTD, dw = vjp(d_BTV)
   return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None)

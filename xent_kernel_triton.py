@@ -16,13 +16,12 @@ def _cap(z, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def xent_fwd_kernel(LOGITS, TARGETS, LOGIT_SCALE, LOSS, DLOGITS, V: tl.constexpr, SCALE: tl.constexpr,
+def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, SCALE: tl.constexpr,
                     SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr, WRITE_GRAD: tl.constexpr):
   """One row: LOSS = logsumexp(x) - x[target]; DLOGITS = (softmax(x) - onehot(target)) * SCALE.
 
-  x = the stored logits times LOGIT_SCALE[0] (1 unless they come from an FP8 matmul), soft-capped
-  first when SOFTCAP > 0 (then DLOGITS is with respect to the raw logits: the tanh derivative is
-  applied). DLOGITS may be an FP8 array: the conversion rounds to nearest and saturates.
+  x = the logits, soft-capped first when SOFTCAP > 0 (then DLOGITS is with respect to the raw
+  logits: the tanh derivative is applied).
 
   The row (V logits in the compute dtype) is read twice: the second read, for the gradient, hits
   L2 (a 10k-vocab bf16 row is 20 KB), so DRAM sees one read of the logits and one write of the
@@ -30,12 +29,11 @@ def xent_fwd_kernel(LOGITS, TARGETS, LOGIT_SCALE, LOSS, DLOGITS, V: tl.constexpr
   """
   row = tl.program_id(0).to(tl.int64)
   x_ptr = LOGITS + row * V
-  z_scale = tl.load(LOGIT_SCALE)
   cols = tl.arange(0, BLOCK_V)
   m = tl.full([BLOCK_V], float("-inf"), tl.float32)   # per-lane running max and sum of exp
   s = tl.zeros([BLOCK_V], tl.float32)
   for v0 in range(0, V, BLOCK_V):
-    x, _ = _cap(tl.load(x_ptr + v0 + cols, mask=v0 + cols < V, other=0.0).to(tl.float32) * z_scale, SOFTCAP)
+    x, _ = _cap(tl.load(x_ptr + v0 + cols, mask=v0 + cols < V, other=0.0).to(tl.float32), SOFTCAP)
     x = tl.where(v0 + cols < V, x, float("-inf"))
     m_new = tl.maximum(m, x)
     # Lanes still at -inf (padding of the last block) would give exp(-inf - -inf) = NaN.
@@ -45,12 +43,12 @@ def xent_fwd_kernel(LOGITS, TARGETS, LOGIT_SCALE, LOSS, DLOGITS, V: tl.constexpr
   m_row = tl.max(m, 0)
   lse = m_row + tl.log(tl.sum(s * tl.exp(m - m_row), 0))
   target = tl.load(TARGETS + row)
-  x_t, _ = _cap(tl.load(x_ptr + target).to(tl.float32) * z_scale, SOFTCAP)
+  x_t, _ = _cap(tl.load(x_ptr + target).to(tl.float32), SOFTCAP)
   tl.store(LOSS + row, lse - x_t)
   if WRITE_GRAD:
     d_ptr = DLOGITS + row * V
     for v0 in range(0, V, BLOCK_V):
       mask = v0 + cols < V
-      x, dcap = _cap(tl.load(x_ptr + v0 + cols, mask=mask, other=0.0).to(tl.float32) * z_scale, SOFTCAP)
+      x, dcap = _cap(tl.load(x_ptr + v0 + cols, mask=mask, other=0.0).to(tl.float32), SOFTCAP)
       d = (tl.exp(x - lse) - tl.where(v0 + cols == target, 1.0, 0.0)) * dcap
       tl.store(d_ptr + v0 + cols, (d * SCALE).to(DLOGITS.dtype.element_ty), mask=mask)

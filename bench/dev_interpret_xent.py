@@ -28,24 +28,14 @@ def main():
     target = rng.integers(0, v, n).astype(np.int32)
     loss = torch.empty(n, dtype=torch.float32)
     grad = torch.empty((n, v), dtype=torch.float16)
-    zs = 0.75   # the logit scale an FP8 head passes
-    K.xent_fwd_kernel[(n,)](logits, torch.from_numpy(target), torch.tensor([zs]), loss, grad, V=v, SCALE=1.0 / n,
-                            SOFTCAP=cap, BLOCK_V=xent_kernel.BLOCK_V, WRITE_GRAD=True)
-    x = logits.to(torch.float64).numpy() * zs
+    K.xent_fwd_kernel[(n,)](logits, torch.from_numpy(target), loss, grad, V=v, SCALE=1.0 / n, SOFTCAP=cap,
+                            BLOCK_V=xent_kernel.BLOCK_V, WRITE_GRAD=True)
+    x = logits.to(torch.float64).numpy()
     z = cap * np.tanh(x / cap) if cap else x
     lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
     p = np.exp(z - lse[:, None])
     p[np.arange(n), target] -= 1
     ref_grad = p / n * ((1 - np.tanh(x / cap) ** 2) if cap else 1.0)
-    if v <= 2048:   # FP8 (e5m2) gradient output, scaled as the FP8 head asks: rounding ~12%, range kept
-      g8 = torch.empty((n, v), dtype=torch.float8_e5m2)
-      K.xent_fwd_kernel[(n,)](logits, torch.from_numpy(target), torch.tensor([zs]), loss, g8, V=v,
-                              SCALE=2.0 ** 14, SOFTCAP=cap, BLOCK_V=xent_kernel.BLOCK_V, WRITE_GRAD=True)
-      g8 = g8.to(torch.float64).numpy() / 2.0 ** 14 / n
-      # e5m2 keeps 2 mantissa bits: each element within 12.5% of itself, so within 12.5% of the max.
-      err8 = np.abs(g8 - ref_grad).max() / np.abs(ref_grad).max()
-      print(f"  e5m2 gradient: max rel err {err8:.1e}", flush=True)
-      assert err8 < 0.126, err8
     err_loss = np.abs(loss.numpy() - (lse - z[np.arange(n), target])).max()
     err_grad = np.abs(grad.to(torch.float64).numpy() - ref_grad).max() / np.abs(ref_grad).max()
     worst = max(worst, err_loss, err_grad)

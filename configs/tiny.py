@@ -35,7 +35,6 @@ def get_config():
   m.qk_norm = False  # RMSNorm over the head dim of q and k (learned gains) before RoPE; MHA only.
   m.zero_init_out = False  # the blocks' output projections wo, w2 start at zero (each block starts as identity).
   m.logit_softcap = 0.0  # > 0: logits = c * tanh(logits / c) (Gemma 2 uses 30); 0 = off.
-  m.fp8_head = False  # LM head matmuls in FP8 (e4m3/e5m2, model.py); faster on the H100 (docs/model.md).
 
   # Data: a directory made by data.py (train.bin, val.bin, meta.json, tokenizer.json).
   d = config.data = ml_collections.ConfigDict()

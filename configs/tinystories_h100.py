@@ -39,7 +39,6 @@ def get_config():
   # 3.43 (2 seeds each; bench/results/recipe_h100_sample/), no throughput cost (docs/SPEEDRUN_BENCHMARK.md).
   m.zero_init_out = True
   m.logit_softcap = 0.0  # > 0: logits = c * tanh(logits / c) (Gemma 2 uses 30); 0 = off.
-  m.fp8_head = False  # LM head matmuls in FP8 (e4m3/e5m2, model.py); faster on the H100 (docs/model.md).
 
   d = config.data = ml_collections.ConfigDict()
   d.dataset = "tinystories"  # too big to prepare implicitly: train.py prints the command.
