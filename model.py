@@ -37,6 +37,7 @@ def default_model_config():
       attention="mha",         # 'mha' | 'mla'
       attention_backend="xla",  # 'xla' | 'cudnn' | 'triton' | 'cuda'
       xent_backend="xla",      # 'xla' | 'triton': the loss's softmax pass (xent_kernel.py, GPU only)
+      norm_backend="xla",      # 'xla' | 'triton': residual add + RMSNorm in one kernel (norm_kernel.py, GPU only)
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
       residual_dtype="float32",  # the residual stream between blocks; 'bfloat16' halves its traffic
@@ -74,6 +75,13 @@ def _check(cfg):
                     f"use one of {list(BACKENDS)}")
   if _option(cfg, "xent_backend") not in ("xla", "triton"):
     raise UserError(f"config.model.xent_backend={cfg.xent_backend!r} is unknown; use 'xla' or 'triton'")
+  if _option(cfg, "norm_backend") not in ("xla", "triton"):
+    raise UserError(f"config.model.norm_backend={cfg.norm_backend!r} is unknown; use 'xla' or 'triton'")
+  if _option(cfg, "norm_backend") == "triton" and cfg.scan_layers:
+    # The fused kernel pairs each residual add with the NEXT norm, across layer boundaries, which a
+    # scan over one layer's weights cannot express.
+    raise UserError("config.model.norm_backend='triton' needs scan_layers=False; set "
+                    "--config.model.scan_layers=False or --config.model.norm_backend=xla")
   if cfg.compute_dtype not in DTYPES:
     raise UserError(f"config.model.compute_dtype={cfg.compute_dtype!r} is unknown; use one of {list(DTYPES)}")
   if _option(cfg, "residual_dtype") not in DTYPES:
@@ -318,12 +326,31 @@ def hidden(params, tokens_BT, cfg):
   # norm and residual add, the largest memory traffic of the step (docs/model.md).
   x_BTD = params["embed"][tokens_BT].astype(DTYPES[_option(cfg, "residual_dtype")])
   blocks = params["blocks"]
+  if _option(cfg, "norm_backend") == "triton":
+    return _hidden_fused_norms(params, x_BTD, rope, cfg)
   if cfg.scan_layers:
     x_BTD, _ = jax.lax.scan(lambda x, p: (block(p, x, rope, cfg), None), x_BTD, blocks)
   else:
     for i in range(cfg.n_layers):
       x_BTD = block(jax.tree.map(lambda a, i=i: a[i], blocks), x_BTD, rope, cfg)
   return rms_norm(x_BTD, params["final_norm"], dtype)
+
+
+def _hidden_fused_norms(params, x_BTD, rope, cfg):
+  """hidden()'s layers with each residual add and the norm after it in one kernel: the same
+  values as block() (sum rounded to the stream dtype, then normalized), regrouped so every add
+  carries the next norm's gain: attn -> (add, mlp_norm) -> mlp -> (add, next attn_norm or final)."""
+  import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
+  dtype = DTYPES[cfg.compute_dtype]
+  attn_fn = _ATTENTION[cfg.attention][1]
+  blocks = params["blocks"]
+  h_BTD = rms_norm(x_BTD, blocks["attn_norm"][0], dtype)
+  for i in range(cfg.n_layers):
+    p = jax.tree.map(lambda a, i=i: a[i], blocks)
+    x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype), p["mlp_norm"], dtype)
+    gain = blocks["attn_norm"][i + 1] if i + 1 < cfg.n_layers else params["final_norm"]
+    x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, swiglu(p, h_BTD, dtype), gain, dtype)
+  return h_BTD
 
 
 def _head(params, cfg):

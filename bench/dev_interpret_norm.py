@@ -1,0 +1,66 @@
+"""Dev check (not the product): runs norm_kernel_triton.py's kernels in Triton's CPU interpreter on
+torch tensors and compares them with NumPy float64: the sum, the normalized output, and the
+backward against the RMSNorm Jacobian written out row by row (dh_j/ds_i = r g_j [i = j] -
+g_j s_j s_i r^3 / D).
+
+  TRITON_INTERPRET=1 python bench/dev_interpret_norm.py
+
+tests/test_norm_kernel.py checks the jax-triton side (custom VJP, shapes, dtypes) on a GPU.
+"""
+import os
+import sys
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import torch
+
+import norm_kernel_triton as K
+
+EPS = 1e-5
+
+
+def run(n, d, stream_dtype, rows=8):
+  rng = np.random.default_rng(n + d)
+  t = lambda a, dt: torch.from_numpy(a.astype(np.float32)).to(dt)  # pylint: disable=unnecessary-lambda-assignment
+  x, y = t(rng.standard_normal((n, d)) * 2, stream_dtype), t(rng.standard_normal((n, d)), torch.float16)
+  g = t(1 + 0.3 * rng.standard_normal(d), torch.float32)
+  xo, h, r = torch.empty((n, d), dtype=stream_dtype), torch.empty((n, d), dtype=torch.float16), torch.empty(n)
+  c = dict(D=d, BLOCK_D=1 << (d - 1).bit_length(), ROWS=rows)
+  grid = (-(-n // rows),)
+  K.add_norm_fwd_kernel[grid](x, y, g, xo, h, r, n, EPS=EPS, **c)
+  s = (x.double() + y.double()).to(stream_dtype).double().numpy()   # the stream rounds the sum once
+  rs = 1 / np.sqrt((s * s).mean(1) + EPS)
+  h_ref = s * rs[:, None] * g.double().numpy()
+  errs = [np.abs(xo.double().numpy() - s).max(), np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max()]
+
+  dxo, dh = t(rng.standard_normal((n, d)), stream_dtype), t(rng.standard_normal((n, d)), torch.float16)
+  dx, dy = torch.empty((n, d), dtype=stream_dtype), torch.empty((n, d), dtype=torch.float16)
+  dg = torch.empty((grid[0], d))
+  K.add_norm_bwd_kernel[grid](dxo, dh, xo, r, g, dx, dy, dg, n, **c)
+  S, DH, G = xo.double().numpy(), dh.double().numpy(), g.double().numpy()
+  R = 1 / np.sqrt((S * S).mean(1) + EPS)
+  ref = dxo.double().numpy().copy()
+  for i in range(n):
+    jac = R[i] * np.diag(G) - np.outer(G * S[i], S[i]) * R[i] ** 3 / d   # [j, i] = dh_j / ds_i
+    ref[i] += jac.T @ DH[i]
+  dg_ref = (DH * S * R[:, None]).sum(0)
+  rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()  # pylint: disable=unnecessary-lambda-assignment
+  errs += [rel(dx.double().numpy(), ref), rel(dy.double().numpy(), ref), rel(dg.double().numpy().sum(0), dg_ref)]
+  return errs
+
+
+def main():
+  worst = 0.0
+  for n, d in [(1, 32), (13, 64), (40, 96), (16, 512), (9, 512)]:   # ragged rows, D not a power of two
+    for stream in (torch.float32, torch.float16):
+      errs = run(n, d, stream)
+      worst = max(worst, *errs)
+      print(f"N={n} D={d} stream={stream}: err sum/h/dx/dy/dgain " + " ".join(f"{e:.1e}" for e in errs), flush=True)
+  print(f"worst error {worst:.2e}")
+  assert worst < 2e-3, worst   # fp16 outputs: ~5e-4 relative
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,79 @@
+"""Residual add + RMSNorm fused into one Triton kernel each way (model.py's norm_backend='triton').
+
+`add_rms_norm(x, y, gain, dtype)` returns (x + y, RMSNorm(x + y) * gain): the residual stream after
+a sublayer and the next sublayer's normalized input, the same values as model.py's _residual_add
+followed by rms_norm. In XLA that pair is several passes over the B x T x D stream (the add, the
+sum of squares, the scaling; the backward three or four more); here the forward reads x and y
+once and writes the sum and the normalized copy, and the backward reads the two cotangents and
+the saved sum once and writes the gradients of x and y. docs/model.md has the measurements.
+
+triton and jax_triton are imported when a kernel is launched, so this module imports anywhere.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from errors import UserError
+
+NORM_EPS = 1e-5   # model.NORM_EPS (not imported: model imports this module)
+ROWS = 8          # rows per program: 8 x 512 fp32 values per tensor fit the registers of 4-8 warps
+FWD_WARPS, BWD_WARPS = 4, 8
+
+
+def _triton():
+  try:
+    import jax_triton  # pylint: disable=import-outside-toplevel
+    import norm_kernel_triton  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UserError(f"norm_backend='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
+                    "GPU install line of README.md, or set --config.model.norm_backend=xla") from e
+  if jax.default_backend() != "gpu":
+    raise UserError(f"norm_backend='triton' needs an NVIDIA GPU, but JAX runs on '{jax.default_backend()}'; "
+                    "set --config.model.norm_backend=xla on this machine")
+  return jax_triton, norm_kernel_triton
+
+
+def _consts(D):
+  return dict(D=D, BLOCK_D=1 << max(0, D - 1).bit_length(), ROWS=ROWS)
+
+
+def _fwd(x_BTD, y_BTD, gain_D, dtype):
+  jt, kern = _triton()
+  D = x_BTD.shape[-1]
+  N = x_BTD.size // D
+  x_out, h, rstd = jt.triton_call(
+      x_BTD.reshape(N, D), y_BTD.reshape(N, D), gain_D, kernel=kern.add_norm_fwd_kernel,
+      out_shape=(jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
+                 jax.ShapeDtypeStruct((N,), jnp.float32)),
+      grid=(-(-N // ROWS),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **_consts(D))
+  x_out = x_out.reshape(x_BTD.shape)
+  return (x_out, h.reshape(x_BTD.shape)), (x_out, rstd, gain_D, jnp.zeros((0,), y_BTD.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def add_rms_norm(x_BTD, y_BTD, gain_D, dtype):
+  """(x + y in x's dtype, RMSNorm(x + y) * gain in `dtype`), eps 1e-5, statistics in fp32."""
+  return _fwd(x_BTD, y_BTD, gain_D, dtype)[0]
+
+
+def _bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
+  jt, kern = _triton()
+  x_out, rstd, gain_D, y_like = res
+  dx_out, dh = cotangents
+  D = x_out.shape[-1]
+  N = x_out.size // D
+  programs = -(-N // ROWS)
+  dx, dy, dg_part = jt.triton_call(
+      dx_out.reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D, kernel=kern.add_norm_bwd_kernel,
+      out_shape=(jax.ShapeDtypeStruct((N, D), x_out.dtype), jax.ShapeDtypeStruct((N, D), y_like.dtype),
+                 jax.ShapeDtypeStruct((programs, D), jnp.float32)),
+      grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, **_consts(D))
+  return dx.reshape(x_out.shape), dy.reshape(x_out.shape), jnp.sum(dg_part, 0).astype(gain_D.dtype)
+
+
+def _fwd_rule(x_BTD, y_BTD, gain_D, dtype):
+  return _fwd(x_BTD, y_BTD, gain_D, dtype)
+
+
+add_rms_norm.defvjp(_fwd_rule, _bwd)

@@ -1,0 +1,135 @@
+"""Tests of norm_kernel.py (residual add + RMSNorm in one Triton kernel) and its use in model.py.
+
+GPU tests compare the kernel's outputs and gradients with jax.vjp of the same math written in plain
+jnp here (fp32 statistics), for an fp32 and a bf16 residual stream; on CPU, the model's regrouped
+layer loop is checked against block() with a plain-jnp stand-in for the kernel, and the Triton
+kernels themselves run in Triton's interpreter against NumPy (bench/dev_interpret_norm.py).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+import model
+import norm_kernel
+from errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ref_add_rms_norm(x, y, gain, dtype):
+  """x + y rounded to x's dtype, then RMSNorm (eps 1e-5) in fp32 times gain, in `dtype`."""
+  s = (x.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
+  s32 = s.astype(jnp.float32)
+  h = s32 * jax.lax.rsqrt(jnp.mean(s32 * s32, -1, keepdims=True) + 1e-5) * gain.astype(jnp.float32)
+  return s, h.astype(dtype)
+
+
+def _cfg(**kw):
+  cfg = model.default_model_config()
+  cfg.update(dict(vocab_size=300, context_length=32, d_model=64, n_layers=3, n_heads=4, d_ff=128,
+                  compute_dtype="float32"))
+  cfg.update(kw)
+  return cfg
+
+
+def _params_with_random_gains(cfg):
+  """Init params, but gains far from 1 and all different, so a gain used in the wrong place shows."""
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  keys = iter(jax.random.split(jax.random.PRNGKey(1), 8))
+  for name in ("attn_norm", "mlp_norm"):
+    params["blocks"][name] = 1 + 0.5 * jax.random.normal(next(keys), params["blocks"][name].shape)
+  params["final_norm"] = 1 + 0.5 * jax.random.normal(next(keys), params["final_norm"].shape)
+  return params
+
+
+def test_fused_layer_loop_equals_block_by_block(monkeypatch):
+  """norm_backend='triton' regroups the layers (each add carries the next norm's gain); with the
+  kernel replaced by plain jnp, loss and every gradient equal the block() path's."""
+  monkeypatch.setattr(norm_kernel, "add_rms_norm", _ref_add_rms_norm)
+  for residual in ("float32", "bfloat16"):
+    cfg = _cfg(residual_dtype=residual)
+    params = _params_with_random_gains(cfg)
+    tok = jax.random.randint(jax.random.PRNGKey(2), (2, 17), 0, cfg.vocab_size)
+    f = lambda p, c: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c)  # pylint: disable=unnecessary-lambda-assignment
+    want = jax.value_and_grad(f)(params, cfg)
+    got = jax.value_and_grad(f)(params, _cfg(residual_dtype=residual, norm_backend="triton"))
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got[1]), jax.tree.leaves(want[1])):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=1e-6, err_msg=str(path))
+
+
+def test_config_errors_name_the_fix():
+  with pytest.raises(UserError, match="norm_backend"):
+    model.init_params(jax.random.PRNGKey(0), _cfg(norm_backend="cuda"))
+  with pytest.raises(UserError, match="scan_layers=False"):
+    model.init_params(jax.random.PRNGKey(0), _cfg(norm_backend="triton", scan_layers=True))
+
+
+def test_without_gpu_the_error_says_what_to_do():
+  if jax.default_backend() == "gpu":
+    pytest.skip("this machine has a GPU")
+  x = jnp.ones((1, 2, 8), jnp.float32)
+  with pytest.raises(UserError, match="norm_backend"):
+    norm_kernel.add_rms_norm(x, x.astype(jnp.bfloat16), jnp.ones((8,)), jnp.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stream", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(4, 128, 512), (3, 17, 96), (1, 1, 32)])
+def test_outputs_and_gradients_match_plain_jax(shape, stream):
+  k = jax.random.split(jax.random.PRNGKey(sum(shape)), 5)
+  x = (2 * jax.random.normal(k[0], shape)).astype(stream)
+  y = jax.random.normal(k[1], shape).astype(jnp.bfloat16)
+  gain = 1 + 0.3 * jax.random.normal(k[2], shape[-1:])
+  dx_out = jax.random.normal(k[3], shape).astype(stream)
+  dh = jax.random.normal(k[4], shape).astype(jnp.bfloat16)
+
+  def both(f):
+    out, vjp = jax.vjp(lambda x, y, g: f(x, y, g, jnp.bfloat16), x, y, gain)
+    return out, vjp((dx_out, dh))
+
+  got = jax.jit(lambda: both(norm_kernel.add_rms_norm))()
+  want = jax.jit(lambda: both(_ref_add_rms_norm))()
+  err = lambda a, b: float(jnp.linalg.norm((a.astype(jnp.float32) - b.astype(jnp.float32)).ravel())  # pylint: disable=unnecessary-lambda-assignment
+                           / jnp.linalg.norm(b.astype(jnp.float32).ravel()))
+  (s, h), (dx, dy, dg) = got
+  (s_ref, h_ref), (dx_ref, dy_ref, dg_ref) = want
+  assert (s.dtype, h.dtype, dx.dtype, dy.dtype, dg.dtype) == (x.dtype, jnp.bfloat16, x.dtype, y.dtype, gain.dtype)
+  np.testing.assert_array_equal(np.asarray(s, np.float32), np.asarray(s_ref, np.float32))   # the same rounding
+  assert err(h, h_ref) < 1e-2
+  # The reference adds the two cotangents in the stream dtype (autodiff); the kernel in fp32.
+  tol = 1e-5 if stream == "float32" else 1e-2
+  assert err(dx, dx_ref) < tol and err(dy, dy_ref) < 1e-2 and err(dg, dg_ref) < 1e-4
+
+
+@pytest.mark.gpu
+def test_model_loss_and_grads_equal_with_either_norm_backend():
+  cfg = _cfg(compute_dtype="bfloat16", d_model=128, n_heads=4, d_ff=256)
+  params = _params_with_random_gains(cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(3), (4, 33), 0, cfg.vocab_size)
+  out = {}
+  for backend in ("xla", "triton"):
+    c = _cfg(compute_dtype="bfloat16", d_model=128, n_heads=4, d_ff=256, norm_backend=backend)
+    out[backend] = jax.jit(jax.value_and_grad(lambda p, c=c: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c)))(params)
+  np.testing.assert_allclose(float(out["triton"][0]), float(out["xla"][0]), rtol=1e-3)
+  for g1, g2 in zip(jax.tree.leaves(out["triton"][1]), jax.tree.leaves(out["xla"][1])):
+    assert float(jnp.linalg.norm(g1 - g2) / jnp.linalg.norm(g2)) < 2e-2
+
+
+@pytest.mark.slow
+def test_kernels_in_triton_interpreter_match_numpy():
+  """The Triton kernels themselves, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
+  pytest.importorskip("torch")
+  triton = pytest.importorskip("triton")
+  if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7):
+    pytest.skip(f"triton {triton.__version__}'s interpreter rejects recent NumPy; needs triton >= 3.7 (CPU)")
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "dev_interpret_norm.py")], capture_output=True,
+                     text=True, cwd=ROOT, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+  assert "worst error" in r.stdout
