@@ -46,13 +46,15 @@ def cases(quick):
     out.append((f"speedrun B{batch}", c))
   c = tinystories_h100.get_config()
   c.model.scan_layers = True  # the layer-scan alternative, to keep the config's choice measured
+  c.model.norm_backend = "xla"  # the fused add + norm kernel pairs norms across layers: no scan
   out.append(("speedrun B128 scan", c))
   c = small.get_config()
   out.append((f"small B{c.train.batch_size}", c))
   if quick:
     for name, c in out:
       c.model.update(d_model=64, n_layers=2, n_heads=4, d_ff=128, context_length=64,
-                     vocab_size=512, compute_dtype="float32", xent_backend="xla")  # Triton: GPU only
+                     vocab_size=512, compute_dtype="float32", xent_backend="xla",
+                     norm_backend="xla")  # Triton: GPU only
       c.train.batch_size //= 16
     out = out[:2] + out[3:4]
   return out
