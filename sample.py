@@ -181,6 +181,9 @@ class RecomputeGenerator:
   def __init__(self, params, cfg, backend, temperature=0.0, top_k=0, top_p=1.0, eos_id=None):
     cfg = cfg.copy_and_resolve_references()
     cfg.attention_backend = backend
+    if jax.default_backend() != "gpu" and "norm_backend" in cfg:
+      # A checkpoint trained on the GPU may carry the Triton add+norm kernel; XLA computes the same.
+      cfg.norm_backend = "xla"
     self.params, self.cfg = params, cfg
     self.eos = -1 if eos_id is None else eos_id
     pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
