@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from errors import UserError
 
 NORM_EPS = 1e-5   # model.NORM_EPS (not imported: model imports this module)
-ROWS = 8          # rows per program: 8 x 512 fp32 values per tensor fit the registers of 4-8 warps
+MAX_ROWS = 8      # rows per program at D <= 512 (the speedrun's shape, measured)
+TILE = 4096       # values per tensor per program: wider rows get fewer rows (registers, not DRAM, bound it)
 FWD_WARPS, BWD_WARPS = 4, 8
 
 
@@ -35,18 +36,20 @@ def _triton():
 
 
 def _consts(D):
-  return dict(D=D, BLOCK_D=1 << max(0, D - 1).bit_length(), ROWS=ROWS)
+  block_d = 1 << max(0, D - 1).bit_length()
+  return dict(D=D, BLOCK_D=block_d, ROWS=max(1, min(MAX_ROWS, TILE // block_d)))
 
 
 def _fwd(x_BTD, y_BTD, gain_D, dtype):
   jt, kern = _triton()
   D = x_BTD.shape[-1]
   N = x_BTD.size // D
+  consts = _consts(D)
   x_out, h, rstd = jt.triton_call(
       x_BTD.reshape(N, D), y_BTD.reshape(N, D), gain_D, kernel=kern.add_norm_fwd_kernel,
       out_shape=(jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
                  jax.ShapeDtypeStruct((N,), jnp.float32)),
-      grid=(-(-N // ROWS),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **_consts(D))
+      grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **consts)
   x_out = x_out.reshape(x_BTD.shape)
   return (x_out, h.reshape(x_BTD.shape)), (x_out, rstd, gain_D, jnp.zeros((0,), y_BTD.dtype))
 
@@ -63,12 +66,13 @@ def _bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
   dx_out, dh = cotangents
   D = x_out.shape[-1]
   N = x_out.size // D
-  programs = -(-N // ROWS)
+  consts = _consts(D)
+  programs = -(-N // consts["ROWS"])
   dx, dy, dg_part = jt.triton_call(
       dx_out.reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D, kernel=kern.add_norm_bwd_kernel,
       out_shape=(jax.ShapeDtypeStruct((N, D), x_out.dtype), jax.ShapeDtypeStruct((N, D), y_like.dtype),
                  jax.ShapeDtypeStruct((programs, D), jnp.float32)),
-      grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, **_consts(D))
+      grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, **consts)
   return dx.reshape(x_out.shape), dy.reshape(x_out.shape), jnp.sum(dg_part, 0).astype(gain_D.dtype)
 
 

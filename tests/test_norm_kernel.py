@@ -81,7 +81,7 @@ def test_without_gpu_the_error_says_what_to_do():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("stream", ["float32", "bfloat16"])
-@pytest.mark.parametrize("shape", [(4, 128, 512), (3, 17, 96), (1, 1, 32)])
+@pytest.mark.parametrize("shape", [(4, 128, 512), (3, 17, 96), (1, 1, 32), (2, 9, 768)])
 def test_outputs_and_gradients_match_plain_jax(shape, stream):
   k = jax.random.split(jax.random.PRNGKey(sum(shape)), 5)
   x = (2 * jax.random.normal(k[0], shape)).astype(stream)
