@@ -4,8 +4,8 @@
 jax.custom_vjp over three Triton kernels (attention_kernel_triton.py): the forward saves only O
 and the log-sum-exp per row; the backward computes dQ (one program per query block; it also makes
 delta = rowsum(dO * O) from the rows it loads) and then dK/dV (one program per key block),
-recomputing the probabilities block by block, so no T x T matrix ever reaches global memory. The kernels read the model's
-[B, T, H, K] layout through strides: no transposes around them.
+recomputing the probabilities block by block, so no T x T matrix ever reaches global memory. The
+kernels read the model's [B, T, H, K] layout through strides: no transposes around them.
 
 triton and jax_triton are imported only when a kernel is launched, so this module imports on a
 machine without a GPU; `available()` says whether the kernels can run here. How the kernels work
