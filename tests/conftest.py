@@ -25,3 +25,24 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture
+def triton_interpreter():
+  """run(script) -> stdout of bench/<script> under TRITON_INTERPRET=1 (the Triton kernels on the CPU,
+  checked against NumPy by the script itself); skips without torch or with a triton whose
+  interpreter cannot run them."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  def run(script):
+    pytest.importorskip("torch")
+    triton = pytest.importorskip("triton")
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7):
+      pytest.skip(f"triton {triton.__version__}'s interpreter passes program_id to range() as a 1-element "
+                  "array, which recent NumPy (2.4) rejects; run this with triton >= 3.7 (CPU)")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout
+
+  return run

@@ -243,15 +243,6 @@ def test_block_config_fits_the_kernels():
 
 
 @pytest.mark.slow
-def test_kernels_in_triton_interpreter_match_numpy():
+def test_kernels_in_triton_interpreter_match_numpy(triton_interpreter):
   """The Triton kernels themselves, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
-  pytest.importorskip("torch")
-  triton = pytest.importorskip("triton")
-  if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7):
-    pytest.skip(f"triton {triton.__version__}'s interpreter passes program_id to range() as a "
-                "1-element array, which recent NumPy (2.4) rejects; run this with triton >= 3.7 (CPU)")
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "dev_interpret_attention.py")],
-                     capture_output=True, text=True, cwd=ROOT, timeout=300,
-                     env={**os.environ, "TRITON_INTERPRET": "1"})
-  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-  assert "worst relative error" in r.stdout
+  assert "worst relative error" in triton_interpreter("dev_interpret_attention.py")

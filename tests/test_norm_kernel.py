@@ -5,10 +5,6 @@ jnp here (fp32 statistics), for an fp32 and a bf16 residual stream; on CPU, the 
 layer loop is checked against block() with a plain-jnp stand-in for the kernel, and the Triton
 kernels themselves run in Triton's interpreter against NumPy (bench/dev_interpret_norm.py).
 """
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -18,8 +14,6 @@ import jax.numpy as jnp
 import model
 import norm_kernel
 from errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ref_add_rms_norm(x, y, gain, dtype):
@@ -123,13 +117,6 @@ def test_model_loss_and_grads_equal_with_either_norm_backend():
 
 
 @pytest.mark.slow
-def test_kernels_in_triton_interpreter_match_numpy():
+def test_kernels_in_triton_interpreter_match_numpy(triton_interpreter):
   """The Triton kernels themselves, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
-  pytest.importorskip("torch")
-  triton = pytest.importorskip("triton")
-  if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7):
-    pytest.skip(f"triton {triton.__version__}'s interpreter rejects recent NumPy; needs triton >= 3.7 (CPU)")
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "dev_interpret_norm.py")], capture_output=True,
-                     text=True, cwd=ROOT, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
-  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-  assert "worst error" in r.stdout
+  assert "worst error" in triton_interpreter("dev_interpret_norm.py")

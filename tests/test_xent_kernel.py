@@ -5,10 +5,6 @@ of a plain jnp cross-entropy written here (no custom_vjp), on the same bf16 logi
 gradient passes through bf16 (the logits gradient is stored in the compute dtype, as in model.py's
 XLA path), so gradients are compared at 1e-2 relative Frobenius error; the loss at 1e-5.
 """
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -16,8 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ref_loss(spec, h, w, targets, softcap):
@@ -96,13 +90,6 @@ def test_unknown_xent_backend_is_a_user_error():
     model.init_params(jax.random.key(0), cfg)
 
 
-def test_kernel_in_triton_interpreter_matches_numpy():
+def test_kernel_in_triton_interpreter_matches_numpy(triton_interpreter):
   """The Triton kernel itself, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
-  pytest.importorskip("torch")
-  triton = pytest.importorskip("triton")
-  if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7):
-    pytest.skip(f"triton {triton.__version__}'s interpreter rejects recent NumPy; needs triton >= 3.7 (CPU)")
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "dev_interpret_xent.py")], capture_output=True,
-                     text=True, cwd=ROOT, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
-  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-  assert "worst error" in r.stdout
+  assert "worst error" in triton_interpreter("dev_interpret_xent.py")
