@@ -169,10 +169,17 @@ def _flash_rope(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
   return _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config)[0]
 
 
+ROPE_ROWS, ROPE_WARPS = 4, 8   # tokens per program of rope_qk_kernel; best of 6 on the H200 (bench/dev_memory_kernels.py)
+
+
 def _rotated(qkv_BT3HK, cos_TK, sin_TK):
-  import model  # pylint: disable=import-outside-toplevel  (model imports this module lazily too)
-  return (model.apply_rope(qkv_BT3HK[:, :, 0], cos_TK, sin_TK),
-          model.apply_rope(qkv_BT3HK[:, :, 1], cos_TK, sin_TK))
+  """RoPE(q), RoPE(k) from the packed projection in one kernel (model.apply_rope's values)."""
+  jt, kern = _triton()
+  b, t, _, h, d = qkv_BT3HK.shape
+  like = jax.ShapeDtypeStruct((b, t, h, d), qkv_BT3HK.dtype)
+  return jt.triton_call(qkv_BT3HK, cos_TK, sin_TK, kernel=kern.rope_qk_kernel, out_shape=(like, like),
+                        grid=(-(-b * t // ROPE_ROWS),), num_warps=ROPE_WARPS, num_stages=1,
+                        N=b * t, T=t, H=h, D=d, ROWS=ROPE_ROWS, BLOCK=1 << max(0, h * d - 1).bit_length())
 
 
 def _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):

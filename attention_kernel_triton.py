@@ -308,3 +308,36 @@ def bwd_dq_rope_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, DELTA, DQKV, SM_SCALE: t
   cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
   tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + tl.arange(0, D)[None, :],
            _unrotate(dq, cos, sin, BLOCK_M, D).to(DQKV.dtype.element_ty), mask=offs_m[:, None] < T)
+
+
+@triton.jit
+def _rope_rows(SRC, DST, src_offs, dst_offs, mask, cos, sin, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+  """DST = RoPE(SRC) on a [ROWS, BLOCK] tile of adjacent pairs: (x0 c - x1 s, x0 s + x1 c), in fp32."""
+  x0, x1 = tl.split(tl.reshape(tl.load(SRC + src_offs, mask=mask, other=0.0).to(tl.float32), [ROWS, BLOCK // 2, 2]))
+  out = tl.reshape(tl.join(x0 * cos - x1 * sin, x0 * sin + x1 * cos), [ROWS, BLOCK])
+  tl.store(DST + dst_offs, out.to(DST.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rope_qk_kernel(QKV, COS, SIN, Q, K, N: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                   ROWS: tl.constexpr, BLOCK: tl.constexpr):
+  """Q, K = RoPE(QKV[:, :, 0]), RoPE(QKV[:, :, 1]) for ROWS of the N = B*T tokens of the packed
+  [B, T, 3, H, D] projection, as model.apply_rope (adjacent pairs, fp32 math, rounded once).
+
+  flash_attention_rope's forward: one pass that reads q and k and writes both rotated, where XLA
+  ran a concatenate fusion for each. A row's H*D features are one tile (BLOCK, a power of two);
+  pairs never straddle a head, so pair j of the row takes the angle of pair j % (D/2) of its head.
+  """
+  ROW: tl.constexpr = H * D
+  rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+  cols = tl.arange(0, BLOCK)
+  mask = (rows[:, None] < N) & (cols[None, :] < ROW)
+  pairs = tl.arange(0, BLOCK // 2)
+  table = (rows % T)[:, None] * (D // 2) + (pairs % (D // 2))[None, :]
+  pair_mask = (rows[:, None] < N) & (pairs[None, :] < ROW // 2)
+  cos = tl.load(COS + table, mask=pair_mask, other=0.0)
+  sin = tl.load(SIN + table, mask=pair_mask, other=0.0)
+  src = rows[:, None].to(tl.int64) * (3 * ROW) + cols[None, :]
+  dst = rows[:, None].to(tl.int64) * ROW + cols[None, :]
+  _rope_rows(QKV, Q, src, dst, mask, cos, sin, ROWS, BLOCK)
+  _rope_rows(QKV + ROW, K, src, dst, mask, cos, sin, ROWS, BLOCK)

@@ -38,6 +38,7 @@ def default_model_config():
       attention_backend="xla",  # 'xla' | 'cudnn' | 'triton' | 'cuda'
       xent_backend="xla",      # 'xla' | 'triton': the loss's softmax pass (xent_kernel.py, GPU only)
       norm_backend="xla",      # 'xla' | 'triton': residual add + RMSNorm in one kernel (norm_kernel.py, GPU only)
+      swiglu_backend="xla",    # 'xla' | 'triton': SwiGLU's backward in one kernel (swiglu_kernel.py, GPU only)
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
       residual_dtype="float32",  # the residual stream between blocks; 'bfloat16' halves its traffic
@@ -77,6 +78,8 @@ def _check(cfg):
     raise UserError(f"config.model.xent_backend={cfg.xent_backend!r} is unknown; use 'xla' or 'triton'")
   if _option(cfg, "norm_backend") not in ("xla", "triton"):
     raise UserError(f"config.model.norm_backend={cfg.norm_backend!r} is unknown; use 'xla' or 'triton'")
+  if _option(cfg, "swiglu_backend") not in ("xla", "triton"):
+    raise UserError(f"config.model.swiglu_backend={cfg.swiglu_backend!r} is unknown; use 'xla' or 'triton'")
   if _option(cfg, "norm_backend") == "triton" and cfg.scan_layers:
     # The fused kernel pairs each residual add with the NEXT norm, across layer boundaries, which a
     # scan over one layer's weights cannot express.
@@ -198,11 +201,16 @@ def apply_rope(x_BTHK, cos_TK, sin_TK):
   return out.reshape(x_BTHK.shape).astype(x_BTHK.dtype)
 
 
-def swiglu(p, h_BTD, dtype):
-  """W2(SiLU(W1 h) * W3 h) with W1, W3 fused in p['w13'] (D x 2 x F)."""
+def swiglu(p, h_BTD, dtype, backend="xla"):
+  """W2(SiLU(W1 h) * W3 h) with W1, W3 fused in p['w13'] (D x 2 x F); backend 'triton' runs the
+  gate's backward as one kernel (swiglu_kernel.py), same forward values."""
   h13_BT2F = jnp.einsum("btd,dsf->btsf", h_BTD, p["w13"].astype(dtype))
-  gate_BTF, up_BTF = h13_BT2F[:, :, 0], h13_BT2F[:, :, 1]
-  return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, p["w2"].astype(dtype))
+  if backend == "triton":
+    import swiglu_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
+    act_BTF = swiglu_kernel.silu_mul(h13_BT2F)
+  else:
+    act_BTF = jax.nn.silu(h13_BT2F[:, :, 0]) * h13_BT2F[:, :, 1]
+  return jnp.einsum("btf,fd->btd", act_BTF, p["w2"].astype(dtype))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -305,7 +313,7 @@ def block(p, x_BTD, rope, cfg):
   dtype = DTYPES[cfg.compute_dtype]
   attn_fn = _ATTENTION[cfg.attention][1]
   x_BTD = _residual_add(x_BTD, attn_fn(p, rms_norm(x_BTD, p["attn_norm"], dtype), rope, cfg, dtype))
-  return _residual_add(x_BTD, swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype))
+  return _residual_add(x_BTD, swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend")))
 
 
 def _residual_add(x_BTD, y_BTD):
@@ -349,7 +357,8 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype), p["mlp_norm"], dtype)
     gain = blocks["attn_norm"][i + 1] if i + 1 < cfg.n_layers else params["final_norm"]
-    x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, swiglu(p, h_BTD, dtype), gain, dtype)
+    x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, swiglu(p, h_BTD, dtype, _option(cfg, "swiglu_backend")), gain,
+                                            dtype)
   return h_BTD
 
 

@@ -19,7 +19,10 @@ from errors import UserError
 NORM_EPS = 1e-5   # model.NORM_EPS (not imported: model imports this module)
 MAX_ROWS = 8      # rows per program at D <= 512 (the speedrun's shape, measured)
 TILE = 4096       # values per tensor per program: wider rows get fewer rows (registers, not DRAM, bound it)
-FWD_WARPS, BWD_WARPS = 4, 8
+FWD_WARPS = 4
+# The backward's persistent grid: BWD_ROWS rows a loop step, BWD_PROGRAMS_PER_SM programs per
+# multiprocessor; the best of 15 on the H200 (bench/dev_memory_kernels.py).
+BWD_ROWS, BWD_WARPS, BWD_PROGRAMS_PER_SM = 8, 4, 2
 
 
 def _triton():
@@ -60,6 +63,11 @@ def add_rms_norm(x_BTD, y_BTD, gain_D, dtype):
   return _fwd(x_BTD, y_BTD, gain_D, dtype)[0]
 
 
+def _sm_count():
+  """Multiprocessors of the GPU (132 on an H100/H200 SXM): the persistent backward's grid."""
+  return int(getattr(jax.devices()[0], "core_count", 0) or 132)
+
+
 def _bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
   jt, kern = _triton()
   x_out, rstd, gain_D, y_like = res
@@ -67,13 +75,18 @@ def _bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
   D = x_out.shape[-1]
   N = x_out.size // D
   consts = _consts(D)
-  programs = -(-N // consts["ROWS"])
+  consts["ROWS"] = max(1, min(BWD_ROWS, TILE // consts["BLOCK_D"]))
+  programs = max(1, min(-(-N // consts["ROWS"]), BWD_PROGRAMS_PER_SM * _sm_count()))
+  # The residual add hands one gradient to both of its inputs: with one dtype (the bf16 stream) it
+  # is written once and returned twice; DY is then a 1-element dummy the kernel never writes.
+  two = x_out.dtype != y_like.dtype
   dx, dy, dg_part = jt.triton_call(
       dx_out.reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D, kernel=kern.add_norm_bwd_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, D), x_out.dtype), jax.ShapeDtypeStruct((N, D), y_like.dtype),
+      out_shape=(jax.ShapeDtypeStruct((N, D), x_out.dtype), jax.ShapeDtypeStruct((N, D) if two else (1,), y_like.dtype),
                  jax.ShapeDtypeStruct((programs, D), jnp.float32)),
-      grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, **consts)
-  return dx.reshape(x_out.shape), dy.reshape(x_out.shape), jnp.sum(dg_part, 0).astype(gain_D.dtype)
+      grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs, TWO_OUT=two, **consts)
+  dx = dx.reshape(x_out.shape)
+  return dx, dy.reshape(x_out.shape) if two else dx, jnp.sum(dg_part, 0).astype(gain_D.dtype)
 
 
 def _fwd_rule(x_BTD, y_BTD, gain_D, dtype):

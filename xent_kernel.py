@@ -19,8 +19,9 @@ import jax.numpy as jnp
 
 from errors import UserError
 
-BLOCK_V = 2048   # logits per loop step; 5 steps for a 10k vocab
-NUM_WARPS = 8
+# Logits per loop step (5 steps for a 10k vocab) and warps: the best of 12 on the H200
+# (bench/dev_memory_kernels.py; wider blocks or more warps hold fewer rows per multiprocessor).
+BLOCK_V, NUM_WARPS = 2048, 4
 
 
 def _triton():

@@ -54,7 +54,7 @@ def cases(quick):
     for name, c in out:
       c.model.update(d_model=64, n_layers=2, n_heads=4, d_ff=128, context_length=64,
                      vocab_size=512, compute_dtype="float32", xent_backend="xla",
-                     norm_backend="xla")  # Triton: GPU only
+                     norm_backend="xla", swiglu_backend="xla")  # Triton: GPU only
       c.train.batch_size //= 16
     out = out[:2] + out[3:4]
   return out
@@ -123,7 +123,7 @@ def summarize_trace(trace_dir, n_steps, top=15):
   if not files:
     return None
   planes = jax.profiler.ProfileData.from_file(files[-1]).planes
-  by_op, by_kind, label = collections.Counter(), collections.Counter(), {}
+  by_op, by_kind, label, hlo, calls = collections.Counter(), collections.Counter(), {}, {}, collections.Counter()
   for plane in [p for p in planes if p.name.startswith("/device:")][:1]:  # data parallel: one is enough
     for line in plane.lines:
       if not line.name.startswith("Stream"):
@@ -132,8 +132,11 @@ def summarize_trace(trace_dir, n_steps, top=15):
         # Keyed by kernel name: with CUDA graphs on, the hlo_op stat names a whole command buffer.
         ms = e.duration_ns / 1e6 / n_steps
         by_op[e.name] += ms
+        calls[e.name] += 1 / n_steps
         by_kind[_kind(e.name)] += ms
         label[e.name] = e.name[:100]
+        if e.name not in hlo:  # which HLO instruction (and so which matmul) a library kernel ran
+          hlo[e.name] = _hlo_stat(e)
   if not by_op:
     print("profile: no GPU kernels in the trace (a CPU trace holds only host threads)")
     return None
@@ -145,7 +148,18 @@ def summarize_trace(trace_dir, n_steps, top=15):
   for op, ms in by_op.most_common(top):
     print(f"  {100 * ms / total:5.1f}%  {ms:7.3f} ms  {label[op]}")
   return {"gpu_kernel_ms_per_step": total, "kinds_ms": dict(by_kind.most_common()),
-          "top_ops_ms": {label[op]: ms for op, ms in by_op.most_common(top)}}
+          "top_ops_ms": {label[op]: ms for op, ms in by_op.most_common(top)},
+          "top_ops_hlo": {label[op]: hlo.get(op) for op, _ in by_op.most_common(top)},
+          "top_ops_calls_per_step": {label[op]: calls[op] for op, _ in by_op.most_common(top)}}
+
+
+def _hlo_stat(event):
+  """The event's HLO op name and its long form (shapes), where the trace records them."""
+  try:
+    stats = dict(event.stats)
+  except Exception:  # pylint: disable=broad-except  (profiler versions differ)
+    return None
+  return {k: str(v)[:300] for k, v in stats.items() if k in ("hlo_op", "long_name", "tf_op", "hlo_module")} or None
 
 
 def _git_commit():

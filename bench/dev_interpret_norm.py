@@ -37,9 +37,19 @@ def run(n, d, stream_dtype):
   errs = [np.abs(xo.double().numpy() - s).max(), np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max()]
 
   dxo, dh = t(rng.standard_normal((n, d)), stream_dtype), t(rng.standard_normal((n, d)), torch.float16)
-  dx, dy = torch.empty((n, d), dtype=stream_dtype), torch.empty((n, d), dtype=torch.float16)
-  dg = torch.empty((grid[0], d))
-  K.add_norm_bwd_kernel[grid](dxo, dh, xo, r, g, dx, dy, dg, n, **c)
+  # The backward's persistent grid with fewer programs than blocks (a program strides over several,
+  # the last ones ragged); with one dtype for both gradients it writes DX alone (TWO_OUT=False).
+  rows = max(1, min(norm_kernel.BWD_ROWS, norm_kernel.TILE // c["BLOCK_D"]))
+  blocks = -(-n // rows)
+  programs = max(1, min(blocks, 3))
+  two = stream_dtype != torch.float16
+  dx, dy = torch.empty((n, d), dtype=stream_dtype), torch.full((n, d) if two else (1,), float("nan"), dtype=torch.float16)
+  dg = torch.empty((programs, d))
+  K.add_norm_bwd_kernel[(programs,)](dxo, dh, xo, r, g, dx, dy, dg, n, D=d, BLOCK_D=c["BLOCK_D"], ROWS=rows,
+                                     PROGRAMS=programs, TWO_OUT=two)
+  if not two:
+    assert torch.isnan(dy).all(), "TWO_OUT=False must leave DY alone"
+    dy = dx
   S, DH, G = xo.double().numpy(), dh.double().numpy(), g.double().numpy()
   R = 1 / np.sqrt((S * S).mean(1) + EPS)
   ref = dxo.double().numpy().copy()
@@ -54,10 +64,11 @@ def run(n, d, stream_dtype):
 
 def main():
   worst = 0.0
-  # ragged rows, D not a power of two, and D = 768 (4 rows a program)
-  for n, d in [(1, 32), (13, 64), (40, 96), (16, 512), (9, 512), (7, 768)]:
+  # ragged rows, D not a power of two, D = 768 (4 rows a program), and more blocks than programs
+  for n, d in [(1, 32), (13, 64), (40, 96), (16, 512), (9, 512), (7, 768), (61, 512)]:
     for stream in (torch.float32, torch.float16):
       errs = run(n, d, stream)
+      assert np.isfinite(errs).all(), errs
       worst = max(worst, *errs)
       print(f"N={n} D={d} stream={stream}: err sum/h/dx/dy/dgain " + " ".join(f"{e:.1e}" for e in errs), flush=True)
   print(f"worst error {worst:.2e}")

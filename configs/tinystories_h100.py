@@ -31,6 +31,8 @@ def get_config():
   # runs anywhere. With the bf16 stream below: 10.38 vs 10.78 / 10.89 ms per B128 step on the H100
   # (bench/results/norm_kernel_residual_h100/).
   m.norm_backend = "triton"
+  # SwiGLU's backward (both gate gradients) as one Triton kernel (swiglu_kernel.py); 'xla' runs anywhere.
+  m.swiglu_backend = "triton"
   # The residual stream between blocks in bf16 (each add summed in fp32, rounded once): -0.3 ms a
   # step; val loss equal within seed noise over 300 steps at two recipes (docs/model.md). "float32"
   # is the conservative choice for runs much longer than those checks.

@@ -1,0 +1,59 @@
+"""SwiGLU's gate, silu(gate) * up, with its backward as one Triton kernel (model.py's swiglu_backend='triton').
+
+`silu_mul(h13_BT2F)` takes the fused W1/W3 projection [B, T, 2, F] and returns silu(gate) * up
+[B, T, F], the same values as model.swiglu's XLA expression (the forward IS that expression). The
+backward is what changes: XLA's fusion for it reads the projection and the incoming gradient and
+writes both gate gradients at ~2 TB/s on an H100/H200 (0.2 ms a layer at the speedrun shape); the
+kernel does the same single pass over the same bytes (docs/model.md has the measurements).
+
+triton and jax_triton are imported when the kernel is launched, so this module imports anywhere.
+"""
+import jax
+import jax.numpy as jnp
+
+from errors import UserError
+
+BLOCK_R, BLOCK_F, NUM_WARPS = 32, 128, 8   # the best of 12 on the H200 (bench/dev_memory_kernels.py)
+
+
+def _triton():
+  try:
+    import jax_triton  # pylint: disable=import-outside-toplevel
+    import swiglu_kernel_triton  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise UserError(f"swiglu_backend='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
+                    "GPU install line of README.md, or set --config.model.swiglu_backend=xla") from e
+  if jax.default_backend() != "gpu":
+    raise UserError(f"swiglu_backend='triton' needs an NVIDIA GPU, but JAX runs on '{jax.default_backend()}'; "
+                    "set --config.model.swiglu_backend=xla on this machine")
+  return jax_triton, swiglu_kernel_triton
+
+
+def _xla(h13_BT2F):
+  return jax.nn.silu(h13_BT2F[..., 0, :]) * h13_BT2F[..., 1, :]
+
+
+@jax.custom_vjp
+def silu_mul(h13_BT2F):
+  """silu(h13[..., 0, :]) * h13[..., 1, :] in h13's dtype; the backward is one Triton kernel."""
+  return _xla(h13_BT2F)
+
+
+def _fwd(h13_BT2F):
+  _triton()   # fail at trace time, with the fix, rather than in the backward
+  return _xla(h13_BT2F), h13_BT2F
+
+
+def _bwd(h13_BT2F, da_BTF):
+  jt, kern = _triton()
+  F = h13_BT2F.shape[-1]
+  N = h13_BT2F.size // (2 * F)
+  dh13 = jt.triton_call(
+      h13_BT2F.reshape(N, 2 * F), da_BTF.astype(h13_BT2F.dtype).reshape(N, F), kernel=kern.swiglu_bwd_kernel,
+      out_shape=jax.ShapeDtypeStruct((N, 2 * F), h13_BT2F.dtype),
+      grid=(-(-N // BLOCK_R), -(-F // BLOCK_F)), num_warps=NUM_WARPS, num_stages=1,
+      N=N, F=F, BLOCK_R=BLOCK_R, BLOCK_F=BLOCK_F)
+  return (dh13.reshape(h13_BT2F.shape),)
+
+
+silu_mul.defvjp(_fwd, _bwd)

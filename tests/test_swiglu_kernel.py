@@ -1,0 +1,83 @@
+"""Tests of swiglu_kernel.py (SwiGLU's backward as one Triton kernel) and its use in model.py.
+
+GPU tests compare the kernel's gradient with jax.vjp of silu(gate) * up computed in fp32 from the
+same bf16 inputs, and the model's loss and gradients with either swiglu_backend. On the CPU, the
+kernel itself runs in Triton's interpreter against NumPy float64 (bench/dev_interpret_swiglu.py),
+and the forward, which is plain XLA, must equal model.swiglu's expression exactly.
+"""
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+import model
+import swiglu_kernel
+from errors import UserError
+
+
+def _cfg(**kw):
+  cfg = model.default_model_config()
+  cfg.update(dict(vocab_size=300, context_length=32, d_model=64, n_layers=2, n_heads=4, d_ff=96,
+                  compute_dtype="float32"))
+  cfg.update(kw)
+  return cfg
+
+
+def test_forward_is_the_xla_expression_and_runs_anywhere():
+  """Evaluation and sampling (no gradient) need no GPU: the forward values are XLA's, bit for bit."""
+  h13 = (3 * jax.random.normal(jax.random.PRNGKey(0), (2, 5, 2, 96))).astype(jnp.bfloat16)
+  want = jax.nn.silu(h13[:, :, 0]) * h13[:, :, 1]
+  np.testing.assert_array_equal(np.asarray(swiglu_kernel.silu_mul(h13), np.float32), np.asarray(want, np.float32))
+  cfg = _cfg()
+  params = model.init_params(jax.random.PRNGKey(1), cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(2), (2, 9), 0, cfg.vocab_size)
+  np.testing.assert_array_equal(np.asarray(model.forward(params, tok, _cfg(swiglu_backend="triton"))),
+                                np.asarray(model.forward(params, tok, cfg)))
+
+
+def test_config_errors_name_the_fix():
+  with pytest.raises(UserError, match="swiglu_backend"):
+    model.init_params(jax.random.PRNGKey(0), _cfg(swiglu_backend="cuda"))
+  if jax.default_backend() == "gpu":
+    return
+  cfg = _cfg(swiglu_backend="triton")
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tok = jnp.zeros((1, 5), jnp.int32)
+  with pytest.raises(UserError, match="swiglu_backend=xla"):   # training needs the kernel: say so
+    jax.grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], cfg))(params)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4, 256, 2, 1344), (3, 17, 2, 100), (1, 1, 2, 64)])
+def test_gradient_matches_fp32_autodiff(shape):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(sum(shape)))
+  h13 = (3 * jax.random.normal(k1, shape)).astype(jnp.bfloat16)
+  da = jax.random.normal(k2, shape[:2] + shape[3:]).astype(jnp.bfloat16)
+  got = jax.jit(lambda h, d: jax.vjp(swiglu_kernel.silu_mul, h)[1](d)[0])(h13, da)
+  ref = jax.vjp(lambda h: jax.nn.silu(h[:, :, 0]) * h[:, :, 1], h13.astype(jnp.float32))[1](da.astype(jnp.float32))[0]
+  assert got.dtype == jnp.bfloat16 and got.shape == h13.shape
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  for part in (0, 1):   # gate and up gradients, each against its own norm
+    err = np.linalg.norm(got[:, :, part] - ref[:, :, part]) / np.linalg.norm(ref[:, :, part])
+    assert err < 8e-3, (part, err)   # bf16 output rounding: ~3e-3
+
+
+@pytest.mark.gpu
+def test_model_loss_and_grads_equal_with_either_swiglu_backend():
+  cfg = _cfg(compute_dtype="bfloat16", d_model=128, n_heads=4, d_ff=320)
+  params = model.init_params(jax.random.PRNGKey(3), cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(4), (4, 33), 0, cfg.vocab_size)
+  out = {}
+  for backend in ("xla", "triton"):
+    c = _cfg(compute_dtype="bfloat16", d_model=128, n_heads=4, d_ff=320, swiglu_backend=backend)
+    out[backend] = jax.jit(jax.value_and_grad(lambda p, c=c: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c)))(params)
+  np.testing.assert_allclose(float(out["triton"][0]), float(out["xla"][0]), rtol=1e-6)   # same forward
+  for g1, g2 in zip(jax.tree.leaves(out["triton"][1]), jax.tree.leaves(out["xla"][1])):
+    assert float(jnp.linalg.norm(g1 - g2) / jnp.linalg.norm(g2)) < 2e-2
+
+
+@pytest.mark.slow
+def test_kernel_in_triton_interpreter_matches_numpy(triton_interpreter):
+  """The Triton kernel itself, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
+  assert "worst error" in triton_interpreter("dev_interpret_swiglu.py")
