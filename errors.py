@@ -1,4 +1,5 @@
-"""The one exception type for user mistakes, and the CLI wrapper that reports it.
+"""The one exception type for user mistakes, the CLI wrapper that reports it, and the lazy import of
+the Triton kernel modules, whose failure is a user mistake (a GPU option on a machine without one).
 
 DESIGN.md: a user mistake (missing file, bad flag, corrupt checkpoint, vocab too large for the
 token dtype) raises UserError with a message that says what is wrong and what to do. Entry
@@ -6,6 +7,7 @@ points print that message on one line and exit with status 2, without a tracebac
 else is a bug and keeps its traceback.
 """
 import functools
+import importlib
 import sys
 
 
@@ -25,3 +27,19 @@ def cli(main_fn):
       sys.exit(2)
 
   return wrapped
+
+
+def triton_kernels(module_name, option):
+  """(jax_triton, the kernel module `module_name`) for config.model.<option>='triton', imported on
+  first use so that CPU machines never load them; a UserError naming the fix where they cannot run."""
+  try:
+    import jax_triton  # pylint: disable=import-outside-toplevel
+    kernels = importlib.import_module(module_name)
+  except ImportError as e:
+    raise UserError(f"{option}='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
+                    f"GPU install line of README.md, or set --config.model.{option}=xla") from e
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != "gpu":
+    raise UserError(f"{option}='triton' needs an NVIDIA GPU, but JAX runs on '{jax.default_backend()}'; "
+                    f"set --config.model.{option}=xla on this machine")
+  return jax_triton, kernels

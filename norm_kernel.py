@@ -5,7 +5,9 @@ a sublayer and the next sublayer's normalized input, the same values as model.py
 followed by rms_norm. In XLA that pair is several passes over the B x T x D stream (the add, the
 sum of squares, the scaling; the backward three or four more); here the forward reads x and y
 once and writes the sum and the normalized copy, and the backward reads the two cotangents and
-the saved sum once and writes the gradients of x and y. docs/model.md has the measurements.
+the saved sum once and writes the one gradient that x and y share (twice only when their dtypes
+differ), on a persistent grid that sums the gain gradient in registers. docs/model.md has the
+measurements.
 
 triton and jax_triton are imported when a kernel is launched, so this module imports anywhere.
 """
@@ -14,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from errors import UserError
+import errors
 
 NORM_EPS = 1e-5   # model.NORM_EPS (not imported: model imports this module)
 MAX_ROWS = 8      # rows per program at D <= 512 (the speedrun's shape, measured)
@@ -26,16 +28,7 @@ BWD_ROWS, BWD_WARPS, BWD_PROGRAMS_PER_SM = 8, 4, 2
 
 
 def _triton():
-  try:
-    import jax_triton  # pylint: disable=import-outside-toplevel
-    import norm_kernel_triton  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise UserError(f"norm_backend='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
-                    "GPU install line of README.md, or set --config.model.norm_backend=xla") from e
-  if jax.default_backend() != "gpu":
-    raise UserError(f"norm_backend='triton' needs an NVIDIA GPU, but JAX runs on '{jax.default_backend()}'; "
-                    "set --config.model.norm_backend=xla on this machine")
-  return jax_triton, norm_kernel_triton
+  return errors.triton_kernels("norm_kernel_triton", "norm_backend")
 
 
 def _consts(D):

@@ -11,22 +11,13 @@ triton and jax_triton are imported when the kernel is launched, so this module i
 import jax
 import jax.numpy as jnp
 
-from errors import UserError
+import errors
 
 BLOCK_R, BLOCK_F, NUM_WARPS = 32, 128, 8   # the best of 12 on the H200 (bench/dev_memory_kernels.py)
 
 
 def _triton():
-  try:
-    import jax_triton  # pylint: disable=import-outside-toplevel
-    import swiglu_kernel_triton  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise UserError(f"swiglu_backend='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
-                    "GPU install line of README.md, or set --config.model.swiglu_backend=xla") from e
-  if jax.default_backend() != "gpu":
-    raise UserError(f"swiglu_backend='triton' needs an NVIDIA GPU, but JAX runs on '{jax.default_backend()}'; "
-                    "set --config.model.swiglu_backend=xla on this machine")
-  return jax_triton, swiglu_kernel_triton
+  return errors.triton_kernels("swiglu_kernel_triton", "swiglu_backend")
 
 
 def _xla(h13_BT2F):

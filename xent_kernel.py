@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from errors import UserError
+import errors
 
 # Logits per loop step (5 steps for a 10k vocab) and warps: the best of 12 on the H200
 # (bench/dev_memory_kernels.py; wider blocks or more warps hold fewer rows per multiprocessor).
@@ -25,16 +25,7 @@ BLOCK_V, NUM_WARPS = 2048, 4
 
 
 def _triton():
-  try:
-    import jax_triton  # pylint: disable=import-outside-toplevel
-    import xent_kernel_triton  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise UserError(f"xent_backend='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
-                    "GPU install line of README.md, or set --config.model.xent_backend=xla") from e
-  if jax.default_backend() != "gpu":
-    raise UserError(f"xent_backend='triton' needs an NVIDIA GPU, but JAX runs on '{jax.default_backend()}'; "
-                    "set --config.model.xent_backend=xla on this machine")
-  return jax_triton, xent_kernel_triton
+  return errors.triton_kernels("xent_kernel_triton", "xent_backend")
 
 
 def _rows(logits_NV, targets_N, softcap, write_grad):
