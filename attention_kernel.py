@@ -169,7 +169,8 @@ def _flash_rope(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
   return _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config)[0]
 
 
-ROPE_ROWS, ROPE_WARPS = 4, 8   # tokens per program of rope_qk_kernel; best of 6 on the H200 (bench/dev_memory_kernels.py)
+# Tokens per program of rope_qk_kernel and its warps: the best of 6 on the H200 (bench/dev_memory_kernels.py).
+ROPE_ROWS, ROPE_WARPS = 4, 8
 
 
 def _rotated(qkv_BT3HK, cos_TK, sin_TK):

@@ -313,7 +313,8 @@ def block(p, x_BTD, rope, cfg):
   dtype = DTYPES[cfg.compute_dtype]
   attn_fn = _ATTENTION[cfg.attention][1]
   x_BTD = _residual_add(x_BTD, attn_fn(p, rms_norm(x_BTD, p["attn_norm"], dtype), rope, cfg, dtype))
-  return _residual_add(x_BTD, swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend")))
+  mlp_BTD = swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend"))
+  return _residual_add(x_BTD, mlp_BTD)
 
 
 def _residual_add(x_BTD, y_BTD):

@@ -23,7 +23,7 @@ MAX_ROWS = 8      # rows per program at D <= 512 (the speedrun's shape, measured
 TILE = 4096       # values per tensor per program: wider rows get fewer rows (registers, not DRAM, bound it)
 FWD_WARPS = 4
 # The backward's persistent grid: BWD_ROWS rows a loop step, BWD_PROGRAMS_PER_SM programs per
-# multiprocessor; the best of 15 on the H200 (bench/dev_memory_kernels.py).
+# multiprocessor; the best of the 15 swept on the H200 (bench/dev_memory_kernels.py).
 BWD_ROWS, BWD_WARPS, BWD_PROGRAMS_PER_SM = 8, 4, 2
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 import errors
 
-# Logits per loop step (5 steps for a 10k vocab) and warps: the best of 12 on the H200
+# Logits per loop step (5 steps for a 10k vocab) and warps: the best of 7 on the H200
 # (bench/dev_memory_kernels.py; wider blocks or more warps hold fewer rows per multiprocessor).
 BLOCK_V, NUM_WARPS = 2048, 4
 
