@@ -57,7 +57,8 @@ def available():
 def _triton():
   """The lazily imported jax_triton and kernel modules, or a UserError that says what to do."""
   try:
-    import jax_triton  # pylint: disable=import-outside-toplevel
+    import triton_ffi  # pylint: disable=import-outside-toplevel
+    jax_triton = triton_ffi.load()
     import attention_kernel_triton  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise UserError(

@@ -33,7 +33,8 @@ def triton_kernels(module_name, option):
   """(jax_triton, the kernel module `module_name`) for config.model.<option>='triton', imported on
   first use so that CPU machines never load them; a UserError naming the fix where they cannot run."""
   try:
-    import jax_triton  # pylint: disable=import-outside-toplevel
+    import triton_ffi  # pylint: disable=import-outside-toplevel
+    jax_triton = triton_ffi.load()
     kernels = importlib.import_module(module_name)
   except ImportError as e:
     raise UserError(f"{option}='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
