@@ -2,7 +2,7 @@
 a sweep of each kernel's block/warp/grid constants, at the speedrun shape (B128 x T256, D512,
 F1344, V10k, 16 heads of 32).
 
-  python bench/dev_memory_kernels.py [--only=norm,swiglu,xent,rope,head,mlp,attn] [--out=FILE]
+  python bench/dev_memory_kernels.py [--only=norm,swiglu,xent,rope,head,attn] [--out=FILE]
 
 Device time per call comes from a jax.profiler trace (kernel durations summed, launch gaps
 excluded), with the bytes each call must move and the bandwidth that implies. Prints a table and
@@ -136,34 +136,6 @@ def rope_cases():
     yield "triton", dict(rows=rows, warps=warps, setup=setup), attention_kernel._rotated, (qkv, cos, sin), moved  # pylint: disable=protected-access
 
 
-def mlp_cases():
-  """The whole MLP (both projections, the activation, and in the fwd+bwd rows all six matmuls and
-  both SwiGLU gradients): XLA's matmuls around the activation (the backward kernel for
-  swiglu_backend='triton') against swiglu_kernel.mlp, whose two Triton matmuls carry the activation
-  in their epilogues, with a sweep of their block configs. The figure is the matmul TFLOP/s."""
-  h, dy = rand(0, (B, T, D)), rand(1, (B, T, D))
-  w13, w2 = rand(2, (D, 2, F), scale=D ** -0.5), rand(3, (F, D), scale=F ** -0.5)
-
-  def ref(h, w13, w2):
-    return jnp.einsum("btf,fd->btd", swiglu_kernel.silu_mul(jnp.einsum("btd,dsf->btsf", h, w13)), w2)
-
-  vjp = lambda f: (lambda h, w13, w2, dy: jax.vjp(f, h, w13, w2)[1](dy))  # pylint: disable=unnecessary-lambda-assignment
-  fwd_flops, all_flops = 6 * N * D * F, 18 * N * D * F
-  yield "fwd xla", {}, ref, (h, w13, w2), fwd_flops
-  yield "fwd+bwd xla", {}, vjp(ref), (h, w13, w2, dy), all_flops
-  up0, down0 = swiglu_kernel.UP, swiglu_kernel.DOWN_BWD
-  for up in (up0, (128, 64, 64, 8, 4, 3), (128, 128, 64, 8, 8, 3), (128, 64, 64, 8, 8, 4), (64, 64, 64, 8, 4, 3),
-             (256, 64, 64, 8, 8, 3), (128, 128, 32, 8, 8, 4), (128, 64, 128, 8, 8, 2)):
-    def setup(up=up):
-      swiglu_kernel.UP, swiglu_kernel.DOWN_BWD = up, down0
-    yield "fwd fused", dict(up=up, setup=setup), swiglu_kernel.mlp, (h, w13, w2), fwd_flops
-  for down in (down0, (128, 128, 64, 8, 8, 3), (128, 64, 64, 8, 8, 3), (64, 128, 64, 8, 4, 3), (128, 64, 64, 8, 4, 4),
-               (256, 64, 64, 8, 8, 3), (64, 64, 64, 8, 4, 3)):
-    def setup(down=down):
-      swiglu_kernel.UP, swiglu_kernel.DOWN_BWD = up0, down
-    yield "fwd+bwd fused", dict(down=down, setup=setup), vjp(swiglu_kernel.mlp), (h, w13, w2, dy), all_flops
-
-
 def attn_cases():
   """The packed-RoPE flash attention, forward and backward, at head dim 32: one row per candidate
   set, the i-th candidate of each kernel's list together (each kernel's time is its own entry in
@@ -184,7 +156,7 @@ def attn_cases():
     yield "fwd+bwd", dict(fwd=cfg[0], dkdv=cfg[1], dq=cfg[2]), f, (qkv, cos, sin, do), flops
 
 
-CASES = {"norm": norm_cases, "mlp": mlp_cases, "attn": attn_cases, "swiglu": swiglu_cases, "xent": xent_cases, "rope": rope_cases, "head": head_cases}
+CASES = {"norm": norm_cases, "attn": attn_cases, "swiglu": swiglu_cases, "xent": xent_cases, "rope": rope_cases, "head": head_cases}
 
 
 def main():
@@ -211,7 +183,7 @@ def main():
       except Exception as e:  # pylint: disable=broad-except  (a config that does not compile)
         print(f"{name:7s} {impl:7s} {cfg} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
         continue
-      if name in ("head", "mlp", "attn"):   # matmuls: the last figure is FLOPs, not bytes
+      if name in ("head", "attn"):   # matmuls: the last figure is FLOPs, not bytes
         row = {"kernel": name, "impl": impl, "config": cfg, "ms": ms, "TFLOP_per_s": moved / ms / 1e9,
                "kernels_ms": by}
         print(f"{name:7s} {impl:12s} {ms * 1e3:8.1f} us  {row['TFLOP_per_s']:5.0f} TFLOP/s  {cfg} "
@@ -221,7 +193,7 @@ def main():
                "TB_per_s": moved / ms / 1e9, "kernels_ms": by}
         print(f"{name:7s} {impl:7s} {ms * 1e3:8.1f} us  {row['TB_per_s']:5.2f} TB/s  {cfg}", flush=True)
       result["rows"].append(row)
-      if impl in ("triton", "fwd+bwd fused", "fwd+bwd") and (best is None or ms < best["ms"]):
+      if impl in ("triton", "fwd+bwd") and (best is None or ms < best["ms"]):
         best = row
     if best:
       print(f"{name:7s} best triton: {best['ms'] * 1e3:.1f} us {best['config']}", flush=True)
