@@ -89,11 +89,15 @@ def bench_case(config, backend, mesh, args, profile_this):
   profile = None
   if profile_this:
     with jax.profiler.trace(args.profile):
+      t0 = time.perf_counter()
       for _ in range(PROFILE_STEPS):
         state, metrics = step(state, tokens_N)
       jax.block_until_ready(metrics)
+      traced_ms = 1e3 * (time.perf_counter() - t0) / PROFILE_STEPS
     args.profiled = True
     profile = summarize_trace(args.profile, PROFILE_STEPS, args.profile_top)
+    if profile:
+      profile["traced_wall_ms_per_step"] = traced_ms  # the host clock over the traced steps
   ms = 1e3 * float(np.median(times))
   tok_s = B * T / (ms / 1e3)
   peak = train.peak_flops(jax.devices()[0])
@@ -124,6 +128,7 @@ def summarize_trace(trace_dir, n_steps, top=15):
     return None
   planes = jax.profiler.ProfileData.from_file(files[-1]).planes
   by_op, by_kind, label, hlo, calls = collections.Counter(), collections.Counter(), {}, {}, collections.Counter()
+  spans = []  # (start_ns, end_ns, kernel) of every kernel, for the idle time between them
   for plane in [p for p in planes if p.name.startswith("/device:")][:1]:  # data parallel: one is enough
     for line in plane.lines:
       if not line.name.startswith("Stream"):
@@ -131,6 +136,7 @@ def summarize_trace(trace_dir, n_steps, top=15):
       for e in line.events:
         # Keyed by kernel name: with CUDA graphs on, the hlo_op stat names a whole command buffer.
         ms = e.duration_ns / 1e6 / n_steps
+        spans.append((e.start_ns, e.end_ns, e.name))
         by_op[e.name] += ms
         calls[e.name] += 1 / n_steps
         by_kind[_kind(e.name)] += ms
@@ -147,10 +153,33 @@ def summarize_trace(trace_dir, n_steps, top=15):
   print(f"top {top} ops:")
   for op, ms in by_op.most_common(top):
     print(f"  {100 * ms / total:5.1f}%  {ms:7.3f} ms  {label[op]}")
-  return {"gpu_kernel_ms_per_step": total, "kinds_ms": dict(by_kind.most_common()),
+  idle = _idle(spans, n_steps)
+  print(f"GPU idle between kernels: {idle['idle_ms_per_step']:.3f} ms per step over {idle['kernels_per_step']:.0f} "
+        f"kernels ({idle['gap_us_median']:.1f} us median gap); idle before the kernels taking most:")
+  for op, ms in list(idle["idle_ms_before"].items())[:8]:
+    print(f"  {ms:7.3f} ms  {op[:100]}")
+  return {"gpu_kernel_ms_per_step": total, **idle, "kinds_ms": dict(by_kind.most_common()),
           "top_ops_ms": {label[op]: ms for op, ms in by_op.most_common(top)},
           "top_ops_hlo": {label[op]: hlo.get(op) for op, _ in by_op.most_common(top)},
           "top_ops_calls_per_step": {label[op]: calls[op] for op, _ in by_op.most_common(top)}}
+
+
+def _idle(spans, n_steps):
+  """GPU time with no kernel running, from the first kernel of the trace to its last, per step, and
+  which kernels wait behind the gaps (a gap is charged to the kernel that ends it)."""
+  spans.sort()
+  idle_ns, before, gaps = 0, collections.Counter(), []
+  busy_until = spans[0][1]
+  for start, end, name in spans[1:]:
+    if start > busy_until:
+      idle_ns += start - busy_until
+      before[name[:100]] += (start - busy_until) / 1e6 / n_steps
+      gaps.append(start - busy_until)
+    busy_until = max(busy_until, end)
+  return {"idle_ms_per_step": idle_ns / 1e6 / n_steps, "kernels_per_step": len(spans) / n_steps,
+          "first_to_last_kernel_ms_per_step": (busy_until - spans[0][0]) / 1e6 / n_steps,
+          "gap_us_median": float(np.median(gaps)) / 1e3 if gaps else 0.0,
+          "idle_ms_before": dict(before.most_common(15))}
 
 
 def _hlo_stat(event):
