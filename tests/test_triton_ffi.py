@@ -47,32 +47,28 @@ def test_legacy_op_becomes_typed_ffi_call_with_the_same_proto():
   assert ir.StringAttr(seen[0]).value_bytes == proto
 
 
-@pytest.mark.gpu
-def test_step_kernels_lower_to_the_ffi_target_and_match_the_legacy_call():
+def _xent_case():
+  """(loss, dh, dw) of the Triton cross-entropy on fixed inputs, as float32 NumPy."""
   import xent_kernel  # pylint: disable=import-outside-toplevel
   h = jax.random.normal(jax.random.key(0), (2, 64, 128), jnp.float32).astype(jnp.bfloat16)
   w = (0.05 * jax.random.normal(jax.random.key(1), (1000, 128), jnp.float32)).astype(jnp.bfloat16)
   t = jax.random.randint(jax.random.key(2), (2, 64), 0, 1000)
+  f = jax.jit(jax.value_and_grad(lambda h, w: xent_kernel.head_cross_entropy("btd,vd->btv", h, w, t, 0.0),
+                                 argnums=(0, 1)))
+  loss, (dh, dw) = f(h, w)
+  return f.lower(h, w).compile().as_text(), [np.asarray(x, np.float32) for x in (loss, dh, dw)]
 
-  def loss_and_grad(h, w):
-    return jax.value_and_grad(lambda h, w: xent_kernel.head_cross_entropy("btd,vd->btv", h, w, t, 0.0),
-                              argnums=(0, 1))(h, w)
 
-  compiled = jax.jit(loss_and_grad).lower(h, w).compile().as_text()
+@pytest.mark.gpu
+def test_step_kernels_lower_to_the_ffi_target_and_match_the_legacy_call(tmp_path):
+  compiled, got = _xent_case()
   assert "triton_kernel_call_ffi" in compiled and '"triton_kernel_call"' not in compiled
-  loss, (dh, dw) = jax.jit(loss_and_grad)(h, w)
-  # The same computation with jax-triton's own legacy lowering, in a fresh process.
-  script = ("import sys, numpy as np, jax, jax.numpy as jnp; sys.path.insert(0, %r); import xent_kernel; "
-            "h = jax.random.normal(jax.random.key(0), (2, 64, 128), jnp.float32).astype(jnp.bfloat16); "
-            "w = (0.05 * jax.random.normal(jax.random.key(1), (1000, 128), jnp.float32)).astype(jnp.bfloat16); "
-            "t = jax.random.randint(jax.random.key(2), (2, 64), 0, 1000); "
-            "l, (dh, dw) = jax.value_and_grad(lambda h, w: xent_kernel.head_cross_entropy("
-            "'btd,vd->btv', h, w, t, 0.0), argnums=(0, 1))(h, w); "
-            "np.savez(sys.argv[1], l=np.float32(l), dh=np.asarray(dh, np.float32), dw=np.asarray(dw, np.float32))"
-            ) % ROOT
-  out = os.path.join(os.environ.get("TMPDIR", "/tmp"), "triton_ffi_legacy.npz")
-  subprocess.run([sys.executable, "-c", script, out], check=True, env={**os.environ, "LM_TRITON_FFI": "0"})
+  # The same computation through jax-triton's own legacy lowering, in a fresh process.
+  out = tmp_path / "legacy.npz"
+  script = (f"import sys; sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, 'tests')!r}]; import numpy as np; "
+            f"import test_triton_ffi as t; text, r = t._xent_case(); "
+            f"assert 'triton_kernel_call_ffi' not in text; np.savez({str(out)!r}, *r)")
+  subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "LM_TRITON_FFI": "0"})
   ref = np.load(out)
-  np.testing.assert_array_equal(np.float32(loss), ref["l"])
-  np.testing.assert_array_equal(np.asarray(dh, np.float32), ref["dh"])
-  np.testing.assert_array_equal(np.asarray(dw, np.float32), ref["dw"])
+  for i, x in enumerate(got):
+    np.testing.assert_array_equal(x, ref[f"arr_{i}"])
