@@ -9,6 +9,8 @@ The step is train.make_train_step itself (on-device sampling from a random-token
 clipping, AdamW, donated buffers), so the figures are what train.py runs at, compile excluded.
 ms/step is the median over --repeats timings of --steps back-to-back steps after --warmup steps.
 MFU = model.flops_per_token(config, T) * tokens/s / (device bf16 peak, train.PEAK_BF16_FLOPS).
+On an NVIDIA GPU, nvidia-smi samples the SM clock and board power during the timed steps: the
+sustained step can be power-capped (docs/model.md), and the JSON says by how much.
 Writes bench/results/train_<device>.json (train_<device>_quick.json with --quick).
 """
 import argparse
@@ -78,12 +80,14 @@ def bench_case(config, backend, mesh, args, profile_this):
     state, metrics = step(state, tokens_N)
   jax.block_until_ready(metrics)
   times = []
+  sampler = _PowerSampler()
   for _ in range(args.repeats):
     t0 = time.perf_counter()
     for _ in range(args.steps):
       state, metrics = step(state, tokens_N)
     jax.block_until_ready(metrics)
     times.append((time.perf_counter() - t0) / args.steps)
+  power = sampler.stop()
   if not np.isfinite(float(metrics["loss"])):
     raise FloatingPointError(f"loss {float(metrics['loss'])}")
   profile = None
@@ -106,7 +110,41 @@ def bench_case(config, backend, mesh, args, profile_this):
           "mfu": fpt * tok_s / (peak * len(jax.devices())) if peak else None,
           "compile_s": compile_s, "flops_per_token": fpt, "batch_size": B, "context_length": T,
           "n_params": model.count_params(state["params"]), "loss_after": float(metrics["loss"]),
+          **({"gpu_power": power} if power else {}),
           **({"profile": profile} if profile else {})}
+
+
+class _PowerSampler:
+  """nvidia-smi's SM clock and board power every 100 ms while the timed steps run; stop() gives
+  their range and mean (None where nvidia-smi is missing, as on a CPU machine)."""
+
+  def __init__(self):
+    try:
+      self.proc = subprocess.Popen(
+          ["nvidia-smi", "--query-gpu=index,clocks.sm,power.draw,power.limit", "--format=csv,noheader,nounits",
+           "-lms", "100"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+      self.proc = None
+
+  def stop(self):
+    if self.proc is None:
+      return None
+    self.proc.terminate()
+    out, _ = self.proc.communicate()
+    rows = []
+    for line in out.splitlines():
+      try:
+        index, clock, power, limit = (float(x) for x in line.split(","))
+      except ValueError:  # a partial last line, or "[N/A]"
+        continue
+      if index == 0:  # the first GPU stands for all in a data-parallel step
+        rows.append((clock, power, limit))
+    if not rows:
+      return None
+    clock, power, limit = (np.array(c) for c in zip(*rows))
+    return {"samples": len(rows), "sm_clock_mhz_mean": float(clock.mean()), "sm_clock_mhz_min": float(clock.min()),
+            "sm_clock_mhz_max": float(clock.max()), "power_w_mean": float(power.mean()),
+            "power_w_max": float(power.max()), "power_limit_w": float(limit.max())}
 
 
 def _kind(kernel):
@@ -257,8 +295,10 @@ def main():
         want = args.profile_case in (None, f"{name}/{backend}")
         row.update(bench_case(config, backend, mesh, args, args.profile and want and not args.profiled))
         mfu = f"{100 * row['mfu']:5.1f}%" if row["mfu"] is not None else "    -"
+        pw = row.get("gpu_power")
+        pw = f"  SM {pw['sm_clock_mhz_mean']:.0f} MHz, {pw['power_w_mean']:.0f}/{pw['power_limit_w']:.0f} W" if pw else ""
         print(f"{name:<14} {backend:<7} {row['ms_per_step']:8.2f} ms/step {row['tokens_per_s'] / 1e6:7.3f}M tok/s "
-              f"MFU {mfu}", flush=True)
+              f"MFU {mfu}{pw}", flush=True)
       except Exception as e:  # pylint: disable=broad-except  (a backend that cannot run here)
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         print(f"{name:<14} {backend:<7} skipped: {row['error']}", flush=True)
