@@ -39,7 +39,7 @@ def default_model_config():
       xent_backend="xla",      # 'xla' | 'triton': the loss's softmax pass (xent_kernel.py, GPU only)
       norm_backend="xla",      # 'xla' | 'triton': residual add + RMSNorm in one kernel (norm_kernel.py, GPU only)
       swiglu_backend="xla",    # 'xla' | 'triton': SwiGLU's backward in one kernel (swiglu_kernel.py, GPU only)
-      mlp_fp8=False,           # the MLP's forward and input-gradient matmuls in e4m3 (fp8_mlp.py)
+      mlp_fp8=False,           # three of the MLP's six matmuls in e4m3 (fp8_mlp.py); decode.py stays bf16
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
       residual_dtype="float32",  # the residual stream between blocks; 'bfloat16' halves its traffic
@@ -204,11 +204,11 @@ def apply_rope(x_BTHK, cos_TK, sin_TK):
 
 def swiglu(p, h_BTD, dtype, backend="xla", fp8=False):
   """W2(SiLU(W1 h) * W3 h) with W1, W3 fused in p['w13'] (D x 2 x F); backend 'triton' runs the
-  gate's backward as one kernel (swiglu_kernel.py), same forward values; fp8 runs four of its six
-  matmuls in e4m3 (fp8_mlp.py)."""
+  gate's backward as one kernel (swiglu_kernel.py), same forward values; fp8 runs three of its six
+  matmuls in e4m3 (fp8_mlp.swiglu, the XLA version; _hidden_fused_norms uses the fused one)."""
   if fp8:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
-    return fp8_mlp.swiglu_fp8(h_BTD.astype(dtype), p["w13"], p["w2"], backend)
+    return fp8_mlp.swiglu(h_BTD, p["w13"], p["w2"], dtype)
   h13_BT2F = jnp.einsum("btd,dsf->btsf", h_BTD, p["w13"].astype(dtype))
   if backend == "triton":
     import swiglu_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
@@ -362,10 +362,17 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
   h_BTD = rms_norm(x_BTD, blocks["attn_norm"][0], dtype)
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
-    x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype), p["mlp_norm"], dtype)
+    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype)
     gain = blocks["attn_norm"][i + 1] if i + 1 < cfg.n_layers else params["final_norm"]
-    mlp_BTD = swiglu(p, h_BTD, dtype, _option(cfg, "swiglu_backend"), _option(cfg, "mlp_fp8"))
-    x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, mlp_BTD, gain, dtype)
+    if _option(cfg, "mlp_fp8"):
+      # The add, the norm, the MLP and the next add + norm in one custom VJP: the FP8 casts ride
+      # in the norm and SwiGLU kernels (fp8_mlp.py).
+      import fp8_mlp  # pylint: disable=import-outside-toplevel
+      x_BTD, h_BTD = fp8_mlp.mlp_sublayer(x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype)
+      continue
+    x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_BTD, p["mlp_norm"], dtype)
+    x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, swiglu(p, h_BTD, dtype, _option(cfg, "swiglu_backend")), gain,
+                                            dtype)
   return h_BTD
 
 

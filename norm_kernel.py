@@ -9,6 +9,10 @@ the saved sum once and writes the one gradient that x and y share (twice only wh
 differ), on a persistent grid that sums the gain gradient in registers. docs/model.md has the
 measurements.
 
+`forward` and `backward` are the two halves for callers with their own custom VJP: fp8_mlp.py's
+fused sublayer, which also has them write an e4m3 copy of a result (the add_norm_*_fp8_kernel
+entry points) and read a dot's unscaled output with its row scale.
+
 triton and jax_triton are imported when a kernel is launched, so this module imports anywhere.
 """
 import functools
@@ -36,18 +40,31 @@ def _consts(D):
   return dict(D=D, BLOCK_D=block_d, ROWS=max(1, min(MAX_ROWS, TILE // block_d)))
 
 
-def _fwd(x_BTD, y_BTD, gain_D, dtype):
+def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None):
+  """(x + y, RMSNorm(x + y) * gain in dtype, rstd [N], fp8) where fp8 is None, or with fp8_qmul (a
+  1-element fp32 array) that output also in e4m3 with its scale per row times fp8_qmul:
+  (h8 [N, D], hs [N])."""
   jt, kern = _triton()
   D = x_BTD.shape[-1]
   N = x_BTD.size // D
   consts = _consts(D)
-  x_out, h, rstd = jt.triton_call(
-      x_BTD.reshape(N, D), y_BTD.reshape(N, D), gain_D, kernel=kern.add_norm_fwd_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
-                 jax.ShapeDtypeStruct((N,), jnp.float32)),
-      grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **consts)
-  x_out = x_out.reshape(x_BTD.shape)
-  return (x_out, h.reshape(x_BTD.shape)), (x_out, rstd, gain_D, jnp.zeros((0,), y_BTD.dtype))
+  ins = (x_BTD.reshape(N, D), y_BTD.reshape(N, D), gain_D)
+  outs = (jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
+          jax.ShapeDtypeStruct((N,), jnp.float32))
+  launch = dict(grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **consts)
+  if fp8_qmul is None:
+    (x_out, h, rstd), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_fwd_kernel, out_shape=outs, **launch), None
+  else:
+    x_out, h, rstd, *fp8 = jt.triton_call(
+        *ins, fp8_qmul, kernel=kern.add_norm_fwd_fp8_kernel,
+        out_shape=(*outs, jax.ShapeDtypeStruct((N, D), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((N,), jnp.float32)),
+        **launch)
+  return x_out.reshape(x_BTD.shape), h.reshape(x_BTD.shape), rstd, fp8
+
+
+def _fwd(x_BTD, y_BTD, gain_D, dtype):
+  x_out, h, rstd, _ = forward(x_BTD, y_BTD, gain_D, dtype)
+  return (x_out, h), (x_out, rstd, gain_D, jnp.zeros((0,), y_BTD.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -61,10 +78,11 @@ def _sm_count():
   return int(getattr(jax.devices()[0], "core_count", 0) or 132)
 
 
-def _bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
+def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=None):
+  """add_rms_norm's gradients (dx, dy, dgain) from the cotangents of (x + y, h). For fp8_mlp.py:
+  dh_scale [N] multiplies dh's rows (dh is then an FP8 dot's unscaled output), and fp8_qmul adds a
+  4th item, dx in e4m3 with its scale per row times fp8_qmul: (d8 [N, D], ds [N])."""
   jt, kern = _triton()
-  x_out, rstd, gain_D, y_like = res
-  dx_out, dh = cotangents
   D = x_out.shape[-1]
   N = x_out.size // D
   consts = _consts(D)
@@ -72,14 +90,29 @@ def _bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
   programs = max(1, min(-(-N // consts["ROWS"]), BWD_PROGRAMS_PER_SM * _sm_count()))
   # The residual add hands one gradient to both of its inputs: with one dtype (the bf16 stream) it
   # is written once and returned twice; DY is then a 1-element dummy the kernel never writes.
-  two = x_out.dtype != y_like.dtype
-  dx, dy, dg_part = jt.triton_call(
-      dx_out.reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D, kernel=kern.add_norm_bwd_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, D), x_out.dtype), jax.ShapeDtypeStruct((N, D) if two else (1,), y_like.dtype),
-                 jax.ShapeDtypeStruct((programs, D), jnp.float32)),
-      grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs, TWO_OUT=two, **consts)
+  two = x_out.dtype != y_dtype
+  ins = (dx_out.reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D)
+  outs = (jax.ShapeDtypeStruct((N, D), x_out.dtype), jax.ShapeDtypeStruct((N, D) if two else (1,), y_dtype),
+          jax.ShapeDtypeStruct((programs, D), jnp.float32))
+  launch = dict(grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs, TWO_OUT=two, **consts)
+  if dh_scale is None and fp8_qmul is None:
+    (dx, dy, dg_part), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_bwd_kernel, out_shape=outs, **launch), None
+  else:
+    ones = jnp.ones((1,), jnp.float32)
+    f8 = ((N, D), (N,)) if fp8_qmul is not None else ((1,), (1,))   # 1-element dummies when unused
+    dx, dy, dg_part, *fp8 = jt.triton_call(
+        *ins, ones if dh_scale is None else dh_scale, ones if fp8_qmul is None else fp8_qmul,
+        kernel=kern.add_norm_bwd_fp8_kernel,
+        out_shape=(*outs, jax.ShapeDtypeStruct(f8[0], jnp.float8_e4m3fn), jax.ShapeDtypeStruct(f8[1], jnp.float32)),
+        DH_SCALED=dh_scale is not None, FP8=fp8_qmul is not None, **launch)
   dx = dx.reshape(x_out.shape)
-  return dx, dy.reshape(x_out.shape) if two else dx, jnp.sum(dg_part, 0).astype(gain_D.dtype)
+  grads = dx, dy.reshape(x_out.shape) if two else dx, jnp.sum(dg_part, 0).astype(gain_D.dtype)
+  return (*grads, tuple(fp8)) if fp8_qmul is not None else grads
+
+
+def _bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
+  x_out, rstd, gain_D, y_like = res
+  return backward(*cotangents, x_out, rstd, gain_D, y_like.dtype)
 
 
 def _fwd_rule(x_BTD, y_BTD, gain_D, dtype):

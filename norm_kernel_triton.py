@@ -2,20 +2,30 @@
 
 Imports triton at load, so only norm_kernel.py imports it, and only when a kernel is launched.
 Each program owns ROWS whole rows of D features (D padded to the power of two BLOCK_D in
-registers), so the row reductions stay inside the program.
+registers), so the row reductions stay inside the program. The *_fp8_kernel variants (for
+fp8_mlp.py) run the same bodies and also write an e4m3 copy of a result with a scale per row.
 """
 import triton
 import triton.language as tl
 
+F8_MAX = 448.0   # the largest finite e4m3 value
+
 
 @triton.jit
-def add_norm_fwd_kernel(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                        ROWS: tl.constexpr, EPS: tl.constexpr):
-  """XOUT = X + Y (summed in fp32, stored in XOUT's dtype); H = RMSNorm(XOUT) * G; RSTD saved.
+def _store_fp8_rows(v, mask, offs, rows, N, V8, VS, QMUL):
+  """V8[offs] = e4m3(v * q) and VS[rows] = QMUL * max|row| / 448, q = 448 / max|row of v|
+  (fp8_mlp.py's scheme: a row's scale factors out of every dot the row enters; QMUL, a 1-element
+  array, folds in the scale of the weight that the row meets)."""
+  amax = tl.max(tl.where(mask, tl.abs(v), 0.0), 1)
+  q = F8_MAX / tl.maximum(amax, 1e-30)
+  tl.store(V8 + offs, tl.clamp(v * q[:, None], -F8_MAX, F8_MAX).to(V8.dtype.element_ty), mask=mask)
+  tl.store(VS + rows, tl.load(QMUL) * (amax / F8_MAX), mask=rows < N)
 
-  The norm reads the sum as stored (rounded to the stream's dtype), as model.py's separate
-  _residual_add then rms_norm do.
-  """
+
+@triton.jit
+def _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                       ROWS: tl.constexpr, EPS: tl.constexpr):
+  """add_norm_fwd_kernel's body; returns (h in fp32, mask, offsets, rows) of this program's rows."""
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   cols = tl.arange(0, BLOCK_D)
   mask = (rows[:, None] < N) & (cols[None, :] < D)
@@ -26,18 +36,78 @@ def add_norm_fwd_kernel(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr
   s = s.to(tl.float32)
   rstd = tl.math.rsqrt(tl.sum(s * s, 1) / D + EPS)
   g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
-  tl.store(H + offs, (s * rstd[:, None] * g[None, :]).to(H.dtype.element_ty), mask=mask)
+  h = s * rstd[:, None] * g[None, :]
+  tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
   tl.store(RSTD + rows, rstd, mask=rows < N)
+  return h, mask, offs, rows
 
 
 @triton.jit
-def _bwd_loads(DXOUT, DH, XOUT, RSTD, blk, cols, N: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr):
-  """One block's inputs: (row offsets, mask, s, dh, dxout, rstd); rows past N load zeros."""
+def add_norm_fwd_kernel(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                        ROWS: tl.constexpr, EPS: tl.constexpr):
+  """XOUT = X + Y (summed in fp32, stored in XOUT's dtype); H = RMSNorm(XOUT) * G; RSTD saved.
+
+  The norm reads the sum as stored (rounded to the stream's dtype), as model.py's separate
+  _residual_add then rms_norm do.
+  """
+  _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS)
+
+
+@triton.jit
+def add_norm_fwd_fp8_kernel(X, Y, G, QMUL, XOUT, H, RSTD, H8, HS, N: tl.constexpr, D: tl.constexpr,
+                            BLOCK_D: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr):
+  """add_norm_fwd_kernel, and H also in e4m3 (H8) with its scale per row times QMUL (HS)."""
+  h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS)
+  # Quantized from H as stored: the e4m3 copy is then that of the bf16 tensor (fp8_mlp.swiglu's).
+  _store_fp8_rows(h.to(H.dtype.element_ty).to(tl.float32), mask, offs, rows, N, H8, HS, QMUL)
+
+
+@triton.jit
+def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk, cols, N: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
+               DH_SCALED: tl.constexpr):
+  """One block's inputs: (rows, row offsets, mask, s, dh, dxout, rstd, dh's row scale or 1); rows
+  past N load zeros."""
   rows = blk * ROWS + tl.arange(0, ROWS)
   mask = (rows[:, None] < N) & (cols[None, :] < D)
   offs = rows[:, None].to(tl.int64) * D + cols[None, :]
-  return (offs, mask, tl.load(XOUT + offs, mask=mask, other=0.0), tl.load(DH + offs, mask=mask, other=0.0),
-          tl.load(DXOUT + offs, mask=mask, other=0.0), tl.load(RSTD + rows, mask=rows < N, other=0.0))
+  if DH_SCALED:
+    dhs = tl.load(DHS + rows, mask=rows < N, other=0.0)
+  else:
+    dhs = tl.full([ROWS], 1.0, tl.float32)
+  return (rows, offs, mask, tl.load(XOUT + offs, mask=mask, other=0.0), tl.load(DH + offs, mask=mask, other=0.0),
+          tl.load(DXOUT + offs, mask=mask, other=0.0), tl.load(RSTD + rows, mask=rows < N, other=0.0), dhs)
+
+
+@triton.jit
+def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
+                       D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
+                       TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr):
+  """The persistent backward (add_norm_bwd_kernel's docstring); DH_SCALED and FP8 as in
+  add_norm_bwd_fp8_kernel. With both False, DHS, QMUL, D8 and DS are never touched."""
+  pid = tl.program_id(0)
+  cols = tl.arange(0, BLOCK_D)
+  g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
+  dg = tl.zeros([ROWS, BLOCK_D], tl.float32)
+  nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, pid, cols, N, D, ROWS, DH_SCALED)
+  for blk in range(pid, tl.cdiv(N, ROWS), PROGRAMS):
+    rows, offs, mask, s, dh, dxo, r, dhs = nxt
+    nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk + PROGRAMS, cols, N, D, ROWS, DH_SCALED)
+    s, dh, dxo = s.to(tl.float32), dh.to(tl.float32), dxo.to(tl.float32)
+    if DH_SCALED:
+      dh = dh * dhs[:, None]
+    u = dh * g[None, :]
+    d = dxo + r[:, None] * u - s * (r * r * r * tl.sum(u * s, 1) / D)[:, None]
+    tl.store(DX + offs, d.to(DX.dtype.element_ty), mask=mask)
+    if TWO_OUT:
+      tl.store(DY + offs, d.to(DY.dtype.element_ty), mask=mask)
+    if FP8:   # quantized from the gradient as the y input's dtype stores it (fp8_mlp.swiglu's)
+      if TWO_OUT:
+        d_y = d.to(DY.dtype.element_ty).to(tl.float32)
+      else:
+        d_y = d.to(DX.dtype.element_ty).to(tl.float32)
+      _store_fp8_rows(d_y, mask, offs, rows, N, D8, DS, QMUL)
+    dg += dh * s * r[:, None]
+  tl.store(DG_PART + pid * D + cols, tl.sum(dg, 0), mask=cols < D)
 
 
 @triton.jit
@@ -54,19 +124,16 @@ def add_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, DX, DY, DG_PART, N: tl.constex
   DY have one dtype (the bf16 stream), the two gradients are the same array: TWO_OUT=False writes
   it once and the wrapper hands it out twice.
   """
-  pid = tl.program_id(0)
-  cols = tl.arange(0, BLOCK_D)
-  g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
-  dg = tl.zeros([ROWS, BLOCK_D], tl.float32)
-  nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, pid, cols, N, D, ROWS)
-  for blk in range(pid, tl.cdiv(N, ROWS), PROGRAMS):
-    offs, mask, s, dh, dxo, r = nxt
-    nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, blk + PROGRAMS, cols, N, D, ROWS)
-    s, dh, dxo = s.to(tl.float32), dh.to(tl.float32), dxo.to(tl.float32)
-    u = dh * g[None, :]
-    d = dxo + r[:, None] * u - s * (r * r * r * tl.sum(u * s, 1) / D)[:, None]
-    tl.store(DX + offs, d.to(DX.dtype.element_ty), mask=mask)
-    if TWO_OUT:
-      tl.store(DY + offs, d.to(DY.dtype.element_ty), mask=mask)
-    dg += dh * s * r[:, None]
-  tl.store(DG_PART + pid * D + cols, tl.sum(dg, 0), mask=cols < D)
+  _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, RSTD, RSTD, DX, DY, DG_PART, DX, RSTD, N, D, BLOCK_D, ROWS,
+                     PROGRAMS, TWO_OUT, False, False)
+
+
+@triton.jit
+def add_norm_bwd_fp8_kernel(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
+                            D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
+                            TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr):
+  """add_norm_bwd_kernel for fp8_mlp.py: DH_SCALED multiplies each row of DH by DHS[row] as it is
+  read (DH is then an FP8 dot's unscaled output), and FP8 also writes DX in e4m3 (D8) with its
+  scale per row times QMUL (DS). Unused pointers are 1-element arrays."""
+  _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N, D, BLOCK_D, ROWS,
+                     PROGRAMS, TWO_OUT, DH_SCALED, FP8)

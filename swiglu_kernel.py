@@ -6,6 +6,9 @@ backward is what changes: XLA's fusion for it reads the projection and the incom
 writes both gate gradients at ~2 TB/s on an H100/H200 (0.2 ms a layer at the speedrun shape); the
 kernel does the same single pass over the same bytes (docs/model.md has the measurements).
 
+`backward_fp8` is fp8_mlp.py's variant: unscaled FP8-dot inputs with their row scales, and an
+e4m3 copy of the result for the next FP8 dot.
+
 triton and jax_triton are imported when the kernel is launched, so this module imports anywhere.
 """
 import jax
@@ -48,3 +51,20 @@ def _bwd(h13_BT2F, da_BTF):
 
 
 silu_mul.defvjp(_fwd, _bwd)
+
+
+FP8_ROWS, FP8_WARPS = 2, 8   # backward_fp8's rows per program and warps
+
+
+def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul):
+  """fp8_mlp.py's SwiGLU backward from FP8 dots' unscaled outputs: gate, up = h13 * hs[row] and
+  dA = da * das[row]. Returns (dh13 [N, 2F] in h13's dtype, dh13 in e4m3 [N, 2F], its per-row
+  scale times qmul [N]): the weight gradient's operand and the input gradient's FP8 operand."""
+  jt, kern = _triton()
+  N, F = da_NF.shape
+  return jt.triton_call(
+      h13_N2F, hs_N, da_NF, das_N, qmul, kernel=kern.swiglu_bwd_fp8_kernel,
+      out_shape=(jax.ShapeDtypeStruct((N, 2 * F), h13_N2F.dtype), jax.ShapeDtypeStruct((N, 2 * F), jnp.float8_e4m3fn),
+                 jax.ShapeDtypeStruct((N,), jnp.float32)),
+      grid=(-(-N // FP8_ROWS),), num_warps=FP8_WARPS, num_stages=1, N=N, F=F,
+      BLOCK_F=1 << max(0, F - 1).bit_length(), ROWS=FP8_ROWS)

@@ -26,3 +26,37 @@ def swiglu_bwd_kernel(H13, DA, DH13, N: tl.constexpr, F: tl.constexpr, BLOCK_R: 
   s = tl.sigmoid(gate)
   tl.store(DH13 + gate_offs, (da * up * s * (1.0 + gate * (1.0 - s))).to(DH13.dtype.element_ty), mask=mask)
   tl.store(DH13 + gate_offs + F, (da * gate * s).to(DH13.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexpr, F: tl.constexpr,
+                          BLOCK_F: tl.constexpr, ROWS: tl.constexpr):
+  """swiglu_bwd_kernel for fp8_mlp.py, on FP8 dots' unscaled outputs: gate, up = H13 * HS[row] and
+  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for the weight gradient) and in
+  e4m3 with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program
+  owns ROWS whole rows (F padded to BLOCK_F in registers).
+  """
+  rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+  cols = tl.arange(0, BLOCK_F)
+  rmask = rows < N
+  mask = rmask[:, None] & (cols[None, :] < F)
+  r64 = rows[:, None].to(tl.int64)
+  gate_offs = r64 * (2 * F) + cols[None, :]
+  hs = tl.load(HS + rows, mask=rmask, other=0.0)[:, None]
+  gate = tl.load(H13 + gate_offs, mask=mask, other=0.0).to(tl.float32) * hs
+  up = tl.load(H13 + gate_offs + F, mask=mask, other=0.0).to(tl.float32) * hs
+  da = tl.load(DA + r64 * F + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+  da = da * tl.load(DAS + rows, mask=rmask, other=0.0)[:, None]
+  s = tl.sigmoid(gate)
+  dgate = da * up * s * (1.0 + gate * (1.0 - s))
+  dup = da * gate * s
+  dgate, dup = dgate.to(DH13.dtype.element_ty), dup.to(DH13.dtype.element_ty)
+  tl.store(DH13 + gate_offs, dgate, mask=mask)
+  tl.store(DH13 + gate_offs + F, dup, mask=mask)
+  # The e4m3 copy is quantized from DH13 as stored (fp8_mlp.swiglu's), with one scale per row.
+  dgate, dup = dgate.to(tl.float32), dup.to(tl.float32)
+  amax = tl.maximum(tl.max(tl.where(mask, tl.abs(dgate), 0.0), 1), tl.max(tl.where(mask, tl.abs(dup), 0.0), 1))
+  q = (448.0 / tl.maximum(amax, 1e-30))[:, None]   # 448: the largest finite e4m3 value
+  tl.store(DH8 + gate_offs, tl.clamp(dgate * q, -448.0, 448.0).to(DH8.dtype.element_ty), mask=mask)
+  tl.store(DH8 + gate_offs + F, tl.clamp(dup * q, -448.0, 448.0).to(DH8.dtype.element_ty), mask=mask)
+  tl.store(DHS + rows, tl.load(QMUL) * (amax / 448.0), mask=rmask)

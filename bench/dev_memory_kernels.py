@@ -2,7 +2,7 @@
 a sweep of each kernel's block/warp/grid constants, at the speedrun shape (B128 x T256, D512,
 F1344, V10k, 16 heads of 32).
 
-  python bench/dev_memory_kernels.py [--only=norm,swiglu,xent,rope,head,attn] [--out=FILE]
+  python bench/dev_memory_kernels.py [--only=norm,swiglu,swiglu_fp8,xent,rope,head,attn] [--out=FILE]
 
 Device time per call comes from a jax.profiler trace (kernel durations summed, launch gaps
 excluded), with the bytes each call must move and the bandwidth that implies. Prints a table and
@@ -93,6 +93,19 @@ def swiglu_cases():
     yield "triton", dict(block_r=br, block_f=bf, warps=warps, setup=setup), bwd(swiglu_kernel.silu_mul), (h13, da), moved
 
 
+def swiglu_fp8_cases():
+  """fp8_mlp.py's SwiGLU backward (unscaled inputs with row scales; bf16 and e4m3 outputs), whole
+  rows per program, against the bf16 kernel's tile layout (row 0 of swiglu_cases)."""
+  h13, da = rand(0, (N, 2 * F), scale=300.0), rand(1, (N, F), scale=50.0)
+  hs, das = jnp.full((N,), 0.01, jnp.float32), jnp.full((N,), 0.02, jnp.float32)
+  qmul = jnp.ones((1,), jnp.float32)
+  moved = N * F * 2 * 5 + N * 2 * F   # gate, up, dA in; dgate, dup out in bf16, and again in e4m3
+  for rows, warps in ((2, 8), (1, 4), (2, 4), (4, 8), (1, 8), (4, 16)):
+    def setup(rows=rows, warps=warps):
+      swiglu_kernel.FP8_ROWS, swiglu_kernel.FP8_WARPS = rows, warps
+    yield "triton", dict(rows=rows, warps=warps, setup=setup), swiglu_kernel.backward_fp8, (h13, hs, da, das, qmul), moved
+
+
 def xent_cases():
   """The kernel alone on given bf16 logits: loss and d(logits) (one read, one write)."""
   logits, targets = rand(0, (N, V), scale=2.0), jax.random.randint(jax.random.PRNGKey(1), (N,), 0, V)
@@ -156,7 +169,7 @@ def attn_cases():
     yield "fwd+bwd", dict(fwd=cfg[0], dkdv=cfg[1], dq=cfg[2]), f, (qkv, cos, sin, do), flops
 
 
-CASES = {"norm": norm_cases, "attn": attn_cases, "swiglu": swiglu_cases, "xent": xent_cases, "rope": rope_cases, "head": head_cases}
+CASES = {"norm": norm_cases, "attn": attn_cases, "swiglu": swiglu_cases, "swiglu_fp8": swiglu_fp8_cases, "xent": xent_cases, "rope": rope_cases, "head": head_cases}
 
 
 def main():

@@ -362,3 +362,12 @@ def test_eval_windows_are_the_documented_prefix_windows():
   assert rows[:6].tolist() == expected
   whole, _ = train.eval_windows(val, T=8, eval_tokens=0, batch_size=4)  # 0 = the whole split
   assert whole.reshape(-1, 9)[:12].tolist() == [list(range(i, i + 9)) for i in range(0, 89, 8)]
+
+
+def test_resume_identity_ignores_how_the_model_is_computed():
+  """A run may resume with other kernels or the FP8 MLP switched (execution keys), never with
+  another model shape."""
+  base = model.default_model_config().to_dict()
+  ident = train._model_identity(base)  # pylint: disable=protected-access
+  assert train._model_identity({**base, "mlp_fp8": True, "norm_backend": "triton", "scan_layers": True}) == ident  # pylint: disable=protected-access
+  assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access

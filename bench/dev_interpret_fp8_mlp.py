@@ -1,0 +1,253 @@
+"""Dev check (not the product): fp8_mlp.py's kernel paths in Triton's CPU interpreter on torch
+tensors, against NumPy float64 and torch's own e4m3 rounding: the add+norm forward's FP8 copy of
+its output, the add+norm backward with a per-row scale on DH and an FP8 copy of its gradient, and
+the SwiGLU backward on unscaled inputs with its FP8 copy.
+
+  TRITON_INTERPRET=1 python bench/dev_interpret_fp8_mlp.py
+
+tests/test_fp8_mlp.py checks the jax-triton side (the custom VJP against fp8_mlp.swiglu) on a GPU.
+"""
+import os
+import sys
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ml_dtypes  # pylint: disable=g-import-not-at-top
+import numpy as np
+import torch
+import triton.language as tl
+from triton.runtime import interpreter
+
+_convert_float = interpreter._convert_float  # pylint: disable=protected-access
+
+
+_NARROW = {tl.float8e4nv: (ml_dtypes.float8_e4m3fn, np.uint8), tl.bfloat16: (ml_dtypes.bfloat16, np.uint16)}
+
+
+def _round_from_fp32(x, src, dst, rounding_mode):
+  """Triton 3.9's interpreter rounds fp32 -> e4m3 and fp32 -> bf16 wrongly (half up, and a carry
+  into the next binade is lost: 124.1 -> 64, not 128, in e4m3); the GPU rounds to nearest even,
+  as ml_dtypes does. Swapped in so that what this script checks is the kernels' arithmetic."""
+  if src == tl.float32 and dst in _NARROW:
+    return np.asarray(x, np.float32).astype(_NARROW[dst][0]).view(_NARROW[dst][1])
+  return _convert_float(x, src, dst, rounding_mode)
+
+
+interpreter._convert_float = _round_from_fp32  # pylint: disable=protected-access
+
+import norm_kernel
+import norm_kernel_triton as NK
+import swiglu_kernel
+import swiglu_kernel_triton as SK
+
+EPS, F8_MAX = 1e-5, 448.0
+E4M3 = torch.float8_e4m3fn
+
+
+def check_fp8_rows(v8, vs, ref, qmul, name):
+  """v8 must be torch's e4m3 rounding of ref * q with q = 448 / max|row| (ref: the tensor as the
+  kernel stored it in 16 bits), vs = qmul / q; returns the worst relative error of the dequantized
+  rows against ref (e4m3: <= 2^-4 of the row max)."""
+  amax = np.abs(ref).max(1)
+  q = F8_MAX / np.maximum(amax, 1e-30)
+  want8 = torch.from_numpy((ref * q[:, None]).astype(np.float32)).to(E4M3).double().numpy()
+  got8 = v8.double().numpy()
+  # The kernel scales the fp32 value it computed; ref is the float64 one, so a value near a
+  # rounding boundary may land one e4m3 step away: allow one ulp (2^-3 relative) there.
+  step = np.maximum(np.abs(want8), 2.0 ** -6) * 2.0 ** -3
+  assert (np.abs(got8 - want8) <= step + 1e-12).all(), f"{name}: e4m3 values differ by more than one step"
+  np.testing.assert_allclose(vs.double().numpy(), float(qmul) * amax / F8_MAX, rtol=1e-5, err_msg=name)
+  return (np.abs(got8 * vs.double().numpy()[:, None] / float(qmul) - ref).max(1) / np.maximum(amax, 1e-30)).max()
+
+
+def norm_fwd(n, d, rng):
+  x = torch.from_numpy(rng.standard_normal((n, d)).astype(np.float32)).to(torch.float16)
+  y = torch.from_numpy(rng.standard_normal((n, d)).astype(np.float32)).to(torch.float16)
+  g = torch.from_numpy((1 + 0.3 * rng.standard_normal(d)).astype(np.float32))
+  qmul = torch.tensor([0.37])
+  xo, h, r = torch.empty((n, d), dtype=torch.float16), torch.empty((n, d), dtype=torch.float16), torch.empty(n)
+  h8, hs = torch.empty((n, d), dtype=E4M3), torch.empty(n)
+  c = norm_kernel._consts(d)  # pylint: disable=protected-access
+  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, qmul, xo, h, r, h8, hs, n, EPS=EPS, **c)
+  s = (x.double() + y.double()).to(torch.float16).double().numpy()
+  h_ref = s / np.sqrt((s * s).mean(1) + EPS)[:, None] * g.double().numpy()
+  # The e4m3 copy is of H as stored (the fp16 here, bf16 in the model), itself checked against h_ref.
+  return [np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max(),
+          check_fp8_rows(h8, hs, h.double().numpy(), 0.37, "norm fwd")]
+
+
+def norm_bwd(n, d, rng, fp8=True):
+  t = lambda a: torch.from_numpy(a.astype(np.float32)).to(torch.float16)  # pylint: disable=unnecessary-lambda-assignment
+  xo, dxo = t(rng.standard_normal((n, d))), t(rng.standard_normal((n, d)))
+  dh = t(rng.standard_normal((n, d)) * 100)   # an FP8 dot's unscaled output
+  dhs = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32))
+  g = torch.from_numpy((1 + 0.3 * rng.standard_normal(d)).astype(np.float32))
+  S = xo.double().numpy()
+  r = torch.from_numpy((1 / np.sqrt((S * S).mean(1) + EPS)).astype(np.float32))
+  qmul = torch.tensor([2.5])
+  rows = max(1, min(norm_kernel.BWD_ROWS, norm_kernel.TILE // norm_kernel._consts(d)["BLOCK_D"]))  # pylint: disable=protected-access
+  programs = max(1, min(-(-n // rows), 3))
+  dx, dy, dg = torch.empty((n, d), dtype=torch.float16), torch.empty(1, dtype=torch.float16), torch.empty((programs, d))
+  # fp8=False is the sublayer's second norm: DH scaled, no e4m3 copy (1-element dummies, untouched).
+  d8 = torch.empty((n, d) if fp8 else (1,), dtype=E4M3)
+  ds = torch.empty(n) if fp8 else torch.full((1,), float("nan"))
+  NK.add_norm_bwd_fp8_kernel[(programs,)](dxo, dh, xo, r, g, dhs, qmul, dx, dy, dg, d8, ds, n, D=d,
+                                      BLOCK_D=norm_kernel._consts(d)["BLOCK_D"], ROWS=rows, PROGRAMS=programs,  # pylint: disable=protected-access
+                                      TWO_OUT=False, DH_SCALED=True, FP8=fp8)
+  DH = dh.double().numpy() * dhs.double().numpy()[:, None]
+  G, R = g.double().numpy(), r.double().numpy()
+  ref = dxo.double().numpy().copy()
+  for i in range(n):
+    jac = R[i] * np.diag(G) - np.outer(G * S[i], S[i]) * R[i] ** 3 / d
+    ref[i] += jac.T @ DH[i]
+  dg_ref = (DH * S * R[:, None]).sum(0)
+  errs = [np.abs(dx.double().numpy() - ref).max() / np.abs(ref).max(),
+          np.abs(dg.double().numpy().sum(0) - dg_ref).max() / np.abs(dg_ref).max()]
+  if not fp8:
+    assert torch.isnan(ds).all(), "FP8=False must leave D8, DS alone"
+    return errs + [0.0]
+  return errs + [check_fp8_rows(d8, ds, dx.double().numpy(), 2.5, "norm bwd")]
+
+
+def swiglu_bwd(n, f, rng):
+  h13 = torch.from_numpy((rng.standard_normal((n, 2 * f)) * 300).astype(np.float32)).to(torch.float16)
+  hs = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32))
+  da = torch.from_numpy((rng.standard_normal((n, f)) * 50).astype(np.float32)).to(torch.float16)
+  das = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 50).astype(np.float32))
+  qmul = torch.tensor([0.01])
+  dh13, dh8, dhs = torch.empty((n, 2 * f), dtype=torch.float16), torch.empty((n, 2 * f), dtype=E4M3), torch.empty(n)
+  rows = swiglu_kernel.FP8_ROWS
+  SK.swiglu_bwd_fp8_kernel[(-(-n // rows),)](h13, hs, da, das, qmul, dh13, dh8, dhs, N=n, F=f,
+                                            BLOCK_F=1 << max(0, f - 1).bit_length(), ROWS=rows)
+  hsn = hs.double().numpy()[:, None]
+  g, u = h13.double().numpy()[:, :f] * hsn, h13.double().numpy()[:, f:] * hsn
+  a = da.double().numpy() * das.double().numpy()[:, None]
+  sg = 1 / (1 + np.exp(-g))
+  ref = np.concatenate([a * u * sg * (1 + g * (1 - sg)), a * g * sg], 1)
+  return [np.abs(dh13.double().numpy() - ref).max() / np.abs(ref).max(),
+          check_fp8_rows(dh8, dhs, dh13.double().numpy(), 0.01, "swiglu bwd")]
+
+
+# ----------------------------------------------------------------------------- the jax side
+
+
+_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.int32): torch.int32,
+          np.dtype(ml_dtypes.bfloat16): torch.bfloat16, np.dtype(ml_dtypes.float8_e4m3fn): torch.float8_e4m3fn}
+_BITS = {torch.bfloat16: (np.int16, torch.int16), torch.float8_e4m3fn: (np.uint8, torch.uint8)}
+
+
+def _to_torch(a):
+  t = _TORCH[a.dtype]
+  if t in _BITS:
+    return torch.from_numpy(np.array(a).view(_BITS[t][0])).view(t)
+  return torch.from_numpy(np.array(a))
+
+
+def _to_numpy(t, dtype):
+  if t.dtype in _BITS:
+    return t.view(_BITS[t.dtype][1]).numpy().view(dtype)
+  return t.numpy()
+
+
+class InterpretedJaxTriton:
+  """jax_triton.triton_call's interface, run by the interpreter through jax.pure_callback: the
+  wrappers' plumbing (argument order, shapes, dtypes, dummies, the custom VJPs) on a CPU."""
+
+  @staticmethod
+  def triton_call(*args, kernel, out_shape, grid, num_warps=None, num_stages=None, **consts):  # pylint: disable=unused-argument
+    single = not isinstance(out_shape, (tuple, list))
+    outs = [out_shape] if single else list(out_shape)
+
+    def host(*arrays):
+      ins = [_to_torch(np.asarray(a)) for a in arrays]
+      res = [torch.full(o.shape, float("nan")).to(_TORCH[np.dtype(o.dtype)]) for o in outs]
+      kernel[tuple(grid)](*ins, *res, **consts)
+      return tuple(_to_numpy(r, np.dtype(o.dtype)) for r, o in zip(res, outs))
+
+    import jax  # pylint: disable=import-outside-toplevel
+    got = jax.pure_callback(host, tuple(jax.ShapeDtypeStruct(o.shape, o.dtype) for o in outs), *args)
+    return got[0] if single else got
+
+
+def jax_side():
+  """fp8_mlp.mlp_sublayer (the kernels through the wrappers) against the XLA reference sublayer, and
+  the model's fused path against its XLA path, both with mlp_fp8: relative errors (FP8 rounding)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import errors  # pylint: disable=import-outside-toplevel
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  import model  # pylint: disable=import-outside-toplevel
+  errors.triton_kernels = lambda name, option: (InterpretedJaxTriton, importlib.import_module(name))
+  rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32)))  # pylint: disable=unnecessary-lambda-assignment
+
+  def ref(x, attn, g_mlp, w13, w2, g_next):
+    s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
+    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16)
+    x_out = (s.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
+    return x_out, model.rms_norm(x_out, g_next, jnp.bfloat16)
+
+  errs = {}
+  for stream in (jnp.bfloat16, jnp.float32):
+    B, T, D, F = 2, 9, 64, 100
+    k = jax.random.split(jax.random.PRNGKey(0), 8)
+    args = (jax.random.normal(k[0], (B, T, D)).astype(stream), (0.5 * jax.random.normal(k[1], (B, T, D))).astype(jnp.bfloat16),
+            1 + 0.2 * jax.random.normal(k[2], (D,)), jax.random.normal(k[4], (D, 2, F)) * D ** -0.5,
+            jax.random.normal(k[5], (F, D)) * F ** -0.5, 1 + 0.2 * jax.random.normal(k[3], (D,)))
+    cot = ((1e-3 * jax.random.normal(k[6], (B, T, D))).astype(stream), (1e-3 * jax.random.normal(k[7], (B, T, D))).astype(jnp.bfloat16))
+    outs = []
+    for f in (lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16), ref):
+      y, vjp = jax.vjp(f, *args)
+      outs.append((*y, *vjp(cot)))
+    for name, g, w in zip(("x_out", "h_next", "dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), *outs):
+      assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
+      assert np.isfinite(np.asarray(g, np.float32)).all(), name
+      errs[f"{name} ({jnp.dtype(stream).name} stream)"] = rel(g, w)
+  cfg = model.default_model_config()
+  cfg.update(dict(vocab_size=300, context_length=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
+                  residual_dtype="bfloat16", mlp_fp8=True))
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
+  grads = lambda c: jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c))(params)  # pylint: disable=unnecessary-lambda-assignment
+  (l_ref, g_ref), (l, g) = grads(cfg), grads(_with(cfg, norm_backend="triton"))
+  errs["model loss"] = abs(float(l) - float(l_ref)) / float(l_ref)
+  for name in ("w13", "w2", "wqkv", "mlp_norm", "attn_norm"):
+    errs[f"model d{name}"] = rel(g["blocks"][name], g_ref["blocks"][name])
+  return errs
+
+
+def _with(cfg, **kw):
+  out = cfg.copy_and_resolve_references()
+  out.update(kw)
+  return out
+
+
+def main():
+  rng = np.random.default_rng(0)
+  worst, worst8 = 0.0, 0.0
+  for n, d in [(1, 32), (13, 64), (9, 512), (61, 512)]:
+    e = norm_fwd(n, d, rng) + norm_bwd(n, d, rng) + norm_bwd(n, d, rng, fp8=False)
+    print(f"norm N={n} D={d}: h {e[0]:.1e}, h8 {e[1]:.1e}; dx {e[2]:.1e}, dgain {e[3]:.1e}, d8 {e[4]:.1e}; "
+          f"without the e4m3 copy: dx {e[5]:.1e}, dgain {e[6]:.1e}", flush=True)
+    worst, worst8 = max(worst, e[0], e[2], e[3], e[5], e[6]), max(worst8, e[1], e[4])
+  for n, f in [(1, 64), (5, 100), (3, 1344)]:
+    e = swiglu_bwd(n, f, rng)
+    print(f"swiglu N={n} F={f}: dh13 {e[0]:.1e}, dh8 {e[1]:.1e}", flush=True)
+    worst, worst8 = max(worst, e[0]), max(worst8, e[1])
+  print(f"worst error: fp16 outputs {worst:.2e}, e4m3 outputs (of the row max) {worst8:.2e}")
+  assert worst < 2e-3, worst
+  assert worst8 <= 2.0 ** -4 * 1.01, worst8   # half an e4m3 step at the row's top binade
+  errs = jax_side()
+  for k, v in errs.items():
+    print(f"jax side, fused vs XLA reference: {k} rel err {v:.1e}", flush=True)
+  fwd = [v for k, v in errs.items() if k.split()[0] in ("x_out", "h_next") or k == "model loss"]
+  print(f"jax side worst: values {max(fwd):.2e}, gradients {max(errs.values()):.2e}")
+  # The values match (the same roundings); the gradients differ by the norm backward (the kernel's
+  # formula against XLA's autodiff), whose bf16 roundings then flip some e4m3 ones: ~1e-2 here,
+  # against ~8e-2 between the FP8 and the bf16 MLP, and O(1) for a misapplied scale.
+  assert max(fwd) < 1e-3 and max(errs.values()) < 4e-2, errs
+
+
+if __name__ == "__main__":
+  main()
