@@ -8,7 +8,7 @@ fp8_mlp.py) run the same bodies and also write an e4m3 copy of a result with a s
 import triton
 import triton.language as tl
 
-F8_MAX = 448.0   # the largest finite e4m3 value
+F8_MAX = tl.constexpr(448.0)   # the largest finite e4m3 value (a global read in @jit must be constexpr)
 
 
 @triton.jit

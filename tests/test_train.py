@@ -371,3 +371,29 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   ident = train._model_identity(base)  # pylint: disable=protected-access
   assert train._model_identity({**base, "mlp_fp8": True, "norm_backend": "triton", "scan_layers": True}) == ident  # pylint: disable=protected-access
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("mlp_fp8", [False, True])
+def test_every_triton_kernel_of_the_speedrun_step_compiles_for_hopper(monkeypatch, mlp_fp8):
+  """The speedrun's train step, traced on this machine with each Triton launch replaced by a compile
+  for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles, within
+  the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU."""
+  pytest.importorskip("triton")
+  import hopper_compile  # pylint: disable=import-outside-toplevel
+  compiler = hopper_compile.patch(monkeypatch)
+  config = tinystories_h100.get_config()
+  config.model.mlp_fp8 = mlp_fp8
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
+  tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
+  jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, tokens_N)
+  names = {name for name, _ in compiler.compiled}
+  # The launches the config asks for (attention, RoPE, norms, SwiGLU, loss), each way.
+  # The FP8 MLP's backward takes every add+norm backward to the FP8 entry point (flags off or on).
+  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel",
+              "add_norm_fwd_kernel"}
+  expected |= ({"add_norm_fwd_fp8_kernel", "add_norm_bwd_fp8_kernel", "swiglu_bwd_fp8_kernel"} if mlp_fp8
+               else {"add_norm_bwd_kernel", "swiglu_bwd_kernel"})
+  assert names == expected, (sorted(expected - names), sorted(names - expected))
+  too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
+  assert not too_big, too_big
