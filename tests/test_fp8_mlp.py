@@ -167,18 +167,26 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream):
 
 @pytest.mark.gpu
 def test_model_fused_path_matches_the_xla_path():
-  """model.py picks the fused sublayer with norm_backend='triton': same loss and gradients as the
-  XLA norms with the reference MLP, to FP8 rounding."""
+  """model.py picks the fused sublayer with norm_backend='triton': the same loss as the XLA norms
+  with the reference MLP, and every block gradient closer to it than the bf16 model's is.
+
+  The two FP8 paths round their bf16 intermediates a little differently (the norm backward's
+  formula, kernel vs autodiff), which flips some e4m3 roundings downstream, so they sit FP8 noise
+  apart. On the H200, over 4 seeds (bench/dev_fp8_model_grads.py), fused vs XLA FP8 was 0.5-0.7
+  times bf16 vs XLA FP8 in every parameter (the MLP norm's gain: 4e-2 vs 6e-2); a misapplied
+  scale or a wrong operand is O(1)."""
   cfg = _cfg(mlp_fp8=True, d_model=128, d_ff=320)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
   l_ref, g_ref = _loss_and_grads(cfg, params, tok)
   l, g = _loss_and_grads(_cfg(mlp_fp8=True, d_model=128, d_ff=320, norm_backend="triton"), params, tok)
+  _, g16 = _loss_and_grads(_cfg(d_model=128, d_ff=320), params, tok)
   assert l.dtype == l_ref.dtype
   assert abs(float(l) - float(l_ref)) < 1e-3 * float(l_ref)
-  for k in ("w13", "w2", "wqkv", "mlp_norm", "attn_norm"):
-    assert _rel(g["blocks"][k], g_ref["blocks"][k]) < 4e-2, (k, _rel(g["blocks"][k], g_ref["blocks"][k]))
+  for k in g_ref["blocks"]:
+    fused, bf16 = _rel(g["blocks"][k], g_ref["blocks"][k]), _rel(g16["blocks"][k], g_ref["blocks"][k])
+    assert fused < bf16, (k, fused, bf16)
 
 
 def test_kernels_in_triton_interpreter_match_numpy_and_the_reference(triton_interpreter):
