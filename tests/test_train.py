@@ -373,15 +373,17 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("mlp_fp8", [False, True])
-def test_every_triton_kernel_of_the_speedrun_step_compiles_for_hopper(monkeypatch, mlp_fp8):
-  """The speedrun's train step, traced on this machine with each Triton launch replaced by a compile
-  for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles, within
-  the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU."""
+@pytest.mark.parametrize("name,mlp_fp8", [("speedrun", False), ("speedrun", True), ("small", False)])
+def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8):
+  """The train step of a GPU config, traced on this machine with each Triton launch replaced by a
+  compile for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles,
+  within the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU.
+  The speedrun runs the FP8 MLP; configs/small.py (other head and MLP widths) the bf16 one."""
   pytest.importorskip("triton")
   import hopper_compile  # pylint: disable=import-outside-toplevel
   compiler = hopper_compile.patch(monkeypatch)
-  config = tinystories_h100.get_config()
+  config = (tinystories_h100 if name == "speedrun" else small).get_config()
+  assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
   config.model.mlp_fp8 = mlp_fp8
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
