@@ -2,7 +2,7 @@
 # Dev A/B (GPU): short runs of the speedrun config on the bundled TinyStories sample prepared as
 # the tinystories dataset (10k BPE trained on it), val loss over the sample's whole val split.
 # One run per NAME=OVERRIDES argument and seed; a summary JSON of every eval goes to $OUT.
-#   OUT=dir SEEDS="0 1" STEPS=200 bash bench/dev_loss_ab.sh base= fp8="--config.model.mlp_fp8=True"
+#   OUT=dir SEEDS="0 1" STEPS=200 bash bench/dev_loss_ab.sh bf16="--config.model.mlp_fp8=False" fp8=
 # An argument may start with ENV=VALUE words (exported for that run only): name="LM_X=0 --config...".
 set -euo pipefail
 OUT=${OUT:-/tmp/loss_ab}; SEEDS=${SEEDS:-0 1}; STEPS=${STEPS:-200}; DATA=${DATA:-/tmp/ts_sample_10k}
@@ -24,6 +24,7 @@ for arg in "$@"; do
       --config.train.eval_every=50 --config.train.log_every=50 --config.train.seed="$s" "${flags[@]}" \
       --workdir="$wd" 2>&1 | tail -2
     cp "$wd/metrics.jsonl" "/tmp/loss_ab_runs/metrics_${name}_s$s.jsonl"
+    printf '%s' "$over" > "/tmp/loss_ab_runs/args_${name}_s$s.txt"   # what this run was, for the summary
   done
 done
 python3 - "$OUT/loss_ab.json" "$@" <<'PY'
@@ -31,10 +32,13 @@ import glob, json, os, sys
 runs = {}
 for f in sorted(glob.glob("/tmp/loss_ab_runs/metrics_*.jsonl")):
   ev = [json.loads(l) for l in open(f)]
-  runs[os.path.basename(f)[8:-6]] = {
+  run = os.path.basename(f)[8:-6]
+  args = f"/tmp/loss_ab_runs/args_{run}.txt"
+  runs[run] = {
+      "overrides": open(args).read() if os.path.exists(args) else None,
       "val_loss": {e["step"]: round(e["val_loss"], 4) for e in ev if e["event"] == "eval"},
       "train_loss": {e["step"]: round(e["loss"], 4) for e in ev if e["event"] == "train"}}
 for k, v in runs.items():
   print(f"{k:24s} val {v['val_loss']}")
-json.dump({"args": sys.argv[2:], "runs": runs}, open(sys.argv[1], "w"), indent=1)
+json.dump({"args_of_this_invocation": sys.argv[2:], "runs": runs}, open(sys.argv[1], "w"), indent=1)
 PY
