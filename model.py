@@ -100,6 +100,22 @@ def _check(cfg):
   if _option(cfg, "logit_softcap") < 0:
     raise UserError(f"config.model.logit_softcap={cfg.logit_softcap} is negative; use 0 (off) or a "
                     "positive cap such as 30")
+  if _option(cfg, "mlp_fp8") and gpu_without_fp8():
+    raise UserError(f"config.model.mlp_fp8=True needs e4m3 tensor cores (compute capability >= 8.9: "
+                    f"H100, H200, L4, RTX 40xx), but this GPU is sm_{gpu_without_fp8()}; set "
+                    "--config.model.mlp_fp8=False")
+
+
+def gpu_without_fp8():
+  """The compute capability ('80') of an NVIDIA GPU older than Ada/Hopper, whose cuBLAS and Triton
+  have no e4m3 path; None on a CPU (XLA emulates the FP8 dots there) or a GPU that has one."""
+  dev = jax.devices()[0]
+  cc = getattr(dev, "compute_capability", None) if dev.platform == "gpu" else None
+  try:
+    major, minor = (int(v) for v in str(cc).split(".")[:2])
+  except ValueError:   # None, or not an NVIDIA version string
+    return None
+  return f"{major}{minor}" if (major, minor) < (8, 9) else None
 
 
 # ----------------------------------------------------------------------------- init

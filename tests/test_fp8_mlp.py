@@ -193,3 +193,21 @@ def test_kernels_in_triton_interpreter_match_numpy_and_the_reference(triton_inte
   """The three kernels against NumPy float64 and e4m3 rounding, and the wrappers' plumbing: the fused
   sublayer and the model's fused path, run through the interpreter, against fp8_mlp.swiglu."""
   assert "jax side worst" in triton_interpreter("dev_interpret_fp8_mlp.py")
+
+
+@pytest.mark.parametrize("cc,older", [("8.0", "80"), ("8.6", "86"), ("8.9", None), ("9.0", None), ("12.0", None)])
+def test_fp8_mlp_on_a_gpu_without_e4m3_names_the_fix(monkeypatch, cc, older):
+  """An A100 (sm_80) or RTX 30xx has no e4m3 path: the config check says so and names the flag that
+  turns it off, instead of a Triton or cuBLAS failure deep in the compile. Ada/Hopper and newer pass."""
+  import types  # pylint: disable=import-outside-toplevel
+  from errors import UserError  # pylint: disable=import-outside-toplevel
+  cfg = _cfg(mlp_fp8=True)
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tok = jnp.zeros((1, 9), jnp.int32)
+  monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", compute_capability=cc)])
+  assert model.gpu_without_fp8() == older
+  if older:
+    with pytest.raises(UserError, match=rf"sm_{older}.*--config.model.mlp_fp8=False"):
+      model.loss_fn(params, tok[:, :-1], tok[:, 1:], cfg)
+  monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="cpu")])
+  assert model.gpu_without_fp8() is None

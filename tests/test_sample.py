@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -190,6 +191,19 @@ def test_no_cache_generation_equals_cached_greedy(workdir):
   assert r.stdout == "the cat sat on the mat.\n"
   bad = _run(f"--workdir={workdir}", "--prompt=x", "--attention=xla", "--use_mla")
   assert bad.returncode == 2 and "--attention" in bad.stderr
+
+
+def test_no_cache_generation_of_an_fp8_checkpoint_runs_on_a_gpu_without_fp8(workdir, monkeypatch):
+  """A config trained with the FP8 MLP, sampled with --attention on a GPU without e4m3 (an A100,
+  faked here): the bf16 MLP runs instead of the config check's error, and gives the cache path's
+  greedy tokens."""
+  params, config = train.load_checkpoint(workdir)
+  prompts = [[5, 7, 11], [3] * 9]
+  cached, _, _ = sample.Generator(params, config.model, "mha", temperature=0.0, eos_id=0).generate(prompts, 12)
+  fp8_cfg = config.model.copy_and_resolve_references()
+  fp8_cfg.mlp_fp8 = True
+  monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", compute_capability="8.0")])
+  assert sample.RecomputeGenerator(params, fp8_cfg, "xla", eos_id=0).generate(prompts, 12)[0] == cached
 
 
 @pytest.fixture(scope="module")
