@@ -100,9 +100,10 @@ def _check(cfg):
   if _option(cfg, "logit_softcap") < 0:
     raise UserError(f"config.model.logit_softcap={cfg.logit_softcap} is negative; use 0 (off) or a "
                     "positive cap such as 30")
-  if _option(cfg, "mlp_fp8") and gpu_without_fp8():
+  older_sm = _option(cfg, "mlp_fp8") and gpu_without_fp8()
+  if older_sm:
     raise UserError(f"config.model.mlp_fp8=True needs e4m3 tensor cores (compute capability >= 8.9: "
-                    f"H100, H200, L4, RTX 40xx), but this GPU is sm_{gpu_without_fp8()}; set "
+                    f"H100, H200, L4, RTX 40xx), but this GPU is sm_{older_sm}; set "
                     "--config.model.mlp_fp8=False")
 
 

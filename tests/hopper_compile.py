@@ -19,11 +19,15 @@ _TRITON_TYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float
 
 
 class HopperCompiler:
-  """jax_triton's `triton_call` interface; `compiled` lists (kernel name, shared bytes) per call."""
+  """jax_triton's `triton_call` interface; `compiled` lists (kernel name, shared bytes) per distinct
+  compile."""
 
   def __init__(self):
-    self.compiled = []
     self._cache = {}
+
+  @property
+  def compiled(self):
+    return [(key[0].__name__, k.metadata.shared) for key, k in self._cache.items()]
 
   def triton_call(self, *args, kernel, out_shape, grid, num_warps=None, num_stages=None,  # pylint: disable=unused-argument
                   input_output_aliases=None, zeroed_outputs=(), **consts):  # pylint: disable=unused-argument
@@ -43,7 +47,6 @@ class HopperCompiler:
       src = ASTSource(kernel, signature, constexprs=dict(consts), attrs=attrs)
       opts = {"num_warps": num_warps or 4, "num_stages": num_stages or 3}
       self._cache[key] = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
-      self.compiled.append((kernel.__name__, self._cache[key].metadata.shared))
     got = tuple(jnp.zeros(o.shape, o.dtype) for o in outs)
     return got[0] if single else got
 
