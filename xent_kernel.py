@@ -22,8 +22,6 @@ import errors
 # Logits per loop step (5 steps for a 10k vocab) and warps: the best of 7 on the H200
 # (bench/dev_memory_kernels.py; wider blocks or more warps hold fewer rows per multiprocessor).
 BLOCK_V, NUM_WARPS = 2048, 4
-LANE_STATS = False   # the row kernel's per-lane max and sum (three sweeps over a row) instead of per block
-ROWS = 1   # rows per program: > 1 runs xent_tile_kernel (ROWS x BLOCK_V tiles)
 
 
 def _triton():
@@ -36,15 +34,9 @@ def _rows(logits_NV, targets_N, softcap, write_grad):
   N, V = logits_NV.shape
   out_shape = [jax.ShapeDtypeStruct((N,), jnp.float32),
                jax.ShapeDtypeStruct((N, V) if write_grad else (1,), logits_NV.dtype)]
-  if ROWS > 1:
-    return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_tile_kernel,
-                          out_shape=out_shape, grid=(-(-N // ROWS),), num_warps=NUM_WARPS, num_stages=1,
-                          N=N, V=V, SCALE=1.0 / N, SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, ROWS=ROWS,
-                          WRITE_GRAD=write_grad)
   return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_fwd_kernel,
                         out_shape=out_shape, grid=(N,), num_warps=NUM_WARPS, num_stages=1,
-                        V=V, SCALE=1.0 / N, SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad,
-                        LANE_STATS=LANE_STATS)
+                        V=V, SCALE=1.0 / N, SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))

@@ -119,12 +119,10 @@ def xent_cases():
 
   yield "xla", {}, ref, (logits, targets), moved
   kern = lambda z, t: xent_kernel._rows(z, t, 0.0, True)  # pylint: disable=protected-access,unnecessary-lambda-assignment
-  for block, warps, rows in ((2048, 4, 1), (2048, 2, 1), (1024, 2, 1), (4096, 4, 1), (1024, 4, 2), (1024, 4, 4),
-                            (1024, 8, 4), (2048, 8, 2), (2048, 4, 2), (512, 4, 4), (512, 4, 8), (1024, 8, 8),
-                            (512, 2, 4), (256, 4, 8), (1024, 2, 2)):
-    def setup(block=block, warps=warps, rows=rows):
-      xent_kernel.BLOCK_V, xent_kernel.NUM_WARPS, xent_kernel.ROWS = block, warps, rows
-    yield "triton", dict(block_v=block, warps=warps, rows=rows, setup=setup), kern, (logits, targets), moved
+  for block, warps in ((2048, 4), (2048, 2), (1024, 2), (1024, 4), (4096, 4), (4096, 8), (2048, 8)):
+    def setup(block=block, warps=warps):
+      xent_kernel.BLOCK_V, xent_kernel.NUM_WARPS = block, warps
+    yield "triton", dict(block_v=block, warps=warps, setup=setup), kern, (logits, targets), moved
 
 
 def head_cases():
