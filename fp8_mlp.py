@@ -1,12 +1,11 @@
-"""The SwiGLU MLP with three of its six matmuls in FP8 (model.py's mlp_fp8=True), four with fp8_w2.
+"""The SwiGLU MLP with three of its six matmuls in FP8 (model.py's mlp_fp8=True).
 
 x W13 in the forward and both input gradients, dY W2^T and dH13 W13^T, take e4m3 operands on
 cuBLASLt's FP8 path (fp32 accumulation, bf16 out). Activations and gradients get one scale per
 row (the token: a row's scale factors out of every dot it enters, so it is applied to the dot's
 output), weights one per tensor, each from the current values (no scale history to carry). The
-weight gradients stay bf16 (FP8 in that layout ran 6x slower, docs/model.md). The forward's
-act W2 is bf16 too unless fp8_w2 (model.mlp_fp8_w2): its e4m3 operand is then written by a Triton
-SwiGLU forward, and its row scale applied by the add+norm kernel that reads the dot's output.
+other three stay bf16: the weight gradients (FP8 in that layout ran 6x slower, docs/model.md) and
+a W2, whose e4m3 operand would cost a pass that the dot does not repay.
 
 Two implementations of the same arithmetic:
 - `mlp_sublayer` (GPU, norm_backend='triton'): residual add + RMSNorm -> MLP -> residual add +
@@ -55,30 +54,25 @@ def silu_mul_scaled(h13_N2F, scale_N, dtype):
 # ----------------------------------------------------------------------------- the XLA reference
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def swiglu(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False):
-  """W2(SiLU(h W1) * (h W3)), w13 = [W1 | W3] as D x 2 x F (fp32 masters), with the module's FP8 dots
-  (act W2 among them with fp8_w2); outputs in dtype."""
-  return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def swiglu(h_BTD, w13_D2F, w2_FD, dtype):
+  """W2(SiLU(h W1) * (h W3)), w13 = [W1 | W3] as D x 2 x F (fp32 masters), with the module's FP8 dots;
+  outputs in dtype."""
+  return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype)[0]
 
 
-def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False):
+def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype):
   B, T, D = h_BTD.shape
   h_ND = h_BTD.reshape(B * T, D).astype(dtype)
   h8, hs = quantize_rows(h_ND)
   w13_8, s13 = quantize_tensor(w13_D2F.reshape(D, -1))
   h13_N2F = dot8(h8, w13_8, 0)
   act_NF = silu_mul_scaled(h13_N2F, hs * s13, dtype)
-  if fp8_w2:
-    a8, as_ = quantize_rows(act_NF)
-    w2_8, s2 = quantize_tensor(w2_FD)
-    y_ND = (dot8(a8, w2_8, 0).astype(jnp.float32) * (as_ * s2)[:, None]).astype(dtype)
-  else:
-    y_ND = jnp.dot(act_NF, w2_FD.astype(dtype))
+  y_ND = jnp.dot(act_NF, w2_FD.astype(dtype))
   return y_ND.reshape(B, T, D), (h_ND, h13_N2F, hs * s13, act_NF, w13_8, s13, w13_D2F, w2_FD)
 
 
-def _ref_bwd(dtype, fp8_w2, res, dy_BTD):  # pylint: disable=unused-argument  (the backward is the same)
+def _ref_bwd(dtype, res, dy_BTD):
   h_ND, h13_N2F, hs, act_NF, w13_8, s13, w13_D2F, w2_FD = res
   B, T, D = dy_BTD.shape
   dy_ND = dy_BTD.reshape(B * T, D).astype(dtype)
@@ -101,35 +95,28 @@ swiglu.defvjp(_ref_fwd, _ref_bwd)
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype):
   """(x', h') with s = x + attn, x' = s + MLP(RMSNorm(s) * g_mlp), h' = RMSNorm(x') * g_next: the
   values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots."""
-  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2)[0]
+  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype)[0]
 
 
-def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False):
+def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype):
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
   w13_8, s13 = quantize_tensor(w13_D2F.reshape(D, -1))
   s_BTD, h_BTD, rstd1, (h8, hs) = norm_kernel.forward(x_BTD, attn_BTD, g_mlp, dtype, fp8_qmul=s13)
   h13_N2F = dot8(h8, w13_8.T, 1)   # cuBLASLt's FP8 dots want both operands K-major
-  if fp8_w2:
-    import swiglu_kernel  # pylint: disable=import-outside-toplevel
-    w2_8, s2 = quantize_tensor(w2_FD)
-    act_NF, a8, as_ = swiglu_kernel.forward_fp8(h13_N2F, hs, s2)
-    y_raw = dot8(a8, w2_8.T, 1).reshape(B, T, D)
-    x_out, h_next, rstd2, _ = norm_kernel.forward(s_BTD, y_raw, g_next, dtype, y_scale=as_)
-  else:
-    act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
-    y_BTD = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D)
-    x_out, h_next, rstd2, _ = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype)
+  act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
+  y_BTD = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D)
+  x_out, h_next, rstd2, _ = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype)
   res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_FD, g_mlp, g_next,
          jnp.zeros((0,), attn_BTD.dtype), jnp.zeros((0,), w13_D2F.dtype))
   return (x_out, h_next), res
 
 
-def _bwd(dtype, fp8_w2, res, cotangents):  # pylint: disable=unused-argument  (the backward is the same)
+def _bwd(dtype, res, cotangents):
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_FD, g_mlp, g_next, attn_like, w13_like = res

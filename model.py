@@ -40,7 +40,6 @@ def default_model_config():
       norm_backend="xla",      # 'xla' | 'triton': residual add + RMSNorm in one kernel (norm_kernel.py, GPU only)
       swiglu_backend="xla",    # 'xla' | 'triton': SwiGLU's backward in one kernel (swiglu_kernel.py, GPU only)
       mlp_fp8=False,           # three of the MLP's six matmuls in e4m3 (fp8_mlp.py); decode.py stays bf16
-      mlp_fp8_w2=False,        # with mlp_fp8: the forward's act x W2 in e4m3 too (four of six)
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
       residual_dtype="float32",  # the residual stream between blocks; 'bfloat16' halves its traffic
@@ -101,9 +100,6 @@ def _check(cfg):
   if _option(cfg, "logit_softcap") < 0:
     raise UserError(f"config.model.logit_softcap={cfg.logit_softcap} is negative; use 0 (off) or a "
                     "positive cap such as 30")
-  if _option(cfg, "mlp_fp8_w2") and not _option(cfg, "mlp_fp8"):
-    raise UserError("config.model.mlp_fp8_w2=True adds act x W2 to the FP8 MLP's dots and needs "
-                    "mlp_fp8=True; set --config.model.mlp_fp8=True or --config.model.mlp_fp8_w2=False")
   older_sm = _option(cfg, "mlp_fp8") and gpu_without_fp8()
   if older_sm:
     raise UserError(f"config.model.mlp_fp8=True needs e4m3 tensor cores (compute capability >= 8.9: "
@@ -223,14 +219,13 @@ def apply_rope(x_BTHK, cos_TK, sin_TK):
   return out.reshape(x_BTHK.shape).astype(x_BTHK.dtype)
 
 
-def swiglu(p, h_BTD, dtype, backend="xla", fp8=False, fp8_w2=False):
+def swiglu(p, h_BTD, dtype, backend="xla", fp8=False):
   """W2(SiLU(W1 h) * W3 h) with W1, W3 fused in p['w13'] (D x 2 x F); backend 'triton' runs the
   gate's backward as one kernel (swiglu_kernel.py), same forward values; fp8 runs three of its six
-  matmuls in e4m3, fp8_w2 a fourth (fp8_mlp.swiglu, the XLA version; _hidden_fused_norms uses the
-  fused one)."""
+  matmuls in e4m3 (fp8_mlp.swiglu, the XLA version; _hidden_fused_norms uses the fused one)."""
   if fp8:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
-    return fp8_mlp.swiglu(h_BTD, p["w13"], p["w2"], dtype, bool(fp8_w2))
+    return fp8_mlp.swiglu(h_BTD, p["w13"], p["w2"], dtype)
   h13_BT2F = jnp.einsum("btd,dsf->btsf", h_BTD, p["w13"].astype(dtype))
   if backend == "triton":
     import swiglu_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
@@ -341,7 +336,7 @@ def block(p, x_BTD, rope, cfg):
   attn_fn = _ATTENTION[cfg.attention][1]
   x_BTD = _residual_add(x_BTD, attn_fn(p, rms_norm(x_BTD, p["attn_norm"], dtype), rope, cfg, dtype))
   mlp_BTD = swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend"),
-                   _option(cfg, "mlp_fp8"), _option(cfg, "mlp_fp8_w2"))
+                   _option(cfg, "mlp_fp8"))
   return _residual_add(x_BTD, mlp_BTD)
 
 
@@ -390,8 +385,7 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
       # The add, the norm, the MLP and the next add + norm in one custom VJP: the FP8 casts ride
       # in the norm and SwiGLU kernels (fp8_mlp.py).
       import fp8_mlp  # pylint: disable=import-outside-toplevel
-      x_BTD, h_BTD = fp8_mlp.mlp_sublayer(x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype,
-                                          bool(_option(cfg, "mlp_fp8_w2")))
+      x_BTD, h_BTD = fp8_mlp.mlp_sublayer(x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype)
       continue
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_BTD, p["mlp_norm"], dtype)
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, swiglu(p, h_BTD, dtype, _option(cfg, "swiglu_backend")), gain,

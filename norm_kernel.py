@@ -40,11 +40,10 @@ def _consts(D):
   return dict(D=D, BLOCK_D=block_d, ROWS=max(1, min(MAX_ROWS, TILE // block_d)))
 
 
-def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, y_scale=None):
+def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None):
   """(x + y, RMSNorm(x + y) * gain in dtype, rstd [N], fp8) where fp8 is None, or with fp8_qmul (a
   1-element fp32 array) that output also in e4m3 with its scale per row times fp8_qmul:
-  (h8 [N, D], hs [N]). y_scale [N] (not with fp8_qmul) multiplies y's rows first: y is then an
-  FP8 dot's unscaled output."""
+  (h8 [N, D], hs [N])."""
   jt, kern = _triton()
   D = x_BTD.shape[-1]
   N = x_BTD.size // D
@@ -53,11 +52,7 @@ def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, y_scale=None):
   outs = (jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
           jax.ShapeDtypeStruct((N,), jnp.float32))
   launch = dict(grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **consts)
-  if y_scale is not None:
-    assert fp8_qmul is None, "no kernel takes both y_scale and fp8_qmul"
-    (x_out, h, rstd), fp8 = jt.triton_call(*ins, y_scale, kernel=kern.add_norm_fwd_scaled_kernel, out_shape=outs,
-                                           **launch), None
-  elif fp8_qmul is None:
+  if fp8_qmul is None:
     (x_out, h, rstd), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_fwd_kernel, out_shape=outs, **launch), None
   else:
     x_out, h, rstd, *fp8 = jt.triton_call(

@@ -24,18 +24,13 @@ def _store_fp8_rows(v, mask, offs, rows, N, V8, VS, QMUL):
 
 @triton.jit
 def _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                       ROWS: tl.constexpr, EPS: tl.constexpr, YS=None, Y_SCALED: tl.constexpr = False):
-  """add_norm_fwd_kernel's body; returns (h in fp32, mask, offsets, rows) of this program's rows.
-  With Y_SCALED, Y's rows are multiplied by YS[row] first (Y is then an FP8 dot's unscaled output)."""
+                       ROWS: tl.constexpr, EPS: tl.constexpr):
+  """add_norm_fwd_kernel's body; returns (h in fp32, mask, offsets, rows) of this program's rows."""
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   cols = tl.arange(0, BLOCK_D)
   mask = (rows[:, None] < N) & (cols[None, :] < D)
   offs = rows[:, None].to(tl.int64) * D + cols[None, :]
-  y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
-  if Y_SCALED:
-    # Rounded to Y's dtype once scaled: the sublayer's output as fp8_mlp.swiglu returns it.
-    y = (y * tl.load(YS + rows, mask=rows < N, other=0.0)[:, None]).to(Y.dtype.element_ty).to(tl.float32)
-  s = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) + y
+  s = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) + tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
   s = s.to(XOUT.dtype.element_ty)
   tl.store(XOUT + offs, s, mask=mask)
   s = s.to(tl.float32)
@@ -56,14 +51,6 @@ def add_norm_fwd_kernel(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr
   _residual_add then rms_norm do.
   """
   _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS)
-
-
-@triton.jit
-def add_norm_fwd_scaled_kernel(X, Y, G, YS, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                               ROWS: tl.constexpr, EPS: tl.constexpr):
-  """add_norm_fwd_kernel with Y = an FP8 dot's unscaled output and YS its row scales (fp8_mlp.py's
-  sublayer with mlp_fp8_w2: the MLP's output meets the residual stream here)."""
-  _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, YS, True)
 
 
 @triton.jit

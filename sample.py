@@ -187,8 +187,6 @@ class RecomputeGenerator:
     if cfg.get("mlp_fp8") and model.gpu_without_fp8():
       # An H100-trained checkpoint on an older GPU: the bf16 MLP computes the same model (decode.py's).
       cfg.mlp_fp8 = False
-      if "mlp_fp8_w2" in cfg:
-        cfg.mlp_fp8_w2 = False
     self.params, self.cfg = params, cfg
     self.eos = -1 if eos_id is None else eos_id
     pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
