@@ -89,6 +89,7 @@ def _err(a, b):
 
 
 def main():
+  global UNROLL  # pylint: disable=global-statement  (read by _chunked_fwd when a setting is traced)
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--chunks", default="0,1024,2048,4096,8192")
   p.add_argument("--unroll", default="1,0", help="1: python-unrolled chunks; 0: a while loop")
@@ -117,7 +118,6 @@ def main():
   ref = None
   for chunk in (int(c) for c in args.chunks.split(",")):
     for unroll in ((1,) if chunk == 0 else tuple(int(u) for u in args.unroll.split(","))):
-      global UNROLL  # pylint: disable=global-statement
       UNROLL = bool(unroll)
       loss_grads = grads_fn(chunk)
       f = jax.jit(loss_grads)
