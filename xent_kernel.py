@@ -28,15 +28,15 @@ def _triton():
   return errors.triton_kernels("xent_kernel_triton", "xent_backend")
 
 
-def _rows(logits_NV, targets_N, softcap, write_grad):
-  """(loss_N fp32, dlogits_NV in the logits dtype, already divided by N) from the kernel."""
+def _rows(logits_NV, targets_N, softcap, write_grad, scale=None):
+  """(loss_N fp32, dlogits_NV in the logits dtype, already times scale: 1/N unless given) from the kernel."""
   jt, kern = _triton()
   N, V = logits_NV.shape
   out_shape = [jax.ShapeDtypeStruct((N,), jnp.float32),
                jax.ShapeDtypeStruct((N, V) if write_grad else (1,), logits_NV.dtype)]
   return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_fwd_kernel,
                         out_shape=out_shape, grid=(N,), num_warps=NUM_WARPS, num_stages=1,
-                        V=V, SCALE=1.0 / N, SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
+                        V=V, SCALE=1.0 / N if scale is None else float(scale), SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))

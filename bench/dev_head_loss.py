@@ -36,16 +36,6 @@ B, T, D, V = 128, 256, 512, 10_000
 UNROLL = True   # the chunks as unrolled code (True) or a while loop (False)
 
 
-def _rows(logits_NV, targets_N, n_total):
-  """xent_kernel._rows with the gradient scaled by 1 / n_total (all tokens, not the chunk's)."""
-  jt, kern = xent_kernel._triton()  # pylint: disable=protected-access
-  N, V_ = logits_NV.shape
-  out_shape = [jax.ShapeDtypeStruct((N,), jnp.float32), jax.ShapeDtypeStruct((N, V_), logits_NV.dtype)]
-  return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_fwd_kernel,
-                        out_shape=out_shape, grid=(N,), num_warps=xent_kernel.NUM_WARPS, num_stages=1,
-                        V=V_, SCALE=1.0 / n_total, SOFTCAP=0.0, BLOCK_V=xent_kernel.BLOCK_V, WRITE_GRAD=True)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def chunked(h_BTD, w_VD, targets_BT, chunk_rows):
   """mean cross-entropy of the tied head, as xent_kernel.head_cross_entropy, chunk_rows rows at a time."""
@@ -57,7 +47,8 @@ def _chunked_fwd(h_BTD, w_VD, targets_BT, chunk_rows):
 
   def chunk(dw_acc, xs):
     h_CD, t_C = xs
-    loss_C, d_CV = _rows(h_CD @ w_VD.T, t_C, N)
+    # The gradient is of the mean over all N tokens, not over the chunk's.
+    loss_C, d_CV = xent_kernel._rows(h_CD @ w_VD.T, t_C, 0.0, True, scale=1.0 / N)  # pylint: disable=protected-access
     dw_acc = dw_acc + jnp.einsum("nv,nd->vd", d_CV, h_CD, preferred_element_type=jnp.float32)
     return dw_acc, (loss_C, d_CV @ w_VD)
 
