@@ -13,6 +13,11 @@ Two implementations of the same arithmetic:
   reads or writes that tensor (the norm kernels and the SwiGLU backward) and each per-row scale
   is applied where the dot's output is next read.
 - `swiglu` (anywhere): plain XLA, the reference the kernels are tested against.
+
+The attention's x Wqkv (model.py's attn_fp8=True) is the one dot here with a scale per tensor for
+its activation too: `static_scale` bounds RMSNorm(x) * g from the gain alone, so the product's
+scale is one number, which model.py folds into the RoPE tables (q, k) and into Wo (v), the places
+that already read those values: no kernel in the attention changes, and no pass rescales qkv.
 """
 import functools
 
@@ -37,6 +42,20 @@ def quantize_tensor(w):
   amax = jnp.max(jnp.abs(w))
   q = F8_MAX / jnp.maximum(amax, 1e-30)
   return jnp.clip(w * q, -F8_MAX, F8_MAX).astype(E4M3), (amax / F8_MAX).reshape(1)
+
+
+def static_scale(gain_D):
+  """q (1-element fp32) such that e4m3(h * q) cannot overflow for h = RMSNorm(x) * gain: a row of
+  RMS 1 has |x_i| <= sqrt(D), so |h_i| <= sqrt(D) max|g|. From the 512 gains alone, no pass over h;
+  typical values land near 448 / sqrt(D) ~ 20, inside e4m3's normal range like a per-row scale's
+  (its relative precision is the same across that range)."""
+  bound = jnp.sqrt(float(gain_D.shape[-1])) * jnp.max(jnp.abs(gain_D.astype(jnp.float32)))
+  return jax.lax.stop_gradient(F8_MAX / jnp.maximum(bound, 1e-30)).reshape(1)
+
+
+def quantize_static(h, q):
+  """e4m3 of h * q (q a 1-element array, from static_scale), clipped: norm_kernel's fp8_rows=False copy."""
+  return jnp.clip(h.astype(jnp.float32) * q, -F8_MAX, F8_MAX).astype(E4M3)
 
 
 def dot8(a8_NK, b8, b_contract):
@@ -92,17 +111,52 @@ def _ref_bwd(dtype, res, dy_BTD):
 swiglu.defvjp(_ref_fwd, _ref_bwd)
 
 
+# ----------------------------------------------------------------------------- the attention's x Wqkv
+
+
+@jax.custom_vjp
+def qkv_dot(h_ND, h8_ND, qh, w_DE):
+  """(raw [N, E] bf16, s [1] fp32) with raw * s ~= h w: e4m3(h * qh) (h8, from quantize_static or the
+  norm kernel) times w in e4m3 with its own scale; s = the product of both dequantization scales,
+  left for the caller to fold into whatever reads raw. Backward as for raw * s = h w (s a constant):
+  dh = d_raw (w / s)^T in bf16, dw = h^T d_raw / s; nothing flows to h8 or qh."""
+  return _qkv_fwd(h_ND, h8_ND, qh, w_DE)[0]
+
+
+def _qkv_fwd(h_ND, h8_ND, qh, w_DE):
+  # Quantized in the [E, D] layout: both operands K-major, as cuBLASLt's FP8 path wants (the
+  # backward's dh is bf16 and needs no e4m3 copy of w in the other layout).
+  w8_ED, sw = quantize_tensor(w_DE.T)
+  s = jax.lax.stop_gradient(sw / qh)
+  raw_NE = dot8(h8_ND, w8_ED, 1)
+  return (raw_NE, s), (h_ND, h8_ND, qh, w_DE, s)
+
+
+def _qkv_bwd(res, cotangents):
+  h_ND, h8_ND, qh, w_DE, s = res
+  d_raw = cotangents[0]
+  # d_raw = s dL/d(h w): the true gradients are these products divided by s (~1e-5; the division
+  # rides on the bf16 cast of w and on the small fp32 dw).
+  dh_ND = jnp.dot(d_raw, (w_DE / s).astype(d_raw.dtype).T)
+  dw_DE = jnp.dot(h_ND.T, d_raw, preferred_element_type=jnp.float32) / s
+  return dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype)
+
+
+qkv_dot.defvjp(_qkv_fwd, _qkv_bwd)
+
+
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype):
+def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None):
   """(x', h') with s = x + attn, x' = s + MLP(RMSNorm(s) * g_mlp), h' = RMSNorm(x') * g_next: the
-  values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots."""
-  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype)[0]
+  values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots. With
+  q_next (static_scale(g_next)), a third output: quantize_static(h', q_next), for qkv_dot."""
+  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next)[0]
 
 
-def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype):
+def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None):
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
   w13_8, s13 = quantize_tensor(w13_D2F.reshape(D, -1))
@@ -110,16 +164,17 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype):
   h13_N2F = dot8(h8, w13_8.T, 1)   # cuBLASLt's FP8 dots want both operands K-major
   act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
   y_BTD = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D)
-  x_out, h_next, rstd2, _ = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype)
+  x_out, h_next, rstd2, fp8 = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype, fp8_qmul=q_next, fp8_rows=False)
   res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_FD, g_mlp, g_next,
-         jnp.zeros((0,), attn_BTD.dtype), jnp.zeros((0,), w13_D2F.dtype))
-  return (x_out, h_next), res
+         jnp.zeros((0,), attn_BTD.dtype), jnp.zeros((0,), w13_D2F.dtype), q_next)
+  return ((x_out, h_next) if q_next is None else (x_out, h_next, fp8[0].reshape(x_out.shape))), res
 
 
 def _bwd(dtype, res, cotangents):
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
-  s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_FD, g_mlp, g_next, attn_like, w13_like = res
+  s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_FD, g_mlp, g_next, attn_like, w13_like, q_next = res
+  cotangents = cotangents[:2]   # the e4m3 copy's (when q_next is given) is zero: qkv_dot passes nothing to it
   B, T, D = x_out.shape
   F = w2_FD.shape[0]
   w2_8, s2 = quantize_tensor(w2_FD)
@@ -130,7 +185,8 @@ def _bwd(dtype, res, cotangents):
   dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   dh_ND = dot8(dh8, w13_8, 1)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
-  return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_FD.dtype), dg_next)
+  return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_FD.dtype), dg_next,
+          None if q_next is None else jnp.zeros_like(q_next))
 
 
 mlp_sublayer.defvjp(_fwd, _bwd)

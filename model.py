@@ -40,6 +40,7 @@ def default_model_config():
       norm_backend="xla",      # 'xla' | 'triton': residual add + RMSNorm in one kernel (norm_kernel.py, GPU only)
       swiglu_backend="xla",    # 'xla' | 'triton': SwiGLU's backward in one kernel (swiglu_kernel.py, GPU only)
       mlp_fp8=False,           # three of the MLP's six matmuls in e4m3 (fp8_mlp.py); decode.py stays bf16
+      attn_fp8=False,          # the attention's x Wqkv in e4m3 (fp8_mlp.qkv_dot); MHA without qk_norm
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
       residual_dtype="float32",  # the residual stream between blocks; 'bfloat16' halves its traffic
@@ -100,11 +101,17 @@ def _check(cfg):
   if _option(cfg, "logit_softcap") < 0:
     raise UserError(f"config.model.logit_softcap={cfg.logit_softcap} is negative; use 0 (off) or a "
                     "positive cap such as 30")
-  older_sm = _option(cfg, "mlp_fp8") and gpu_without_fp8()
-  if older_sm:
-    raise UserError(f"config.model.mlp_fp8=True needs e4m3 tensor cores (compute capability >= 8.9: "
-                    f"H100, H200, L4, RTX 40xx), but this GPU is sm_{older_sm}; set "
-                    "--config.model.mlp_fp8=False")
+  if _option(cfg, "attn_fp8") and (cfg.attention != "mha" or _option(cfg, "qk_norm")):
+    # Its scale is folded into the RoPE tables and Wo (_mha): a norm on q and k, or MLA's
+    # projections, would sit between the dot and those.
+    raise UserError("config.model.attn_fp8=True supports attention='mha' without qk_norm; set "
+                    "--config.model.attn_fp8=False")
+  for name in ("mlp_fp8", "attn_fp8"):
+    older_sm = _option(cfg, name) and gpu_without_fp8()
+    if older_sm:
+      raise UserError(f"config.model.{name}=True needs e4m3 tensor cores (compute capability >= 8.9: "
+                      f"H100, H200, L4, RTX 40xx), but this GPU is sm_{older_sm}; set "
+                      f"--config.model.{name}=False")
 
 
 def gpu_without_fp8():
@@ -281,21 +288,42 @@ def qk_norm(p, q_BTHK, k_BTHK, cfg, dtype):
   return rms_norm(q_BTHK, p["q_norm"], dtype), rms_norm(k_BTHK, p["k_norm"], dtype)
 
 
-def _mha(p, h_BTD, rope, cfg, dtype):
-  """Multi-head attention with RoPE on q and k; returns the block's B x T x D output."""
-  qkv_BT3HK = jnp.einsum("btd,dshk->btshk", h_BTD, p["wqkv"].astype(dtype))
+def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
+  """Multi-head attention with RoPE on q and k; returns the block's B x T x D output. With h8 =
+  (e4m3 copy of h, its scale) (attn_fp8), x Wqkv runs in e4m3 (fp8_mlp.qkv_dot)."""
   cos, sin = rope
+  wo = p["wo"]
+  if h8 is None:
+    qkv_BT3HK = jnp.einsum("btd,dshk->btshk", h_BTD, p["wqkv"].astype(dtype))
+  else:
+    import fp8_mlp  # pylint: disable=import-outside-toplevel
+    B, T, D = h_BTD.shape
+    raw_NE, s = fp8_mlp.qkv_dot(h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1))
+    qkv_BT3HK = raw_NE.reshape(B, T, *p["wqkv"].shape[1:])
+    # The dot's scale s, folded in where its output is read: RoPE is linear in its tables, so rotated
+    # q and k come out scaled; v's scale passes through softmax(.) v linearly into the output
+    # projection. No pass over the B x T x 3D projection; gradients follow (s is a constant).
+    cos, sin, wo = cos * s, sin * s, wo * s
   if cfg.attention_backend == "triton" and not _option(cfg, "qk_norm"):
     # RoPE's backward and the q/k/v split inside the kernel's custom VJP: 11.49 -> 11.14 ms per B128
     # step on the H100 (docs/model.md, "Fused kernels").
     import attention_kernel  # pylint: disable=import-outside-toplevel
     o_BTHK = attention_kernel.flash_attention_rope(qkv_BT3HK, cos, sin)
-    return jnp.einsum("bthk,hkd->btd", o_BTHK, p["wo"].astype(dtype))
+    return jnp.einsum("bthk,hkd->btd", o_BTHK, wo.astype(dtype))
   q_BTHK, k_BTHK = qk_norm(p, qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], cfg, dtype)
   q_BTHK = apply_rope(q_BTHK, cos, sin)
   k_BTHK = apply_rope(k_BTHK, cos, sin)
   o_BTHK = attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend)
-  return jnp.einsum("bthk,hkd->btd", o_BTHK, p["wo"].astype(dtype))
+  return jnp.einsum("bthk,hkd->btd", o_BTHK, wo.astype(dtype))
+
+
+def _attn_input_fp8(h_BTD, gain_D, cfg):
+  """(e4m3 copy of the attention's normed input, its scale) for _mha when attn_fp8, else None."""
+  if not _option(cfg, "attn_fp8"):
+    return None
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  q = fp8_mlp.static_scale(gain_D)
+  return jax.lax.stop_gradient(fp8_mlp.quantize_static(h_BTD, q)), q
 
 
 def _mla(p, h_BTD, rope, cfg, dtype):
@@ -334,7 +362,9 @@ def block(p, x_BTD, rope, cfg):
   layer's (unstacked) weights."""
   dtype = DTYPES[cfg.compute_dtype]
   attn_fn = _ATTENTION[cfg.attention][1]
-  x_BTD = _residual_add(x_BTD, attn_fn(p, rms_norm(x_BTD, p["attn_norm"], dtype), rope, cfg, dtype))
+  h_BTD = rms_norm(x_BTD, p["attn_norm"], dtype)
+  h8 = _attn_input_fp8(h_BTD, p["attn_norm"], cfg)
+  x_BTD = _residual_add(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype, **({} if h8 is None else {"h8": h8})))
   mlp_BTD = swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend"),
                    _option(cfg, "mlp_fp8"))
   return _residual_add(x_BTD, mlp_BTD)
@@ -377,19 +407,25 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
   attn_fn = _ATTENTION[cfg.attention][1]
   blocks = params["blocks"]
   h_BTD = rms_norm(x_BTD, blocks["attn_norm"][0], dtype)
+  h8 = _attn_input_fp8(h_BTD, blocks["attn_norm"][0], cfg)
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
-    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype)
-    gain = blocks["attn_norm"][i + 1] if i + 1 < cfg.n_layers else params["final_norm"]
+    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, **({} if h8 is None else {"h8": h8}))
+    last = i + 1 == cfg.n_layers
+    gain = params["final_norm"] if last else blocks["attn_norm"][i + 1]
     if _option(cfg, "mlp_fp8"):
       # The add, the norm, the MLP and the next add + norm in one custom VJP: the FP8 casts ride
-      # in the norm and SwiGLU kernels (fp8_mlp.py).
+      # in the norm and SwiGLU kernels (fp8_mlp.py), the next attention's e4m3 input with them.
       import fp8_mlp  # pylint: disable=import-outside-toplevel
-      x_BTD, h_BTD = fp8_mlp.mlp_sublayer(x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype)
+      q_next = fp8_mlp.static_scale(gain) if h8 is not None and not last else None
+      x_BTD, h_BTD, *h8_next = fp8_mlp.mlp_sublayer(x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype,
+                                                    q_next)
+      h8 = (h8_next[0], q_next) if h8_next else None
       continue
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_BTD, p["mlp_norm"], dtype)
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, swiglu(p, h_BTD, dtype, _option(cfg, "swiglu_backend")), gain,
                                             dtype)
+    h8 = None if last else _attn_input_fp8(h_BTD, gain, cfg)
   return h_BTD
 
 

@@ -40,10 +40,10 @@ def _consts(D):
   return dict(D=D, BLOCK_D=block_d, ROWS=max(1, min(MAX_ROWS, TILE // block_d)))
 
 
-def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None):
+def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True):
   """(x + y, RMSNorm(x + y) * gain in dtype, rstd [N], fp8) where fp8 is None, or with fp8_qmul (a
   1-element fp32 array) that output also in e4m3 with its scale per row times fp8_qmul:
-  (h8 [N, D], hs [N])."""
+  (h8 [N, D], hs [N]); with fp8_rows=False, (e4m3(h * fp8_qmul) [N, D], None)."""
   jt, kern = _triton()
   D = x_BTD.shape[-1]
   N = x_BTD.size // D
@@ -57,8 +57,11 @@ def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None):
   else:
     x_out, h, rstd, *fp8 = jt.triton_call(
         *ins, fp8_qmul, kernel=kern.add_norm_fwd_fp8_kernel,
-        out_shape=(*outs, jax.ShapeDtypeStruct((N, D), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((N,), jnp.float32)),
-        **launch)
+        out_shape=(*outs, jax.ShapeDtypeStruct((N, D), jnp.float8_e4m3fn),
+                   jax.ShapeDtypeStruct((N,) if fp8_rows else (1,), jnp.float32)),
+        ROW_SCALE=bool(fp8_rows), **launch)
+    if not fp8_rows:
+      fp8 = (fp8[0], None)
   return x_out.reshape(x_BTD.shape), h.reshape(x_BTD.shape), rstd, fp8
 
 

@@ -55,11 +55,16 @@ def add_norm_fwd_kernel(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr
 
 @triton.jit
 def add_norm_fwd_fp8_kernel(X, Y, G, QMUL, XOUT, H, RSTD, H8, HS, N: tl.constexpr, D: tl.constexpr,
-                            BLOCK_D: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr):
-  """add_norm_fwd_kernel, and H also in e4m3 (H8) with its scale per row times QMUL (HS)."""
+                            BLOCK_D: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr, ROW_SCALE: tl.constexpr):
+  """add_norm_fwd_kernel, and H also in e4m3 (H8): with ROW_SCALE, with its scale per row times QMUL
+  (HS); without, as e4m3(H * QMUL) with QMUL the whole tensor's (fp8_mlp.static_scale; HS unused)."""
   h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS)
   # Quantized from H as stored: the e4m3 copy is then that of the bf16 tensor (fp8_mlp.swiglu's).
-  _store_fp8_rows(h.to(H.dtype.element_ty).to(tl.float32), mask, offs, rows, N, H8, HS, QMUL)
+  h = h.to(H.dtype.element_ty).to(tl.float32)
+  if ROW_SCALE:
+    _store_fp8_rows(h, mask, offs, rows, N, H8, HS, QMUL)
+  else:
+    tl.store(H8 + offs, tl.clamp(h * tl.load(QMUL), -F8_MAX, F8_MAX).to(H8.dtype.element_ty), mask=mask)
 
 
 @triton.jit

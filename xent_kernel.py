@@ -22,46 +22,62 @@ import errors
 # Logits per loop step (5 steps for a 10k vocab) and warps: the best of 7 on the H200
 # (bench/dev_memory_kernels.py; wider blocks or more warps hold fewer rows per multiprocessor).
 BLOCK_V, NUM_WARPS = 2048, 4
+# The head's matmuls see the vocabulary padded to a multiple of this (zero weight rows, logits
+# never read, gradient 0): cuBLAS's tiles fit 10,112 columns and not 10,000 (forward 435 vs 480 us
+# on the H100, docs/model.md). The parameters keep their real size; only the bf16 copy is padded.
+VOCAB_ALIGN = 128
 
 
 def _triton():
   return errors.triton_kernels("xent_kernel_triton", "xent_backend")
 
 
-def _rows(logits_NV, targets_N, softcap, write_grad, scale=None):
-  """(loss_N fp32, dlogits_NV in the logits dtype, already times scale: 1/N unless given) from the kernel."""
+def _rows(logits_NV, targets_N, softcap, write_grad, scale=None, vocab=None):
+  """(loss_N fp32, dlogits_NV in the logits dtype, already times scale: 1/N unless given) from the
+  kernel; with vocab < V only the first vocab columns are logits (the rest: gradient 0)."""
   jt, kern = _triton()
   N, V = logits_NV.shape
   out_shape = [jax.ShapeDtypeStruct((N,), jnp.float32),
                jax.ShapeDtypeStruct((N, V) if write_grad else (1,), logits_NV.dtype)]
   return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_fwd_kernel,
                         out_shape=out_shape, grid=(N,), num_warps=NUM_WARPS, num_stages=1,
-                        V=V, SCALE=1.0 / N if scale is None else float(scale), SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
+                        V=V if vocab is None else vocab, V_PAD=V, SCALE=1.0 / N if scale is None else float(scale), SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
+
+
+def _padded_logits(spec, h_BTD, w):
+  """(logits [N, V_pad] with V_pad = V rounded up to VOCAB_ALIGN, V, the padded w)."""
+  axis = spec.split(",")[1].split("-")[0].index("v")
+  V = w.shape[axis]
+  pad = [(0, 0)] * w.ndim
+  pad[axis] = (0, -V % VOCAB_ALIGN)
+  w_pad = jnp.pad(w, pad)
+  logits_BTV = jnp.einsum(spec, h_BTD, w_pad)
+  return logits_BTV.reshape(-1, logits_BTV.shape[-1]), V, w_pad
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
 def head_cross_entropy(spec, h_BTD, w, targets_BT, softcap):
   """mean(logsumexp(logits) - logits[target]) with logits = einsum(spec, h, w) in h's dtype,
   soft-capped to softcap * tanh(logits / softcap) first when softcap > 0."""
-  logits_BTV = jnp.einsum(spec, h_BTD, w)
-  V = logits_BTV.shape[-1]
-  loss_N, _ = _rows(logits_BTV.reshape(-1, V), targets_BT.reshape(-1), softcap, False)
+  logits_NV, V, _ = _padded_logits(spec, h_BTD, w)
+  loss_N, _ = _rows(logits_NV, targets_BT.reshape(-1), softcap, False, vocab=V)
   return jnp.mean(loss_N)
 
 
 def _fwd(spec, h_BTD, w, targets_BT, softcap):
-  logits_BTV = jnp.einsum(spec, h_BTD, w)
-  V = logits_BTV.shape[-1]
-  loss_N, d_NV = _rows(logits_BTV.reshape(-1, V), targets_BT.reshape(-1), softcap, True)
-  return jnp.mean(loss_N), (h_BTD, w, d_NV.reshape(logits_BTV.shape))
+  logits_NV, V, w_pad = _padded_logits(spec, h_BTD, w)
+  loss_N, d_NV = _rows(logits_NV, targets_BT.reshape(-1), softcap, True, vocab=V)
+  return jnp.mean(loss_N), (h_BTD, w_pad, d_NV.reshape(*h_BTD.shape[:-1], -1), jnp.zeros((0, V), w.dtype))
 
 
 def _bwd(spec, softcap, res, g):  # pylint: disable=unused-argument
-  # d_BTV already holds (softmax - onehot) / N; the cotangent g (1 for a plain loss) scales the
-  # small results rather than the B x T x V gradient.
-  h_BTD, w, d_BTV = res
-  _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w)
+  # d_BTV already holds (softmax - onehot) / N, 0 in the padded columns; the cotangent g (1 for a
+  # plain loss) scales the small results rather than the B x T x V gradient.
+  h_BTD, w_pad, d_BTV, v_like = res
+  _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w_pad)
   dh_BTD, dw = vjp(d_BTV)
+  axis = spec.split(",")[1].split("-")[0].index("v")
+  dw = jax.lax.slice_in_dim(dw, 0, v_like.shape[1], axis=axis)
   return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None)
 
 

@@ -16,9 +16,12 @@ def _cap(z, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, SCALE: tl.constexpr,
+def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, V_PAD: tl.constexpr, SCALE: tl.constexpr,
                     SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr, WRITE_GRAD: tl.constexpr):
   """One row: LOSS = logsumexp(x) - x[target]; DLOGITS = (softmax(x) - onehot(target)) * SCALE.
+
+  Rows are V_PAD >= V wide: columns V.. are the padded head's (xent_kernel.py) and are never read;
+  their gradient is written as 0, so the backward matmuls can take the padded gradient as it is.
 
   x = the logits, soft-capped first when SOFTCAP > 0 (then DLOGITS is with respect to the raw
   logits: the tanh derivative is applied).
@@ -28,7 +31,7 @@ def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, SCALE: tl.c
   gradient, against XLA's max, sum-exp, gather and gradient passes.
   """
   row = tl.program_id(0).to(tl.int64)
-  x_ptr = LOGITS + row * V
+  x_ptr = LOGITS + row * V_PAD
   cols = tl.arange(0, BLOCK_V)
   # The running max and sum are per row, not per lane: one exp per logit in this sweep (a per-lane
   # running max costs two, and the exp unit, not DRAM, then bounds the kernel: 3 exps per logit
@@ -51,9 +54,9 @@ def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, SCALE: tl.c
   x_t, _ = _cap(tl.load(x_ptr + target).to(tl.float32), SOFTCAP)
   tl.store(LOSS + row, lse - x_t)
   if WRITE_GRAD:
-    d_ptr = DLOGITS + row * V
-    for v0 in range(0, V, BLOCK_V):
+    d_ptr = DLOGITS + row * V_PAD
+    for v0 in range(0, V_PAD, BLOCK_V):
       mask = v0 + cols < V
       x, dcap = _cap(tl.load(x_ptr + v0 + cols, mask=mask, other=0.0).to(tl.float32), SOFTCAP)
-      d = (tl.exp(x - lse) - tl.where(v0 + cols == target, 1.0, 0.0)) * dcap
-      tl.store(d_ptr + v0 + cols, (d * SCALE).to(DLOGITS.dtype.element_ty), mask=mask)
+      d = tl.where(mask, (tl.exp(x - lse) - tl.where(v0 + cols == target, 1.0, 0.0)) * dcap, 0.0)
+      tl.store(d_ptr + v0 + cols, (d * SCALE).to(DLOGITS.dtype.element_ty), mask=v0 + cols < V_PAD)

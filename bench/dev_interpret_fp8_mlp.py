@@ -69,9 +69,18 @@ def norm_fwd(n, d, rng):
   xo, h, r = torch.empty((n, d), dtype=torch.float16), torch.empty((n, d), dtype=torch.float16), torch.empty(n)
   h8, hs = torch.empty((n, d), dtype=E4M3), torch.empty(n)
   c = norm_kernel._consts(d)  # pylint: disable=protected-access
-  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, qmul, xo, h, r, h8, hs, n, EPS=EPS, **c)
+  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, qmul, xo, h, r, h8, hs, n, EPS=EPS, ROW_SCALE=True, **c)
   s = (x.double() + y.double()).to(torch.float16).double().numpy()
   h_ref = s / np.sqrt((s * s).mean(1) + EPS)[:, None] * g.double().numpy()
+  # The static scale (fp8_mlp.static_scale, for the attention's x Wqkv): e4m3(H * q), one q for all.
+  q_static = F8_MAX / (np.sqrt(d) * np.abs(g.double().numpy()).max())
+  h8s = torch.empty((n, d), dtype=E4M3)
+  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, torch.tensor([q_static], dtype=torch.float32), xo, h, r,
+                                                    h8s, torch.empty(1), n, EPS=EPS, ROW_SCALE=False, **c)
+  want8 = torch.from_numpy((h.double().numpy() * np.float32(q_static)).astype(np.float32)).to(E4M3).double().numpy()
+  step = np.maximum(np.abs(want8), 2.0 ** -6) * 2.0 ** -3
+  assert (np.abs(h8s.double().numpy() - want8) <= step + 1e-12).all(), "norm fwd, static scale: e4m3 values differ"
+  assert np.abs(h8s.double().numpy()).max() <= F8_MAX
   # The e4m3 copy is of H as stored (the fp16 here, bf16 in the model), itself checked against h_ref.
   return [np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max(),
           check_fp8_rows(h8, hs, h.double().numpy(), 0.37, "norm fwd")]
@@ -204,6 +213,13 @@ def jax_side():
       assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
       assert np.isfinite(np.asarray(g, np.float32)).all(), name
       errs[f"{name} ({jnp.dtype(stream).name} stream)"] = rel(g, w)
+    # With q_next, the next attention's e4m3 input comes out too: that of the reference's h_next.
+    q = fp8_mlp.static_scale(args[5])
+    x_out, h_next, h8 = fp8_mlp.mlp_sublayer(*args, jnp.bfloat16, q)
+    want8 = fp8_mlp.quantize_static(outs[1][1], q).astype(jnp.float32)
+    step = jnp.maximum(jnp.abs(want8), 2.0 ** -6) * 2.0 ** -3
+    assert h8.dtype == jnp.float8_e4m3fn and bool(jnp.all(jnp.abs(h8.astype(jnp.float32) - want8) <= step)), "h8_next"
+    errs[f"h8_next ({jnp.dtype(stream).name} stream)"] = rel(h8.astype(jnp.float32), want8)
   cfg = model.default_model_config()
   cfg.update(dict(vocab_size=300, context_length=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
                   residual_dtype="bfloat16", mlp_fp8=True))
@@ -214,6 +230,12 @@ def jax_side():
   errs["model loss"] = abs(float(l) - float(l_ref)) / float(l_ref)
   for name in ("w13", "w2", "wqkv", "mlp_norm", "attn_norm"):
     errs[f"model d{name}"] = rel(g["blocks"][name], g_ref["blocks"][name])
+  # attn_fp8 too: the fused path hands each later layer's attention the norm kernel's e4m3 copy.
+  cfg8 = _with(cfg, attn_fp8=True)
+  (l_ref, g_ref), (l, g) = grads(cfg8), grads(_with(cfg8, norm_backend="triton"))
+  errs["model loss, attn_fp8"] = abs(float(l) - float(l_ref)) / float(l_ref)
+  for name in ("w13", "wqkv", "wo", "attn_norm"):
+    errs[f"model d{name}, attn_fp8"] = rel(g["blocks"][name], g_ref["blocks"][name])
   return errs
 
 
@@ -241,7 +263,7 @@ def main():
   errs = jax_side()
   for k, v in errs.items():
     print(f"jax side, fused vs XLA reference: {k} rel err {v:.1e}", flush=True)
-  fwd = [v for k, v in errs.items() if k.split()[0] in ("x_out", "h_next") or k == "model loss"]
+  fwd = [v for k, v in errs.items() if k.split()[0] in ("x_out", "h_next", "h8_next") or k.startswith("model loss")]
   print(f"jax side worst: values {max(fwd):.2e}, gradients {max(errs.values()):.2e}")
   # The values match (the same roundings); the gradients differ by the norm backward (the kernel's
   # formula against XLA's autodiff), whose bf16 roundings then flip some e4m3 ones: ~1e-2 here,

@@ -24,17 +24,25 @@ def main():
   # Vocab below, at and above one block, ragged; soft-cap off and on.
   # Vocab below, at and above one block, ragged (the last block one logit wide: 4097); soft-cap off
   # and on; large logits (x 40), where a sum of exp without the running max would overflow.
-  cases = [(5, 300, 0.0, 4), (3, 2048, 0.0, 4), (3, 5001, 0.0, 4), (4, 4096, 15.0, 4), (2, 10_000, 30.0, 4),
-           (3, 10_000, 0.0, 4), (3, 4097, 0.0, 4), (4, 10_000, 0.0, 40)]
-  for n, v, cap, spread in cases:
+  # Rows padded past the vocabulary (v_pad > v, as the head pads to VOCAB_ALIGN): the padding holds
+  # huge values that must not be read, and its gradient must come out 0 (the buffer starts as NaN).
+  cases = [(5, 300, 0.0, 4, 300), (3, 2048, 0.0, 4, 2048), (3, 5001, 0.0, 4, 5001), (4, 4096, 15.0, 4, 4096),
+           (2, 10_000, 30.0, 4, 10_000), (3, 10_000, 0.0, 4, 10_000), (3, 4097, 0.0, 4, 4097),
+           (4, 10_000, 0.0, 40, 10_000), (3, 10_000, 0.0, 4, 10_112), (3, 300, 15.0, 4, 384), (2, 2040, 0.0, 4, 2176)]
+  for n, v, cap, spread, v_pad in cases:
     block = xent_kernel.BLOCK_V
     rng = np.random.default_rng(v)
-    logits = torch.from_numpy((rng.standard_normal((n, v)) * spread).astype(np.float32)).to(torch.float16)
+    padded = np.full((n, v_pad), 3e4, np.float32)
+    padded[:, :v] = rng.standard_normal((n, v)) * spread
+    logits = torch.from_numpy(padded).to(torch.float16)
     target = rng.integers(0, v, n).astype(np.int32)
     loss = torch.empty(n, dtype=torch.float32)
-    grad = torch.empty((n, v), dtype=torch.float16)
-    K.xent_fwd_kernel[(n,)](logits, torch.from_numpy(target), loss, grad, V=v, SCALE=1.0 / n, SOFTCAP=cap,
-                            BLOCK_V=block, WRITE_GRAD=True)
+    grad = torch.full((n, v_pad), float("nan"), dtype=torch.float16)
+    K.xent_fwd_kernel[(n,)](logits, torch.from_numpy(target), loss, grad, V=v, V_PAD=v_pad, SCALE=1.0 / n,
+                            SOFTCAP=cap, BLOCK_V=block, WRITE_GRAD=True)
+    pad_grad = grad[:, v:].to(torch.float64).numpy()
+    assert np.all(pad_grad == 0), f"V={v} V_PAD={v_pad}: padded gradient not 0"
+    logits, grad = logits[:, :v], grad[:, :v]
     x = logits.to(torch.float64).numpy()
     z = cap * np.tanh(x / cap) if cap else x
     lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
@@ -44,7 +52,7 @@ def main():
     err_loss = np.abs(loss.numpy() - (lse - z[np.arange(n), target])).max()
     err_grad = np.abs(grad.to(torch.float64).numpy() - ref_grad).max() / np.abs(ref_grad).max()
     worst = max(worst, err_loss, err_grad)
-    print(f"N={n} V={v} softcap={cap} spread={spread}: loss abs err {err_loss:.1e}, grad rel err {err_grad:.1e}", flush=True)
+    print(f"N={n} V={v} V_PAD={v_pad} softcap={cap} spread={spread}: loss abs err {err_loss:.1e}, grad rel err {err_grad:.1e}", flush=True)
   print(f"worst error {worst:.2e}")
   assert worst < 1e-3, worst   # fp16 storage of the gradient: ~5e-4 relative
 

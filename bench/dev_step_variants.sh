@@ -3,27 +3,35 @@
 #   base  - the tree as it is
 #   nogemm - XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (every dot to cuBLAS, none to XLA's Triton GEMMs)
 #   cublaslt - XLA_FLAGS=--xla_gpu_enable_cublaslt=true (the bf16 dots through cuBLASLt too)
+#   nopad - xent_kernel.VOCAB_ALIGN=1 (the LM head's matmuls at the real 10,000 columns, as before
+#           the tenth session's padding to 10,112)
+#   attn8 - --set=model.attn_fp8=True (the attention's x Wqkv in e4m3)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
-# and followed by a profiled step of the tree (PROFILE=0 skips it).
+# and followed by a profiled step of each of PROFILE_VARIANTS (default: base; PROFILE=0 skips them).
 #   OUT=dir VARIANTS="base nogemm lane" bash bench/dev_step_variants.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/step_variants}; mkdir -p "$OUT"
-VARIANTS=${VARIANTS:-base nogemm}
+VARIANTS=${VARIANTS-base nogemm}   # VARIANTS="" times none (profiles only)
 [ "${SWEEP:-1}" = 1 ] && timeout 150 python3 bench/dev_memory_kernels.py --only=xent --out="$OUT/xent_sweep.json" 2>&1 | grep -v Warn | tail -16
 ARGS='"--cases=speedrun B128", "--backends=triton", "--warmup=3", "--steps=10", "--repeats=3"'
-run() {  # variant, output
-  local pre="" flags=""
+run() {  # variant, output[, extra bench_train arguments as a Python list's items]
+  local pre="" flags="" set="${3:-}"
   case $1 in
+    nopad) pre="import xent_kernel; xent_kernel.VOCAB_ALIGN = 1; " ;;
+    attn8) set="$set"', "--set=model.attn_fp8=True"' ;;
     nogemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
     cublaslt) flags="--xla_gpu_enable_cublaslt=true" ;;
     lane) pre="import xent_kernel; xent_kernel.LANE_STATS = True; " ;;
   esac
-  XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1
+  XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1
 }
 for i in 1 2; do
   for v in $VARIANTS; do echo "$v $i"; run "$v" "$OUT/step_${v}_$i.json"; done
 done
-[ "${PROFILE:-1}" = 1 ] && python3 bench/bench_train.py "--cases=speedrun B128" --backends=triton --warmup=3 --steps=10 \
-  --repeats=3 --profile=/tmp/trace_step --profile_top=40 --out="$OUT/step_profile.json" 2>&1 | tail -1
+if [ "${PROFILE:-1}" = 1 ]; then
+  for v in ${PROFILE_VARIANTS:-base}; do
+    echo "profile $v"; run "$v" "$OUT/step_profile_$v.json" ', "--profile=/tmp/trace_'"$v"'", "--profile_top=40"'
+  done
+fi

@@ -1,4 +1,5 @@
-"""Tests of fp8_mlp.py (the SwiGLU MLP with e4m3 dots) and its use in model.py (mlp_fp8=True).
+"""Tests of fp8_mlp.py (the SwiGLU MLP with e4m3 dots, and the attention's x Wqkv) and their use in
+model.py (mlp_fp8=True, attn_fp8=True).
 
 On the CPU: the quantizers against ml_dtypes' e4m3 rounding, the XLA reference MLP against a
 NumPy float64 emulation of the same recipe (independent roundings at the same points), and the
@@ -126,6 +127,83 @@ def test_model_with_fp8_mlp_tracks_the_bf16_model():
   assert _rel(g8["embed"], g16["embed"]) < 0.15
 
 
+def test_static_scale_is_the_tight_bound_of_a_normed_row():
+  """e4m3(h * q) with q = static_scale(g) never overflows, and the bound is reached: a row whose
+  energy sits in the feature of the largest gain. Values round as ml_dtypes' e4m3 does."""
+  D = 64
+  g = 1 + 0.5 * jax.random.normal(jax.random.PRNGKey(0), (D,))
+  i = int(jnp.argmax(jnp.abs(g)))
+  x = np.array(jax.random.normal(jax.random.PRNGKey(1), (4, D)))
+  x[0] = 0.0
+  x[0, i] = -7.0            # all the energy in one feature: |h_i| = sqrt(D) |g_i|
+  x[1] *= 1e3               # the scale of x does not matter to a normed row
+  h = np.asarray(model.rms_norm(jnp.asarray(x), g, jnp.float32), np.float64)
+  q = float(fp8_mlp.static_scale(g)[0])
+  np.testing.assert_allclose(q, 448.0 / (np.sqrt(D) * np.abs(np.asarray(g)).max()), rtol=1e-6)
+  h8 = np.asarray(fp8_mlp.quantize_static(jnp.asarray(h, jnp.float32), jnp.asarray([q])).astype(jnp.float32))
+  assert np.isfinite(h8).all() and np.abs(h8).max() <= 448.0
+  np.testing.assert_allclose(abs(h8[0, i]), 448.0, rtol=2 ** -3)
+  want = np.clip(h * np.float32(q), -448, 448).astype(np.float32).astype(E4M3).astype(np.float64)
+  np.testing.assert_array_equal(h8, want)
+
+
+def _qkv_inputs(n=96, d=64, e=192):
+  k = jax.random.split(jax.random.PRNGKey(7), 4)
+  g = 1 + 0.3 * jax.random.normal(k[0], (d,))
+  h = model.rms_norm(jax.random.normal(k[1], (n, d)), g, jnp.bfloat16)
+  w = jax.random.normal(k[2], (d, e)) * 0.02
+  q = fp8_mlp.static_scale(g)
+  return h, fp8_mlp.quantize_static(h, q), q, w, (1e-3 * jax.random.normal(k[3], (n, e))).astype(jnp.bfloat16)
+
+
+def test_qkv_dot_is_the_documented_recipe():
+  """raw * s against a NumPy float64 emulation: e4m3 operands (the static scale for h, one per tensor
+  for w), exact products, bf16 out; the gradients are those of h w, taken as exact products of the
+  bf16 operands (s a constant). raw * s is FP8's few percent from h w, so the check tells the recipe
+  apart from no quantization."""
+  h, h8, q, w, d_raw = _qkv_inputs()
+  (raw, s), vjp = jax.vjp(lambda h, w: fp8_mlp.qkv_dot(h, h8, q, w), h, w)
+  a = np.clip(np.asarray(h, np.float64) * float(q[0]), -448, 448).astype(np.float32).astype(E4M3).astype(np.float64)
+  b, sb = _q_tensor(np.asarray(w, np.float64))
+  assert raw.dtype == jnp.bfloat16 and s.shape == (1,)
+  np.testing.assert_allclose(float(s[0]), sb / float(q[0]), rtol=1e-6)
+  assert _rel(raw, a @ b) < 3e-3
+  hw = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
+  assert 1e-3 < _rel(np.asarray(raw, np.float64) * float(s[0]), hw) < 0.06
+  dh, dw = vjp((d_raw, jnp.zeros_like(s)))
+  d_true = np.asarray(d_raw, np.float64) / float(s[0])
+  assert dh.dtype == h.dtype and dw.dtype == w.dtype
+  assert _rel(dh, d_true @ _bf16(np.asarray(w, np.float64)).T) < 1e-2
+  assert _rel(dw, np.asarray(h, np.float64).T @ d_true) < 1e-5
+
+
+@pytest.mark.parametrize("mlp_fp8", [False, True])
+def test_model_with_fp8_attention_tracks_the_bf16_model(mlp_fp8):
+  """attn_fp8 through the whole model (XLA path): the loss moves by well under 1%, every block
+  gradient by FP8's percents. The scale folded into RoPE and Wo is what keeps it there: leaving it
+  out changes the attention's output by 1 / s ~ 1e5. At this random init the qkv dot in e4m3
+  moves the gradients by ~15% (a scale per row instead of static_scale: the same; bench-free
+  check in docs/model.md), which the bounds allow."""
+  cfg = _cfg(mlp_fp8=mlp_fp8)
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
+  l16, g16 = _loss_and_grads(cfg, params, tok)
+  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=mlp_fp8, attn_fp8=True), params, tok)
+  assert abs(float(l8) - float(l16)) < 0.01 * float(l16)
+  for k in ("wqkv", "wo", "attn_norm", "w13", "w2"):
+    assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.3, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
+  assert _rel(g8["embed"], g16["embed"]) < 0.3
+
+
+@pytest.mark.parametrize("kw", [dict(qk_norm=True), dict(attention="mla", kv_lora_rank=16, rope_head_dim=8)])
+def test_fp8_attention_needs_plain_mha(kw):
+  from errors import UserError  # pylint: disable=import-outside-toplevel
+  params = model.init_params(jax.random.PRNGKey(0), _cfg(**kw))
+  tok = jnp.zeros((1, 9), jnp.int32)
+  with pytest.raises(UserError, match="attn_fp8=False"):
+    model.loss_fn(params, tok[:, :-1], tok[:, 1:], _cfg(attn_fp8=True, **kw))
+
+
 def _ref_sublayer(x, attn, g_mlp, w13, w2, g_next):
   """The fused sublayer's values from plain XLA pieces: add, RMSNorm, the reference MLP, add, RMSNorm."""
   s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
@@ -189,25 +267,47 @@ def test_model_fused_path_matches_the_xla_path():
     assert fused < bf16, (k, fused, bf16)
 
 
+@pytest.mark.gpu
+def test_model_fused_path_with_fp8_attention_matches_the_xla_path():
+  """attn_fp8 on the GPU config's path (the norm kernels write the e4m3 copy, the Triton attention
+  gets the scaled RoPE tables) against the XLA path of the same recipe: the same loss, and every
+  block gradient closer to it than the bf16 model's is."""
+  kw = dict(mlp_fp8=True, attn_fp8=True, d_model=128, d_ff=320)
+  cfg = _cfg(**kw)
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
+  params["blocks"]["wo"] = 0.02 * jax.random.normal(jax.random.PRNGKey(3), params["blocks"]["wo"].shape)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
+  l_ref, g_ref = _loss_and_grads(cfg, params, tok)
+  l, g = _loss_and_grads(_cfg(**kw, norm_backend="triton", attention_backend="triton", xent_backend="triton"),
+                         params, tok)
+  _, g16 = _loss_and_grads(_cfg(d_model=128, d_ff=320), params, tok)
+  assert abs(float(l) - float(l_ref)) < 2e-3 * float(l_ref)
+  for k in g_ref["blocks"]:
+    fused, bf16 = _rel(g["blocks"][k], g_ref["blocks"][k]), _rel(g16["blocks"][k], g_ref["blocks"][k])
+    assert fused < bf16, (k, fused, bf16)
+
+
 def test_kernels_in_triton_interpreter_match_numpy_and_the_reference(triton_interpreter):
   """The three kernels against NumPy float64 and e4m3 rounding, and the wrappers' plumbing: the fused
   sublayer and the model's fused path, run through the interpreter, against fp8_mlp.swiglu."""
   assert "jax side worst" in triton_interpreter("dev_interpret_fp8_mlp.py")
 
 
+@pytest.mark.parametrize("flag", ["mlp_fp8", "attn_fp8"])
 @pytest.mark.parametrize("cc,older", [("8.0", "80"), ("8.6", "86"), ("8.9", None), ("9.0", None), ("12.0", None)])
-def test_fp8_mlp_on_a_gpu_without_e4m3_names_the_fix(monkeypatch, cc, older):
+def test_fp8_on_a_gpu_without_e4m3_names_the_fix(monkeypatch, cc, older, flag):
   """An A100 (sm_80) or RTX 30xx has no e4m3 path: the config check says so and names the flag that
   turns it off, instead of a Triton or cuBLAS failure deep in the compile. Ada/Hopper and newer pass."""
   import types  # pylint: disable=import-outside-toplevel
   from errors import UserError  # pylint: disable=import-outside-toplevel
-  cfg = _cfg(mlp_fp8=True)
+  cfg = _cfg(**{flag: True})
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   tok = jnp.zeros((1, 9), jnp.int32)
   monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", compute_capability=cc)])
   assert model.gpu_without_fp8() == older
   if older:
-    with pytest.raises(UserError, match=rf"sm_{older}.*--config.model.mlp_fp8=False"):
+    with pytest.raises(UserError, match=rf"sm_{older}.*--config.model.{flag}=False"):
       model.loss_fn(params, tok[:, :-1], tok[:, 1:], cfg)
   monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="cpu")])
   assert model.gpu_without_fp8() is None

@@ -369,12 +369,14 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   another model shape."""
   base = model.default_model_config().to_dict()
   ident = train._model_identity(base)  # pylint: disable=protected-access
-  assert train._model_identity({**base, "mlp_fp8": True, "norm_backend": "triton", "scan_layers": True}) == ident  # pylint: disable=protected-access
+  assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "norm_backend": "triton",  # pylint: disable=protected-access
+                                "scan_layers": True}) == ident
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("name,mlp_fp8", [("speedrun", False), ("speedrun", True), ("small", False)])
-def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8):
+@pytest.mark.parametrize("name,mlp_fp8,attn_fp8", [("speedrun", False, False), ("speedrun", True, False),
+                                                   ("speedrun", True, True), ("small", False, False)])
+def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8, attn_fp8):
   """The train step of a GPU config, traced on this machine with each Triton launch replaced by a
   compile for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles,
   within the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU.
@@ -384,7 +386,7 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   compiler = hopper_compile.patch(monkeypatch)
   config = (tinystories_h100 if name == "speedrun" else small).get_config()
   assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
-  config.model.mlp_fp8 = mlp_fp8
+  config.model.mlp_fp8, config.model.attn_fp8 = mlp_fp8, attn_fp8
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)

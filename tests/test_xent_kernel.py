@@ -50,6 +50,8 @@ def test_loss_and_gradients_match_plain_jax(b, t, d, v, tied, softcap):
   # The reference's logits are fp32 products of the same bf16 operands; the kernel reads them
   # rounded to bf16, so the loss agrees to bf16 rounding of the logits, averaged over tokens.
   np.testing.assert_allclose(float(got[0]), float(ref[0]), rtol=2e-3)
+  # The head runs on the vocabulary padded to xent_kernel.VOCAB_ALIGN; w's gradient has w's shape.
+  assert got[1][0].shape == h.shape and got[1][1].shape == w.shape and got[1][1].dtype == w.dtype
   assert _err(got[1][0], ref[1][0]) < 1e-2
   assert _err(got[1][1], ref[1][1]) < 1e-2
   plain = jax.jit(lambda h, w: xent_kernel.head_cross_entropy(spec, h, w, targets, softcap))(h, w)
