@@ -326,7 +326,7 @@ def _attn_input_fp8(h_BTD, gain_D, cfg):
   return jax.lax.stop_gradient(fp8_mlp.quantize_static(h_BTD, q)), q
 
 
-def _mla(p, h_BTD, rope, cfg, dtype):
+def _mla(p, h_BTD, rope, cfg, dtype, h8=None):  # pylint: disable=unused-argument  (attn_fp8 is MHA-only: _check)
   """Multi-head latent attention (DeepSeek-V2), training form without a KV cache.
 
   K and V are up-projected from a C-wide latent (RMS-normed); RoPE lives in a separate R-wide part:
@@ -364,7 +364,7 @@ def block(p, x_BTD, rope, cfg):
   attn_fn = _ATTENTION[cfg.attention][1]
   h_BTD = rms_norm(x_BTD, p["attn_norm"], dtype)
   h8 = _attn_input_fp8(h_BTD, p["attn_norm"], cfg)
-  x_BTD = _residual_add(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype, **({} if h8 is None else {"h8": h8})))
+  x_BTD = _residual_add(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype, h8))
   mlp_BTD = swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend"),
                    _option(cfg, "mlp_fp8"))
   return _residual_add(x_BTD, mlp_BTD)
@@ -410,7 +410,7 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
   h8 = _attn_input_fp8(h_BTD, blocks["attn_norm"][0], cfg)
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
-    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, **({} if h8 is None else {"h8": h8}))
+    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8)
     last = i + 1 == cfg.n_layers
     gain = params["final_norm"] if last else blocks["attn_norm"][i + 1]
     if _option(cfg, "mlp_fp8"):

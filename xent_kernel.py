@@ -44,9 +44,14 @@ def _rows(logits_NV, targets_N, softcap, write_grad, scale=None, vocab=None):
                         V=V if vocab is None else vocab, V_PAD=V, SCALE=1.0 / N if scale is None else float(scale), SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
 
 
+def _vocab_axis(spec):
+  """The axis of the head weight that runs over the vocabulary ('v' in its part of the einsum spec)."""
+  return spec.split(",")[1].split("-")[0].index("v")
+
+
 def _padded_logits(spec, h_BTD, w):
   """(logits [N, V_pad] with V_pad = V rounded up to VOCAB_ALIGN, V, the padded w)."""
-  axis = spec.split(",")[1].split("-")[0].index("v")
+  axis = _vocab_axis(spec)
   V = w.shape[axis]
   pad = [(0, 0)] * w.ndim
   pad[axis] = (0, -V % VOCAB_ALIGN)
@@ -76,8 +81,7 @@ def _bwd(spec, softcap, res, g):  # pylint: disable=unused-argument
   h_BTD, w_pad, d_BTV, v_like = res
   _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w_pad)
   dh_BTD, dw = vjp(d_BTV)
-  axis = spec.split(",")[1].split("-")[0].index("v")
-  dw = jax.lax.slice_in_dim(dw, 0, v_like.shape[1], axis=axis)
+  dw = jax.lax.slice_in_dim(dw, 0, v_like.shape[1], axis=_vocab_axis(spec))
   return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None)
 
 
