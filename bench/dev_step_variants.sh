@@ -6,6 +6,11 @@
 #   nopad - xent_kernel.VOCAB_ALIGN=1 (the LM head's matmuls at the real 10,000 columns, as before
 #           the tenth session's padding to 10,112)
 #   attn8 - --set=model.attn_fp8=True (the attention's x Wqkv in e4m3)
+#   wgrad - --set=model.mlp_fp8_wgrad=True (the MLP's W13 gradient in e4m3)
+#   perlayer - fp8_mlp.STACKED_WEIGHTS=False (each layer quantizes its own MLP weights, as before the
+#           eleventh session, instead of all layers in one go before the loop)
+#   percast - model.STACKED_CASTS=False (each layer casts its own matrices to bf16, as before the
+#           eleventh session, instead of all layers in one go before the loop)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
@@ -21,6 +26,9 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
   case $1 in
     nopad) pre="import xent_kernel; xent_kernel.VOCAB_ALIGN = 1; " ;;
     attn8) set="$set"', "--set=model.attn_fp8=True"' ;;
+    wgrad) set="$set"', "--set=model.mlp_fp8_wgrad=True"' ;;
+    perlayer) pre="import fp8_mlp; fp8_mlp.STACKED_WEIGHTS = False; " ;;
+    percast) pre="import model; model.STACKED_CASTS = False; " ;;
     nogemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
     cublaslt) flags="--xla_gpu_enable_cublaslt=true" ;;
     lane) pre="import xent_kernel; xent_kernel.LANE_STATS = True; " ;;
