@@ -7,12 +7,6 @@ output), weights one per tensor, each from the current values (no scale history 
 other three stay bf16: the weight gradients (FP8 in that layout ran 6x slower, docs/model.md) and
 a W2, whose e4m3 operand would cost a pass that the dot does not repay.
 
-With wgrad (model.py's mlp_fp8_wgrad=True) the W13 gradient h^T dH13 is an e4m3 dot too
-(`wgrad_w13`). It sums over tokens, so dH13's per-token scale cannot be applied to the output;
-it goes into h instead, the other operand: e4m3(h * r[token] * Q) with one Q for the tensor,
-bounded like static_scale. dH13's e4m3 copy is the one the input gradient uses, transposed.
-Tokens with a tiny gradient lose precision in h's copy, but they add little to the sum either.
-
 Two implementations of the same arithmetic:
 - `mlp_sublayer` (GPU, norm_backend='triton'): residual add + RMSNorm -> MLP -> residual add +
   the next RMSNorm as one custom VJP, so each quantization rides in a Triton kernel that already
@@ -79,20 +73,9 @@ def quantize_static(h, q):
   return jnp.clip(h.astype(jnp.float32) * q, -F8_MAX, F8_MAX).astype(E4M3)
 
 
-def dot8(a8_NK, b8, b_contract, out=jnp.bfloat16):
-  """a8 [N, K] . b8 (its axis b_contract is K), both e4m3: unscaled, fp32 accumulation, `out` dtype."""
-  return jax.lax.dot_general(a8_NK, b8, (((1,), (b_contract,)), ((), ())), preferred_element_type=out)
-
-
-def wgrad_w13(h_ND, r_N, dh8_NE, gain_D):
-  """h^T dH in fp32 [D, E] from e4m3 operands, where dH = dh8 * r[token] (r the true per-row scale)
-  and h = RMSNorm(.) * gain. r moves into h's copy: e4m3(h * r * Q), Q = 448 / (sqrt(D) max|gain|
-  max r) (static_scale's bound, so no pass over h for its max); both copies transposed to [., N],
-  the token axis last, as cuBLASLt's FP8 dots want for a sum over tokens."""
-  r_N = jax.lax.stop_gradient(r_N.astype(jnp.float32))
-  q = static_scale(gain_D) / jnp.maximum(jnp.max(r_N), 1e-30)
-  h8_DN = quantize_static(h_ND * r_N[:, None], q).T
-  return dot8(h8_DN, dh8_NE.T, 1, out=jnp.float32) / q
+def dot8(a8_NK, b8, b_contract):
+  """a8 [N, K] . b8 (its axis b_contract is K), both e4m3: unscaled, bf16 out (fp32 accumulation)."""
+  return jax.lax.dot_general(a8_NK, b8, (((1,), (b_contract,)), ((), ())), preferred_element_type=jnp.bfloat16)
 
 
 def silu_mul_scaled(h13_N2F, scale_N, dtype):
@@ -106,14 +89,13 @@ def silu_mul_scaled(h13_N2F, scale_N, dtype):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def swiglu(h_BTD, w13_D2F, w2_FD, dtype, wgrad_gain=None):
+def swiglu(h_BTD, w13_D2F, w2_FD, dtype):
   """W2(SiLU(h W1) * (h W3)), w13 = [W1 | W3] as D x 2 x F (fp32 masters), with the module's FP8 dots;
-  outputs in dtype. With wgrad_gain (the gain of the RMSNorm that made h), W13's gradient is an
-  e4m3 dot as well (wgrad_w13); no gradient flows to the gain through it."""
-  return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, wgrad_gain)[0]
+  outputs in dtype."""
+  return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype)[0]
 
 
-def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, wgrad_gain=None):
+def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype):
   B, T, D = h_BTD.shape
   h_ND = h_BTD.reshape(B * T, D).astype(dtype)
   h8, hs = quantize_rows(h_ND)
@@ -121,11 +103,11 @@ def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, wgrad_gain=None):
   h13_N2F = dot8(h8, w13_8, 0)
   act_NF = silu_mul_scaled(h13_N2F, hs * s13, dtype)
   y_ND = jnp.dot(act_NF, w2_FD.astype(dtype))
-  return y_ND.reshape(B, T, D), (h_ND, h13_N2F, hs * s13, act_NF, w13_8, s13, w13_D2F, w2_FD, wgrad_gain)
+  return y_ND.reshape(B, T, D), (h_ND, h13_N2F, hs * s13, act_NF, w13_8, s13, w13_D2F, w2_FD)
 
 
 def _ref_bwd(dtype, res, dy_BTD):
-  h_ND, h13_N2F, hs, act_NF, w13_8, s13, w13_D2F, w2_FD, wgrad_gain = res
+  h_ND, h13_N2F, hs, act_NF, w13_8, s13, w13_D2F, w2_FD = res
   B, T, D = dy_BTD.shape
   dy_ND = dy_BTD.reshape(B * T, D).astype(dtype)
   w2_8, s2 = quantize_tensor(w2_FD)
@@ -137,12 +119,8 @@ def _ref_bwd(dtype, res, dy_BTD):
   dh13_N2F = vjp(da_NF)[0].astype(dtype)
   dh8, dhs = quantize_rows(dh13_N2F)
   dx_ND = (dot8(dh8, w13_8, 1).astype(jnp.float32) * (dhs * s13)[:, None]).astype(dtype)
-  if wgrad_gain is None:
-    dw13 = jnp.dot(h_ND.T, dh13_N2F, preferred_element_type=jnp.float32)
-  else:
-    dw13 = wgrad_w13(h_ND, dhs, dh8, wgrad_gain)
-  return (dx_ND.reshape(B, T, D), dw13.reshape(w13_D2F.shape).astype(w13_D2F.dtype), dw2.astype(w2_FD.dtype),
-          None if wgrad_gain is None else jnp.zeros_like(wgrad_gain))
+  dw13 = jnp.dot(h_ND.T, dh13_N2F, preferred_element_type=jnp.float32)
+  return (dx_ND.reshape(B, T, D), dw13.reshape(w13_D2F.shape).astype(w13_D2F.dtype), dw2.astype(w2_FD.dtype))
 
 
 swiglu.defvjp(_ref_fwd, _ref_bwd)
@@ -185,17 +163,17 @@ qkv_dot.defvjp(_qkv_fwd, _qkv_bwd)
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 8))
-def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None, wgrad=False, w8=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None, w8=None):
   """(x', h') with s = x + attn, x' = s + MLP(RMSNorm(s) * g_mlp), h' = RMSNorm(x') * g_next: the
   values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots. With
-  q_next (static_scale(g_next)), a third output: quantize_static(h', q_next), for qkv_dot. wgrad:
-  W13's gradient in e4m3 too (swiglu's wgrad_gain=g_mlp). w8: this layer's mlp_weights, when the
-  caller made them (for all layers at once); else they are made here."""
-  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next, wgrad, w8)[0]
+  q_next (static_scale(g_next)), a third output: quantize_static(h', q_next), for qkv_dot. w8:
+  this layer's mlp_weights, when the caller made them (for all layers at once); else they are made
+  here."""
+  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next, w8)[0]
 
 
-def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None, wgrad=False, w8=None):  # pylint: disable=unused-argument
+def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None, w8=None):
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
   w13_8, w13_8T, s13, w2_8, s2, w2c = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
@@ -210,7 +188,7 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None, wgr
   return ((x_out, h_next) if q_next is None else (x_out, h_next, fp8[0].reshape(x_out.shape))), res
 
 
-def _bwd(dtype, wgrad, res, cotangents):
+def _bwd(dtype, res, cotangents):
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next, attn_like, w13_like,
@@ -221,11 +199,8 @@ def _bwd(dtype, wgrad, res, cotangents):
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(*cotangents, x_out, rstd2, g_next, dtype, fp8_qmul=s2)
   da_NF = dot8(d8, w2_8, 1)
   dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
-  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not wgrad)
-  if wgrad:   # dhs carries s13 for the dot below; the true row scale is dhs / s13
-    dw13 = wgrad_w13(h_BTD.reshape(B * T, D), dhs / s13, dh8, g_mlp)
-  else:
-    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
+  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13)
+  dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   dh_ND = dot8(dh8, w13_8, 1)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,

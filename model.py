@@ -40,7 +40,6 @@ def default_model_config():
       norm_backend="xla",      # 'xla' | 'triton': residual add + RMSNorm in one kernel (norm_kernel.py, GPU only)
       swiglu_backend="xla",    # 'xla' | 'triton': SwiGLU's backward in one kernel (swiglu_kernel.py, GPU only)
       mlp_fp8=False,           # three of the MLP's six matmuls in e4m3 (fp8_mlp.py); decode.py stays bf16
-      mlp_fp8_wgrad=False,     # with mlp_fp8: W13's weight gradient in e4m3 too (fp8_mlp.wgrad_w13)
       attn_fp8=False,          # the attention's x Wqkv in e4m3 (fp8_mlp.qkv_dot); MHA without qk_norm
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
@@ -107,9 +106,6 @@ def _check(cfg):
     # projections, would sit between the dot and those.
     raise UserError("config.model.attn_fp8=True supports attention='mha' without qk_norm; set "
                     "--config.model.attn_fp8=False")
-  if _option(cfg, "mlp_fp8_wgrad") and not _option(cfg, "mlp_fp8"):
-    raise UserError("config.model.mlp_fp8_wgrad=True changes the FP8 MLP's backward and needs "
-                    "mlp_fp8=True; set --config.model.mlp_fp8=True or --config.model.mlp_fp8_wgrad=False")
   for name in ("mlp_fp8", "attn_fp8"):
     older_sm = _option(cfg, name) and gpu_without_fp8()
     if older_sm:
@@ -230,14 +226,13 @@ def apply_rope(x_BTHK, cos_TK, sin_TK):
   return out.reshape(x_BTHK.shape).astype(x_BTHK.dtype)
 
 
-def swiglu(p, h_BTD, dtype, backend="xla", fp8=False, fp8_wgrad=False):
+def swiglu(p, h_BTD, dtype, backend="xla", fp8=False):
   """W2(SiLU(W1 h) * W3 h) with W1, W3 fused in p['w13'] (D x 2 x F); backend 'triton' runs the
   gate's backward as one kernel (swiglu_kernel.py), same forward values; fp8 runs three of its six
-  matmuls in e4m3 (fp8_mlp.swiglu, the XLA version; _hidden_fused_norms uses the fused one), four
-  with fp8_wgrad (h = RMSNorm(.) * p['mlp_norm'], whose bound scales W13's gradient dot)."""
+  matmuls in e4m3 (fp8_mlp.swiglu, the XLA version; _hidden_fused_norms uses the fused one)."""
   if fp8:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
-    return fp8_mlp.swiglu(h_BTD, p["w13"], p["w2"], dtype, p["mlp_norm"] if fp8_wgrad else None)
+    return fp8_mlp.swiglu(h_BTD, p["w13"], p["w2"], dtype)
   h13_BT2F = jnp.einsum("btd,dsf->btsf", h_BTD, p["w13"].astype(dtype))
   if backend == "triton":
     import swiglu_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
@@ -371,7 +366,7 @@ def block(p, x_BTD, rope, cfg):
   h8 = _attn_input_fp8(h_BTD, p["attn_norm"], cfg)
   x_BTD = _residual_add(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype, h8))
   mlp_BTD = swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend"),
-                   _option(cfg, "mlp_fp8"), _option(cfg, "mlp_fp8_wgrad"))
+                   _option(cfg, "mlp_fp8"))
   return _residual_add(x_BTD, mlp_BTD)
 
 
@@ -444,7 +439,7 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
       # in the norm and SwiGLU kernels (fp8_mlp.py), the next attention's e4m3 input with them.
       q_next = fp8_mlp.static_scale(gain) if h8 is not None and not last else None
       x_BTD, h_BTD, *h8_next = fp8_mlp.mlp_sublayer(
-          x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype, q_next, _option(cfg, "mlp_fp8_wgrad"),
+          x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype, q_next,
           None if w8 is None else tuple(None if a is None else a[i] for a in w8))
       h8 = (h8_next[0], q_next) if h8_next else None
       continue

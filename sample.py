@@ -187,8 +187,6 @@ class RecomputeGenerator:
     if (cfg.get("mlp_fp8") or cfg.get("attn_fp8")) and model.gpu_without_fp8():
       # An H100-trained checkpoint on an older GPU: the bf16 dots compute the same model (decode.py's).
       cfg.mlp_fp8 = False
-      if "mlp_fp8_wgrad" in cfg:
-        cfg.mlp_fp8_wgrad = False
       if "attn_fp8" in cfg:
         cfg.attn_fp8 = False
     self.params, self.cfg = params, cfg

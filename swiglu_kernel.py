@@ -58,17 +58,15 @@ silu_mul.defvjp(_fwd, _bwd)
 FP8_ROWS, FP8_WARPS = 1, 8
 
 
-def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul, write_dh13=True):
+def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul):
   """fp8_mlp.py's SwiGLU backward from FP8 dots' unscaled outputs: gate, up = h13 * hs[row] and
   dA = da * das[row]. Returns (dh13 [N, 2F] in h13's dtype, dh13 in e4m3 [N, 2F], its per-row
-  scale times qmul [N]): a bf16 weight gradient's operand (None when write_dh13 is False: the
-  e4m3 copy then feeds that gradient too) and the input gradient's FP8 operand."""
+  scale times qmul [N]): the weight gradient's operand and the input gradient's FP8 operand."""
   jt, kern = _triton()
   N, F = da_NF.shape
-  dh13, dh8, dhs = jt.triton_call(
+  return jt.triton_call(
       h13_N2F, hs_N, da_NF, das_N, qmul, kernel=kern.swiglu_bwd_fp8_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, 2 * F) if write_dh13 else (1,), h13_N2F.dtype),
-                 jax.ShapeDtypeStruct((N, 2 * F), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((N,), jnp.float32)),
+      out_shape=(jax.ShapeDtypeStruct((N, 2 * F), h13_N2F.dtype), jax.ShapeDtypeStruct((N, 2 * F), jnp.float8_e4m3fn),
+                 jax.ShapeDtypeStruct((N,), jnp.float32)),
       grid=(-(-N // FP8_ROWS),), num_warps=FP8_WARPS, num_stages=1, N=N, F=F,
-      BLOCK_F=1 << max(0, F - 1).bit_length(), ROWS=FP8_ROWS, WRITE_DH13=write_dh13)
-  return (dh13 if write_dh13 else None), dh8, dhs
+      BLOCK_F=1 << max(0, F - 1).bit_length(), ROWS=FP8_ROWS)

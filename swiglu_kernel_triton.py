@@ -30,12 +30,11 @@ def swiglu_bwd_kernel(H13, DA, DH13, N: tl.constexpr, F: tl.constexpr, BLOCK_R: 
 
 @triton.jit
 def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexpr, F: tl.constexpr,
-                          BLOCK_F: tl.constexpr, ROWS: tl.constexpr, WRITE_DH13: tl.constexpr):
+                          BLOCK_F: tl.constexpr, ROWS: tl.constexpr):
   """swiglu_bwd_kernel for fp8_mlp.py, on FP8 dots' unscaled outputs: gate, up = H13 * HS[row] and
-  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for a bf16 weight gradient; not
-  when WRITE_DH13 is False, and DH13 is then a 1-element placeholder of that dtype) and in e4m3 with
-  one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program owns ROWS
-  whole rows (F padded to BLOCK_F in registers).
+  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for the weight gradient) and in
+  e4m3 with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program
+  owns ROWS whole rows (F padded to BLOCK_F in registers).
   """
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   cols = tl.arange(0, BLOCK_F)
@@ -52,10 +51,9 @@ def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexp
   dgate = da * up * s * (1.0 + gate * (1.0 - s))
   dup = da * gate * s
   dgate, dup = dgate.to(DH13.dtype.element_ty), dup.to(DH13.dtype.element_ty)
-  if WRITE_DH13:
-    tl.store(DH13 + gate_offs, dgate, mask=mask)
-    tl.store(DH13 + gate_offs + F, dup, mask=mask)
-  # The e4m3 copy is quantized from DH13 as rounded (fp8_mlp.swiglu's), with one scale per row.
+  tl.store(DH13 + gate_offs, dgate, mask=mask)
+  tl.store(DH13 + gate_offs + F, dup, mask=mask)
+  # The e4m3 copy is quantized from DH13 as stored (fp8_mlp.swiglu's), with one scale per row.
   dgate, dup = dgate.to(tl.float32), dup.to(tl.float32)
   amax = tl.maximum(tl.max(tl.where(mask, tl.abs(dgate), 0.0), 1), tl.max(tl.where(mask, tl.abs(dup), 0.0), 1))
   q = (448.0 / tl.maximum(amax, 1e-30))[:, None]   # 448: the largest finite e4m3 value

@@ -6,7 +6,8 @@
 #   nopad - xent_kernel.VOCAB_ALIGN=1 (the LM head's matmuls at the real 10,000 columns, as before
 #           the tenth session's padding to 10,112)
 #   attn8 - --set=model.attn_fp8=True (the attention's x Wqkv in e4m3)
-#   wgrad - --set=model.mlp_fp8_wgrad=True (the MLP's W13 gradient in e4m3)
+#   wgrad - --set=model.mlp_fp8_wgrad=True (the MLP's W13 gradient in e4m3; only in the tree of
+#           commit bea5ab3, removed for being slower: run this script in a checkout of it)
 #   perlayer - fp8_mlp.STACKED_WEIGHTS=False (each layer quantizes its own MLP weights, as before the
 #           eleventh session, instead of all layers in one go before the loop)
 #   percast - model.STACKED_CASTS=False (each layer casts its own matrices to bf16, as before the

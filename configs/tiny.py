@@ -30,7 +30,6 @@ def get_config():
   m.norm_backend = "xla"  # the residual add + RMSNorm in plain XLA (the Triton kernel needs a GPU).
   m.swiglu_backend = "xla"  # SwiGLU's backward in plain XLA (the Triton kernel needs a GPU).
   m.mlp_fp8 = False  # the MLP's matmuls in the compute dtype (FP8 pays only on an H100-class GPU).
-  m.mlp_fp8_wgrad = False  # (with mlp_fp8 only) W13's weight gradient in e4m3 too.
   m.attn_fp8 = False  # the attention's x Wqkv in the compute dtype, as the MLP's.
   m.residual_dtype = "float32"  # the residual stream; "bfloat16" is faster on the GPU (docs/model.md).
   m.scan_layers = True

@@ -37,9 +37,6 @@ def get_config():
   # (fp8_mlp.py): 8.77 vs 9.00 ms per B128 step on the H200 (medians of 6), val loss at 200 steps
   # on the bundled sample no worse than bf16 (2 seeds); bench/results/fp8_mlp_h200/, docs/model.md.
   m.mlp_fp8 = True
-  # W13's weight gradient (h^T dH13) as an e4m3 dot too, each token's gradient scale moved into h's
-  # copy (fp8_mlp.wgrad_w13).
-  m.mlp_fp8_wgrad = False
   # The attention's x Wqkv in e4m3 too, its scale folded into the RoPE tables and Wo (fp8_mlp.qkv_dot).
   m.attn_fp8 = False
   # The residual stream between blocks in bf16 (each add summed in fp32, rounded once): -0.3 ms a

@@ -67,24 +67,25 @@ def test_quantizers_round_like_ml_dtypes():
 
 def test_stacked_weights_quantize_each_layer_alone():
   """mlp_weights on the stacked blocks (model.py, all layers at once) gives each layer the e4m3
-  values and scale it would get alone, per-layer scales rather than one for the stack."""
+  values and scale it would get alone, per-layer scales rather than one for the stack, and W2's
+  bf16 copy."""
   k = jax.random.split(jax.random.PRNGKey(3), 2)
   w13 = jax.random.normal(k[0], (3, 16, 2, 24)) * jnp.array([1e-2, 1.0, 30.0])[:, None, None, None]
   w2 = jax.random.normal(k[1], (3, 24, 16)) * jnp.array([5.0, 1e-3, 1.0])[:, None, None]
   stacked = fp8_mlp.mlp_weights(w13, w2, jnp.bfloat16)
   for i in range(3):
-    np.testing.assert_array_equal(np.asarray(stacked[5][i], np.float32), np.asarray(w2[i].astype(jnp.bfloat16), np.float32))
     w13_8, s13 = _q_tensor(np.asarray(w13[i], np.float64).reshape(16, 48))
     w2_8, s2 = _q_tensor(np.asarray(w2[i], np.float64))
     got = [np.asarray(a[i].astype(jnp.float32), np.float64) for a in stacked]
-    for name, g, w in (("w13_8", got[0], w13_8), ("w13_8T", got[1], w13_8.T), ("w2_8", got[3], w2_8)):
+    for name, g, w in (("w13_8", got[0], w13_8), ("w13_8T", got[1], w13_8.T), ("w2_8", got[3], w2_8),
+                       ("w2 bf16", got[5], _bf16(np.asarray(w2[i], np.float64)))):
       np.testing.assert_array_equal(g, w, err_msg=name)
     np.testing.assert_allclose([got[2][0], got[4][0]], [s13, s2], rtol=1e-6)
+  assert fp8_mlp.mlp_weights(w13, w2)[5] is None   # without a dtype, mlp_sublayer casts W2 itself
 
 
-def _numpy_recipe(h, w13, w2, dy, gain=None):
-  """The module docstring's recipe in float64, rounding to bf16 / e4m3 where the dots' outputs do;
-  with gain (h's RMSNorm gain), W13's gradient from e4m3 operands as wgrad_w13 documents."""
+def _numpy_recipe(h, w13, w2, dy):
+  """The module docstring's recipe in float64, rounding to bf16 / e4m3 where the dots' outputs do."""
   h, dy = np.asarray(h, np.float64)[0], np.asarray(dy, np.float64)[0]
   d, _, f = w13.shape
   w13, w2 = np.asarray(w13, np.float64).reshape(d, 2 * f), np.asarray(w2, np.float64)
@@ -101,13 +102,7 @@ def _numpy_recipe(h, w13, w2, dy, gain=None):
   dh13 = _bf16(np.concatenate([da * u * sg * (1 + g * (1 - sg)), da * g * sg], 1))
   dh8, dhs = _q_rows(dh13)
   dx = _bf16(_bf16(dh8 @ w13_8.T) * (dhs * s13)[:, None])
-  if gain is None:
-    dw13 = h.T @ dh13
-  else:   # dH13 = dh8 * dhs[row]: the row scale goes into h's copy, with one bound for the tensor
-    q = np.float32(448.0 / (np.sqrt(d) * np.abs(np.asarray(gain, np.float64)).max())) / np.float32(dhs.max())
-    h8w = np.clip(h * dhs[:, None] * q, -448, 448).astype(np.float32).astype(E4M3).astype(np.float64)
-    dw13 = h8w.T @ dh8 / q
-  return y, dx, dw13.reshape(d, 2, f), act.T @ dy
+  return y, dx, (h.T @ dh13).reshape(d, 2, f), act.T @ dy
 
 
 def test_reference_mlp_is_the_documented_recipe():
@@ -125,26 +120,6 @@ def test_reference_mlp_is_the_documented_recipe():
   assert _rel(y16[0], want[0]) > 1e-2 and _rel(vjp16(dy)[0][0], want[1]) > 1e-2
 
 
-def test_fp8_weight_gradient_is_the_documented_recipe():
-  """wgrad_gain: W13's gradient from e4m3 copies of h (times each token's gradient scale) and of
-  dH13 matches the NumPy emulation (<= 6e-3: an e4m3 rounding that flips costs 6% of one element)
-  and is neither the exact h^T dH13 (> 1e-2 away: the copies are quantized) nor far from it
-  (< 5e-2); the other outputs are those without the option."""
-  h, w13, w2, dy = _inputs()
-  gain = 1 + 0.3 * jax.random.normal(jax.random.PRNGKey(5), (h.shape[-1],))
-  h = model.rms_norm(h.astype(jnp.float32) * 3.0, gain, jnp.bfloat16)   # the bound assumes a normed h
-  dy = dy * jnp.logspace(-2, 1, h.shape[1], dtype=jnp.float32)[None, :, None].astype(dy.dtype)  # uneven rows
-  outs = {}
-  for g in (None, gain):
-    y, vjp = jax.vjp(lambda h, a, b, g=g: fp8_mlp.swiglu(h, a, b, jnp.bfloat16, g), h, w13, w2)
-    outs[g is None] = (y,) + vjp(dy)
-  want = _numpy_recipe(h, w13, w2, dy, gain)
-  assert _rel(outs[False][2], want[2]) < 6e-3, _rel(outs[False][2], want[2])
-  assert 1e-2 < _rel(outs[False][2], outs[True][2]) < 5e-2, _rel(outs[False][2], outs[True][2])
-  for i in (0, 1, 3):   # y, dh, dw2
-    np.testing.assert_array_equal(np.asarray(outs[False][i], np.float32), np.asarray(outs[True][i], np.float32))
-
-
 def _cfg(**kw):
   cfg = model.default_model_config()
   cfg.update(dict(vocab_size=300, context_length=32, d_model=64, n_layers=2, n_heads=4, d_ff=96,
@@ -157,16 +132,14 @@ def _loss_and_grads(cfg, params, tok):
   return jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], cfg)))(params)
 
 
-@pytest.mark.parametrize("wgrad", [False, True])
-def test_model_with_fp8_mlp_tracks_the_bf16_model(wgrad):
+def test_model_with_fp8_mlp_tracks_the_bf16_model():
   """Through the whole model (XLA path, any machine) the FP8 MLP changes the loss by well under
-  1% and the gradients by FP8's few percent, in every block parameter (also with W13's gradient
-  in e4m3, mlp_fp8_wgrad)."""
+  1% and the gradients by FP8's few percent, in every block parameter."""
   cfg = _cfg()
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
   l16, g16 = _loss_and_grads(cfg, params, tok)
-  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True, mlp_fp8_wgrad=wgrad), params, tok)
+  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True), params, tok)
   assert abs(float(l8) - float(l16)) < 0.01 * float(l16)
   for k in ("w13", "w2", "wqkv", "wo", "mlp_norm"):
     assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.15, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
@@ -250,26 +223,18 @@ def test_fp8_attention_needs_plain_mha(kw):
     model.loss_fn(params, tok[:, :-1], tok[:, 1:], _cfg(attn_fp8=True, **kw))
 
 
-def test_fp8_weight_gradient_needs_the_fp8_mlp():
-  from errors import UserError  # pylint: disable=import-outside-toplevel
-  params = model.init_params(jax.random.PRNGKey(0), _cfg())
-  tok = jnp.zeros((1, 9), jnp.int32)
-  with pytest.raises(UserError, match="mlp_fp8_wgrad=False"):
-    model.loss_fn(params, tok[:, :-1], tok[:, 1:], _cfg(mlp_fp8_wgrad=True))
-
-
-def _ref_sublayer(x, attn, g_mlp, w13, w2, g_next, wgrad=False):
+def _ref_sublayer(x, attn, g_mlp, w13, w2, g_next):
   """The fused sublayer's values from plain XLA pieces: add, RMSNorm, the reference MLP, add, RMSNorm."""
   s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
-  y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, g_mlp if wgrad else None)
+  y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16)
   x_out = (s.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
   return x_out, model.rms_norm(x_out, g_next, jnp.bfloat16)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("stream,wgrad", [(jnp.bfloat16, False), (jnp.float32, False), (jnp.bfloat16, True)])
+@pytest.mark.parametrize("stream", [jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("shape", [(4, 256, 512, 1344), (3, 7, 64, 100)])
-def test_fused_sublayer_matches_the_xla_reference(shape, stream, wgrad):
+def test_fused_sublayer_matches_the_xla_reference(shape, stream):
   B, T, D, F = shape
   k = jax.random.split(jax.random.PRNGKey(D + F), 8)
   x = jax.random.normal(k[0], (B, T, D)).astype(stream)
@@ -284,8 +249,8 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream, wgrad):
     out, vjp = jax.vjp(f, *args)
     return out, vjp((dx_out, dh))
 
-  got = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, None, wgrad)))()
-  want = jax.jit(lambda: run(lambda *a: _ref_sublayer(*a, wgrad=wgrad)))()
+  got = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16)))()
+  want = jax.jit(lambda: run(_ref_sublayer))()
   # Same roundings in the forward (XLA's RMSNorm may still round a few bf16 values the other way);
   # the gradients also differ by the norm backward's formula (kernel vs autodiff), which flips some
   # e4m3 roundings: ~1e-2, against ~8e-2 between FP8 and bf16 and O(1) for a misapplied scale.
@@ -298,8 +263,7 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream, wgrad):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("wgrad", [False, True])
-def test_model_fused_path_matches_the_xla_path(wgrad):
+def test_model_fused_path_matches_the_xla_path():
   """model.py picks the fused sublayer with norm_backend='triton': the same loss as the XLA norms
   with the reference MLP, and every block gradient closer to it than the bf16 model's is.
 
@@ -308,13 +272,12 @@ def test_model_fused_path_matches_the_xla_path(wgrad):
   apart. On the H200, over 4 seeds (bench/dev_fp8_model_grads.py), fused vs XLA FP8 was 0.5-0.7
   times bf16 vs XLA FP8 in every parameter (the MLP norm's gain: 4e-2 vs 6e-2); a misapplied
   scale or a wrong operand is O(1)."""
-  cfg = _cfg(mlp_fp8=True, mlp_fp8_wgrad=wgrad, d_model=128, d_ff=320)
+  cfg = _cfg(mlp_fp8=True, d_model=128, d_ff=320)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
   l_ref, g_ref = _loss_and_grads(cfg, params, tok)
-  l, g = _loss_and_grads(_cfg(mlp_fp8=True, mlp_fp8_wgrad=wgrad, d_model=128, d_ff=320, norm_backend="triton"),
-                         params, tok)
+  l, g = _loss_and_grads(_cfg(mlp_fp8=True, d_model=128, d_ff=320, norm_backend="triton"), params, tok)
   _, g16 = _loss_and_grads(_cfg(d_model=128, d_ff=320), params, tok)
   assert l.dtype == l_ref.dtype
   assert abs(float(l) - float(l_ref)) < 1e-3 * float(l_ref)

@@ -370,13 +370,12 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   base = model.default_model_config().to_dict()
   ident = train._model_identity(base)  # pylint: disable=protected-access
   assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "norm_backend": "triton",  # pylint: disable=protected-access
-                                "scan_layers": True, "mlp_fp8_wgrad": True}) == ident
+                                "scan_layers": True}) == ident
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("name,mlp_fp8,attn_fp8", [("speedrun", False, False), ("speedrun", True, False),
-                                                   ("speedrun", True, True), ("speedrun", "wgrad", False),
-                                                   ("small", False, False)])
+                                                   ("speedrun", True, True), ("small", False, False)])
 def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8, attn_fp8):
   """The train step of a GPU config, traced on this machine with each Triton launch replaced by a
   compile for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles,
@@ -387,8 +386,7 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   compiler = hopper_compile.patch(monkeypatch)
   config = (tinystories_h100 if name == "speedrun" else small).get_config()
   assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
-  config.model.mlp_fp8, config.model.attn_fp8 = bool(mlp_fp8), attn_fp8
-  config.model.mlp_fp8_wgrad = mlp_fp8 == "wgrad"   # the SwiGLU backward without its bf16 output
+  config.model.mlp_fp8, config.model.attn_fp8 = mlp_fp8, attn_fp8
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
