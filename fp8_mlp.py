@@ -48,15 +48,13 @@ def quantize_tensor(w):
   return jnp.clip(w * q[..., None, None], -F8_MAX, F8_MAX).astype(E4M3), (amax / F8_MAX)[..., None]
 
 
-def mlp_weights(w13_D2F, w2_FD, dtype=None):
-  """The weight copies of mlp_sublayer, (w13_8 [D, 2F], its transpose, s13, w2_8 [F, D], s2, w2 in
-  dtype or None), of one layer or, with a leading layer axis on both, of all layers at once: a few
-  passes for the whole stack instead of several small launch-bound ones per layer (model.py slices
-  out each layer's). With dtype None, mlp_sublayer casts W2 for the forward dot itself."""
+def mlp_weights(w13_D2F, w2_FD):
+  """The e4m3 weights of mlp_sublayer, (w13_8 [D, 2F], its transpose, s13, w2_8 [F, D], s2), of one
+  layer or, with a leading layer axis on both, of all layers at once: a few passes for the whole
+  stack instead of several small launch-bound ones per layer (model.py slices out each layer's)."""
   w13_8, s13 = quantize_tensor(jax.lax.stop_gradient(w13_D2F).reshape(*w13_D2F.shape[:-2], -1))
   w2_8, s2 = quantize_tensor(jax.lax.stop_gradient(w2_FD))
-  w2c = None if dtype is None else jax.lax.stop_gradient(w2_FD).astype(dtype)
-  return w13_8, jnp.swapaxes(w13_8, -1, -2), s13, w2_8, s2, w2c
+  return w13_8, jnp.swapaxes(w13_8, -1, -2), s13, w2_8, s2
 
 
 def static_scale(gain_D):
@@ -176,11 +174,11 @@ def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=N
 def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None, w8=None):
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
-  w13_8, w13_8T, s13, w2_8, s2, w2c = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
+  w13_8, w13_8T, s13, w2_8, s2 = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
   s_BTD, h_BTD, rstd1, (h8, hs) = norm_kernel.forward(x_BTD, attn_BTD, g_mlp, dtype, fp8_qmul=s13)
   h13_N2F = dot8(h8, w13_8T, 1)   # cuBLASLt's FP8 dots want both operands K-major
   act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
-  y_BTD = jnp.dot(act_NF, w2_FD.astype(dtype) if w2c is None else w2c).reshape(B, T, D)
+  y_BTD = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D)
   x_out, h_next, rstd2, fp8 = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype, fp8_qmul=q_next, fp8_rows=False)
   res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next,
          jnp.zeros((0,), attn_BTD.dtype), jnp.zeros((0,), w13_D2F.dtype), jnp.zeros((0,), w2_FD.dtype), q_next,
@@ -204,7 +202,7 @@ def _bwd(dtype, res, cotangents):
   dh_ND = dot8(dh8, w13_8, 1)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,
-          None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 6)
+          None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 5)
 
 
 mlp_sublayer.defvjp(_fwd, _bwd)

@@ -398,20 +398,6 @@ def hidden(params, tokens_BT, cfg):
   return rms_norm(x_BTD, params["final_norm"], dtype)
 
 
-# _hidden_fused_norms casts every layer's matrices to the compute dtype in one go before the layer
-# loop; False: each layer casts its own (several small launch-bound fusions; docs/model.md).
-STACKED_CASTS = True
-
-
-def _stacked_cast_keys(blocks, cfg):
-  """The blocks' matrices that the layers read only as compute-dtype copies: not the norms' gains,
-  not the FP8 MLP's (mlp_weights), not wo under attn_fp8 (scaled in fp32 before its cast)."""
-  skip = {"w13", "w2"} if _option(cfg, "mlp_fp8") else set()
-  if _option(cfg, "attn_fp8"):
-    skip |= {"wqkv", "wo"}
-  return [k for k, a in blocks.items() if a.ndim >= 3 and not k.endswith("norm") and k not in skip]
-
-
 def _hidden_fused_norms(params, x_BTD, rope, cfg):
   """hidden()'s layers with each residual add and the norm after it in one kernel: the same
   values as block() (sum rounded to the stream dtype, then normalized), regrouped so every add
@@ -425,10 +411,7 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
   w8 = None
   if _option(cfg, "mlp_fp8"):   # every layer's e4m3 MLP weights in a few passes, before the loop
     import fp8_mlp  # pylint: disable=import-outside-toplevel
-    if fp8_mlp.STACKED_WEIGHTS:
-      w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"], dtype if STACKED_CASTS else None)
-  if STACKED_CASTS:   # the same for the bf16 copies of the matrices (same values as per-layer casts)
-    blocks = {**blocks, **{k: blocks[k].astype(dtype) for k in _stacked_cast_keys(blocks, cfg)}}
+    w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"]) if fp8_mlp.STACKED_WEIGHTS else None
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
     attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8)
@@ -440,7 +423,7 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
       q_next = fp8_mlp.static_scale(gain) if h8 is not None and not last else None
       x_BTD, h_BTD, *h8_next = fp8_mlp.mlp_sublayer(
           x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype, q_next,
-          None if w8 is None else tuple(None if a is None else a[i] for a in w8))
+          None if w8 is None else tuple(a[i] for a in w8))
       h8 = (h8_next[0], q_next) if h8_next else None
       continue
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_BTD, p["mlp_norm"], dtype)

@@ -10,8 +10,8 @@
 #           commit bea5ab3, removed for being slower: run this script in a checkout of it)
 #   perlayer - fp8_mlp.STACKED_WEIGHTS=False (each layer quantizes its own MLP weights, as before the
 #           eleventh session, instead of all layers in one go before the loop)
-#   percast - model.STACKED_CASTS=False (each layer casts its own matrices to bf16, as before the
-#           eleventh session, instead of all layers in one go before the loop)
+#   percast - model.STACKED_CASTS=False (each layer casts its own matrices to bf16 instead of all
+#           layers in one go; only in the tree of commit 9a682d8, removed for no gain)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
