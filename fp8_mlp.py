@@ -26,8 +26,9 @@ import jax.numpy as jnp
 
 E4M3 = jnp.float8_e4m3fn
 F8_MAX = 448.0   # the largest finite e4m3fn value
-# model.py quantizes all layers' MLP weights in one go before the layer loop (mlp_weights on the
-# stacked blocks); False: each mlp_sublayer quantizes its own (the measured alternative, docs/model.md).
+# model.py quantizes all layers' MLP weights (and with attn_fp8 their Wqkv) in one go before the
+# layer loop (mlp_weights, qkv_weights on the stacked blocks); False: each mlp_sublayer and qkv_dot
+# quantizes its own (the measured alternative, docs/model.md).
 STACKED_WEIGHTS = True
 
 
@@ -127,32 +128,39 @@ swiglu.defvjp(_ref_fwd, _ref_bwd)
 # ----------------------------------------------------------------------------- the attention's x Wqkv
 
 
+def qkv_weights(w_DE):
+  """qkv_dot's e4m3 weight and its scale, (w8 [E, D], sw [1]): quantized in the [E, D] layout, both
+  operands K-major as cuBLASLt's FP8 path wants (the backward's dh is bf16 and needs no e4m3 copy
+  of w in the other layout). Of one layer or, w [L, D, E], of all layers at once (model.py)."""
+  return quantize_tensor(jnp.swapaxes(jax.lax.stop_gradient(w_DE), -1, -2))
+
+
 @jax.custom_vjp
-def qkv_dot(h_ND, h8_ND, qh, w_DE):
+def qkv_dot(h_ND, h8_ND, qh, w_DE, w8=None):
   """(raw [N, E] bf16, s [1] fp32) with raw * s ~= h w: e4m3(h * qh) (h8, from quantize_static or the
-  norm kernel) times w in e4m3 with its own scale; s = the product of both dequantization scales,
-  left for the caller to fold into whatever reads raw. Backward as for raw * s = h w (s a constant):
-  dh = d_raw (w / s)^T in bf16, dw = h^T d_raw / s; nothing flows to h8 or qh."""
-  return _qkv_fwd(h_ND, h8_ND, qh, w_DE)[0]
+  norm kernel) times w in e4m3 with its own scale (w8 = qkv_weights(w) when the caller made it);
+  s = the product of both dequantization scales, left for the caller to fold into whatever reads
+  raw. Backward as for raw * s = h w (s a constant): dh = d_raw (w / s)^T in bf16, dw = h^T d_raw /
+  s; nothing flows to h8, qh or w8."""
+  return _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8)[0]
 
 
-def _qkv_fwd(h_ND, h8_ND, qh, w_DE):
-  # Quantized in the [E, D] layout: both operands K-major, as cuBLASLt's FP8 path wants (the
-  # backward's dh is bf16 and needs no e4m3 copy of w in the other layout).
-  w8_ED, sw = quantize_tensor(w_DE.T)
+def _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8=None):
+  w8_ED, sw = qkv_weights(w_DE) if w8 is None else w8
   s = jax.lax.stop_gradient(sw / qh)
   raw_NE = dot8(h8_ND, w8_ED, 1)
-  return (raw_NE, s), (h_ND, h8_ND, qh, w_DE, s)
+  return (raw_NE, s), (h_ND, h8_ND, qh, w_DE, s, None if w8 is None else ())   # () marks a given w8
 
 
 def _qkv_bwd(res, cotangents):
-  h_ND, h8_ND, qh, w_DE, s = res
+  h_ND, h8_ND, qh, w_DE, s, w8_mark = res
   d_raw = cotangents[0]
   # d_raw = s dL/d(h w): the true gradients are these products divided by s (~1e-5; the division
   # rides on the bf16 cast of w and on the small fp32 dw).
   dh_ND = jnp.dot(d_raw, (w_DE / s).astype(d_raw.dtype).T)
   dw_DE = jnp.dot(h_ND.T, d_raw, preferred_element_type=jnp.float32) / s
-  return dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype)
+  return (dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype),
+          None if w8_mark is None else (None, None))
 
 
 qkv_dot.defvjp(_qkv_fwd, _qkv_bwd)

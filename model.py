@@ -290,7 +290,8 @@ def qk_norm(p, q_BTHK, k_BTHK, cfg, dtype):
 
 def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   """Multi-head attention with RoPE on q and k; returns the block's B x T x D output. With h8 =
-  (e4m3 copy of h, its scale) (attn_fp8), x Wqkv runs in e4m3 (fp8_mlp.qkv_dot)."""
+  (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights]) (attn_fp8), x Wqkv runs in e4m3
+  (fp8_mlp.qkv_dot)."""
   cos, sin = rope
   wo = p["wo"]
   if h8 is None:
@@ -298,7 +299,8 @@ def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   else:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
     B, T, D = h_BTD.shape
-    raw_NE, s = fp8_mlp.qkv_dot(h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1))
+    raw_NE, s = fp8_mlp.qkv_dot(h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1),
+                                *h8[2:])
     qkv_BT3HK = raw_NE.reshape(B, T, *p["wqkv"].shape[1:])
     # The dot's scale s, folded in where its output is read: RoPE is linear in its tables, so rotated
     # q and k come out scaled; v's scale passes through softmax(.) v linearly into the output
@@ -408,13 +410,17 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
   blocks = params["blocks"]
   h_BTD = rms_norm(x_BTD, blocks["attn_norm"][0], dtype)
   h8 = _attn_input_fp8(h_BTD, blocks["attn_norm"][0], cfg)
-  w8 = None
-  if _option(cfg, "mlp_fp8"):   # every layer's e4m3 MLP weights in a few passes, before the loop
+  w8 = wq8 = None
+  if _option(cfg, "mlp_fp8") or h8 is not None:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
-    w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"]) if fp8_mlp.STACKED_WEIGHTS else None
+    if fp8_mlp.STACKED_WEIGHTS:   # every layer's e4m3 weights in a few passes, before the loop
+      if _option(cfg, "mlp_fp8"):
+        w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"])
+      if h8 is not None:
+        wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1))
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
-    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8)
+    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8 if wq8 is None else (*h8, (wq8[0][i], wq8[1][i])))
     last = i + 1 == cfg.n_layers
     gain = params["final_norm"] if last else blocks["attn_norm"][i + 1]
     if _option(cfg, "mlp_fp8"):

@@ -10,6 +10,7 @@
 #           commit bea5ab3, removed for being slower: run this script in a checkout of it)
 #   perlayer - fp8_mlp.STACKED_WEIGHTS=False (each layer quantizes its own MLP weights, as before the
 #           eleventh session, instead of all layers in one go before the loop)
+#   attn8perlayer - attn8 with STACKED_WEIGHTS=False (Wqkv's e4m3 copy per layer, as in the tenth session)
 #   percast - model.STACKED_CASTS=False (each layer casts its own matrices to bf16 instead of all
 #           layers in one go; only in the tree of commit 9a682d8, removed for no gain)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
@@ -29,6 +30,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     attn8) set="$set"', "--set=model.attn_fp8=True"' ;;
     wgrad) set="$set"', "--set=model.mlp_fp8_wgrad=True"' ;;
     perlayer) pre="import fp8_mlp; fp8_mlp.STACKED_WEIGHTS = False; " ;;
+    attn8perlayer) pre="import fp8_mlp; fp8_mlp.STACKED_WEIGHTS = False; "; set="$set"', "--set=model.attn_fp8=True"' ;;
     percast) pre="import model; model.STACKED_CASTS = False; " ;;
     nogemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
     cublaslt) flags="--xla_gpu_enable_cublaslt=true" ;;

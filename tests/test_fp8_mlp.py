@@ -193,6 +193,26 @@ def test_qkv_dot_is_the_documented_recipe():
   assert _rel(dw, np.asarray(h, np.float64).T @ d_true) < 1e-5
 
 
+def test_qkv_dot_with_a_layer_of_the_stacked_weights_is_the_same():
+  """model.py's fused path quantizes every layer's Wqkv at once (qkv_weights on [L, D, E]) and
+  hands qkv_dot its layer's slice: the same e4m3 values and per-layer scales as NumPy's for each
+  layer alone, and the same outputs and gradients as qkv_dot quantizing w itself."""
+  h, h8, q, w, d_raw = _qkv_inputs()
+  stack = jnp.stack([w * 1e-2, w, w * 30.0])
+  w8, sw = fp8_mlp.qkv_weights(stack)
+  for i in range(3):
+    want8, want_s = _q_tensor(np.asarray(stack[i], np.float64).T)
+    np.testing.assert_array_equal(np.asarray(w8[i].astype(jnp.float32), np.float64), want8)
+    np.testing.assert_allclose(float(sw[i, 0]), want_s, rtol=1e-6)
+  wi = stack[2]
+  outs = []
+  for given in (None, (w8[2], sw[2])):
+    out, vjp = jax.vjp(lambda h, w, g=given: fp8_mlp.qkv_dot(h, h8, q, w, g), h, wi)
+    outs.append((*out, *vjp((d_raw, jnp.zeros_like(out[1])))))
+  for a, b in zip(*outs):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
 @pytest.mark.parametrize("mlp_fp8", [False, True])
 def test_model_with_fp8_attention_tracks_the_bf16_model(mlp_fp8):
   """attn_fp8 through the whole model (XLA path): the loss moves by well under 1%, every block
