@@ -62,20 +62,36 @@ def cases(quick):
   return out
 
 
-def bench_case(config, backend, mesh, args, profile_this):
-  """Times one (config, backend); returns its figures, or raises whatever stopped it."""
+def apply_overrides(config, items):
+  """--set=section.field=value items, each parsed as the type the config already holds
+  (bool/int/float/str), as config_flags would."""
+  for item in items:
+    key, value = item.split("=", 1)
+    section, field = key.split(".")
+    old = config[section][field]
+    config[section][field] = (value.lower() in ("1", "true")) if isinstance(old, bool) else type(old)(value)
+
+
+def compiled_step(config, backend, mesh, train_tokens):
+  """(config with the backend set, compiled train step, its state, random-token train split on the
+  device, compile seconds): what train.py runs, with fixed seeds."""
   config = config.copy_and_resolve_references()
   config.model.attention_backend = backend
-  B, T = config.train.batch_size, config.model.context_length
   replicated = NamedSharding(mesh, P())
   state = jax.jit(lambda k: train._init_state(config, k), out_shardings=replicated)(jax.random.key(0))  # pylint: disable=protected-access
   state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), replicated)
   tokens_N = jax.device_put(
-      np.random.default_rng(0).integers(0, config.model.vocab_size, args.train_tokens, dtype=np.uint16),
+      np.random.default_rng(0).integers(0, config.model.vocab_size, train_tokens, dtype=np.uint16),
       replicated)
   t0 = time.perf_counter()
   step = train.make_train_step(config, mesh, on_device=True).lower(state, tokens_N).compile()
-  compile_s = time.perf_counter() - t0
+  return config, step, state, tokens_N, time.perf_counter() - t0
+
+
+def bench_case(config, backend, mesh, args, profile_this):
+  """Times one (config, backend); returns its figures, or raises whatever stopped it."""
+  config, step, state, tokens_N, compile_s = compiled_step(config, backend, mesh, args.train_tokens)
+  B, T = config.train.batch_size, config.model.context_length
   for _ in range(args.warmup):
     state, metrics = step(state, tokens_N)
   jax.block_until_ready(metrics)
@@ -283,12 +299,7 @@ def main():
   for name, config in cases(args.quick):
     if args.cases and name not in args.cases.split(","):
       continue
-    for item in args.set:
-      key, value = item.split("=", 1)
-      section, field = key.split(".")
-      # Parsed as the type the config already holds (bool/int/float/str), as config_flags would.
-      old = config[section][field]
-      config[section][field] = (value.lower() in ("1", "true")) if isinstance(old, bool) else type(old)(value)
+    apply_overrides(config, args.set)
     for backend in args.backends.split(","):
       row = {"case": name, "backend": backend}
       try:
