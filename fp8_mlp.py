@@ -1,11 +1,12 @@
-"""The SwiGLU MLP with three of its six matmuls in FP8 (model.py's mlp_fp8=True).
+"""The SwiGLU MLP with three of its six matmuls in FP8 (model.py's mlp_fp8=True), four with fp8_w2.
 
 x W13 in the forward and both input gradients, dY W2^T and dH13 W13^T, take e4m3 operands on
 cuBLASLt's FP8 path (fp32 accumulation, bf16 out). Activations and gradients get one scale per
 row (the token: a row's scale factors out of every dot it enters, so it is applied to the dot's
 output), weights one per tensor, each from the current values (no scale history to carry). The
-other three stay bf16: the weight gradients (FP8 in that layout ran 6x slower, docs/model.md) and
-a W2, whose e4m3 operand would cost a pass that the dot does not repay.
+weight gradients stay bf16 (FP8 in that layout ran 6x slower, docs/model.md). The forward's
+act W2 is bf16 too unless fp8_w2 (model.mlp_fp8_w2): its e4m3 operand is then written by a Triton
+SwiGLU forward, and its row scale applied by the add+norm kernel that reads the dot's output.
 
 Two implementations of the same arithmetic:
 - `mlp_sublayer` (GPU, norm_backend='triton'): residual add + RMSNorm -> MLP -> residual add +
@@ -50,12 +51,13 @@ def quantize_tensor(w):
 
 
 def mlp_weights(w13_D2F, w2_FD):
-  """The e4m3 weights of mlp_sublayer, (w13_8 [D, 2F], its transpose, s13, w2_8 [F, D], s2), of one
-  layer or, with a leading layer axis on both, of all layers at once: a few passes for the whole
-  stack instead of several small launch-bound ones per layer (model.py slices out each layer's)."""
+  """The e4m3 weights of mlp_sublayer, (w13_8 [D, 2F], its transpose, s13, w2_8 [F, D], s2, w2_8's
+  transpose), of one layer or, with a leading layer axis on both, of all layers at once: a few
+  passes for the whole stack instead of several small launch-bound ones per layer (model.py slices
+  out each layer's). The last is used with fp8_w2 only (XLA drops it otherwise)."""
   w13_8, s13 = quantize_tensor(jax.lax.stop_gradient(w13_D2F).reshape(*w13_D2F.shape[:-2], -1))
   w2_8, s2 = quantize_tensor(jax.lax.stop_gradient(w2_FD))
-  return w13_8, jnp.swapaxes(w13_8, -1, -2), s13, w2_8, s2
+  return w13_8, jnp.swapaxes(w13_8, -1, -2), s13, w2_8, s2, jnp.swapaxes(w2_8, -1, -2)
 
 
 def static_scale(gain_D):
@@ -87,25 +89,30 @@ def silu_mul_scaled(h13_N2F, scale_N, dtype):
 # ----------------------------------------------------------------------------- the XLA reference
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def swiglu(h_BTD, w13_D2F, w2_FD, dtype):
-  """W2(SiLU(h W1) * (h W3)), w13 = [W1 | W3] as D x 2 x F (fp32 masters), with the module's FP8 dots;
-  outputs in dtype."""
-  return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def swiglu(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False):
+  """W2(SiLU(h W1) * (h W3)), w13 = [W1 | W3] as D x 2 x F (fp32 masters), with the module's FP8 dots
+  (act W2 among them with fp8_w2); outputs in dtype."""
+  return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2)[0]
 
 
-def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype):
+def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False):
   B, T, D = h_BTD.shape
   h_ND = h_BTD.reshape(B * T, D).astype(dtype)
   h8, hs = quantize_rows(h_ND)
   w13_8, s13 = quantize_tensor(w13_D2F.reshape(D, -1))
   h13_N2F = dot8(h8, w13_8, 0)
   act_NF = silu_mul_scaled(h13_N2F, hs * s13, dtype)
-  y_ND = jnp.dot(act_NF, w2_FD.astype(dtype))
+  if fp8_w2:
+    a8, as_ = quantize_rows(act_NF)
+    w2_8, s2 = quantize_tensor(w2_FD)
+    y_ND = (dot8(a8, w2_8, 0).astype(jnp.float32) * (as_ * s2)[:, None]).astype(dtype)
+  else:
+    y_ND = jnp.dot(act_NF, w2_FD.astype(dtype))
   return y_ND.reshape(B, T, D), (h_ND, h13_N2F, hs * s13, act_NF, w13_8, s13, w13_D2F, w2_FD)
 
 
-def _ref_bwd(dtype, res, dy_BTD):
+def _ref_bwd(dtype, fp8_w2, res, dy_BTD):  # pylint: disable=unused-argument  (the backward is the same)
   h_ND, h13_N2F, hs, act_NF, w13_8, s13, w13_D2F, w2_FD = res
   B, T, D = dy_BTD.shape
   dy_ND = dy_BTD.reshape(B * T, D).astype(dtype)
@@ -169,32 +176,38 @@ qkv_dot.defvjp(_qkv_fwd, _qkv_bwd)
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None, w8=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None):
   """(x', h') with s = x + attn, x' = s + MLP(RMSNorm(s) * g_mlp), h' = RMSNorm(x') * g_next: the
-  values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots. With
-  q_next (static_scale(g_next)), a third output: quantize_static(h', q_next), for qkv_dot. w8:
-  this layer's mlp_weights, when the caller made them (for all layers at once); else they are made
-  here."""
-  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next, w8)[0]
+  values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots (act W2
+  among them with fp8_w2). With q_next (static_scale(g_next)), a third output:
+  quantize_static(h', q_next), for qkv_dot. w8: this layer's mlp_weights, when the caller made them
+  (for all layers at once); else they are made here."""
+  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2, q_next, w8)[0]
 
 
-def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, q_next=None, w8=None):
+def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None):
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
-  w13_8, w13_8T, s13, w2_8, s2 = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
+  w13_8, w13_8T, s13, w2_8, s2, w2_8T = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
   s_BTD, h_BTD, rstd1, (h8, hs) = norm_kernel.forward(x_BTD, attn_BTD, g_mlp, dtype, fp8_qmul=s13)
   h13_N2F = dot8(h8, w13_8T, 1)   # cuBLASLt's FP8 dots want both operands K-major
-  act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
-  y_BTD = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D)
-  x_out, h_next, rstd2, fp8 = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype, fp8_qmul=q_next, fp8_rows=False)
+  if fp8_w2:
+    import swiglu_kernel  # pylint: disable=import-outside-toplevel
+    act_NF, a8, y_scale = swiglu_kernel.forward_fp8(h13_N2F, hs, s2)
+    y_BTD = dot8(a8, w2_8T, 1).reshape(B, T, D)   # unscaled: the norm kernel applies y_scale
+  else:
+    act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
+    y_BTD, y_scale = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D), None
+  x_out, h_next, rstd2, fp8 = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype, fp8_qmul=q_next, fp8_rows=False,
+                                                  y_scale=y_scale)
   res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next,
          jnp.zeros((0,), attn_BTD.dtype), jnp.zeros((0,), w13_D2F.dtype), jnp.zeros((0,), w2_FD.dtype), q_next,
          None if w8 is None else ())   # () marks a given w8 (a leafless pytree, unlike a bool)
   return ((x_out, h_next) if q_next is None else (x_out, h_next, fp8[0].reshape(x_out.shape))), res
 
 
-def _bwd(dtype, res, cotangents):
+def _bwd(dtype, fp8_w2, res, cotangents):  # pylint: disable=unused-argument  (the backward is the same)
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next, attn_like, w13_like,
@@ -210,7 +223,7 @@ def _bwd(dtype, res, cotangents):
   dh_ND = dot8(dh8, w13_8, 1)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,
-          None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 5)
+          None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 6)
 
 
 mlp_sublayer.defvjp(_fwd, _bwd)

@@ -40,10 +40,11 @@ def _consts(D):
   return dict(D=D, BLOCK_D=block_d, ROWS=max(1, min(MAX_ROWS, TILE // block_d)))
 
 
-def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True):
+def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True, y_scale=None):
   """(x + y, RMSNorm(x + y) * gain in dtype, rstd [N], fp8) where fp8 is None, or with fp8_qmul (a
   1-element fp32 array) that output also in e4m3 with its scale per row times fp8_qmul:
-  (h8 [N, D], hs [N]); with fp8_rows=False, (e4m3(h * fp8_qmul) [N, D], None)."""
+  (h8 [N, D], hs [N]); with fp8_rows=False, (e4m3(h * fp8_qmul) [N, D], None). y_scale [N]
+  multiplies y's rows first: y is then an FP8 dot's unscaled output."""
   jt, kern = _triton()
   D = x_BTD.shape[-1]
   N = x_BTD.size // D
@@ -52,14 +53,18 @@ def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True):
   outs = (jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
           jax.ShapeDtypeStruct((N,), jnp.float32))
   launch = dict(grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **consts)
-  if fp8_qmul is None:
+  if fp8_qmul is None and y_scale is not None:
+    (x_out, h, rstd), fp8 = jt.triton_call(*ins, y_scale, kernel=kern.add_norm_fwd_scaled_kernel, out_shape=outs,
+                                           **launch), None
+  elif fp8_qmul is None:
     (x_out, h, rstd), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_fwd_kernel, out_shape=outs, **launch), None
   else:
     x_out, h, rstd, *fp8 = jt.triton_call(
-        *ins, fp8_qmul, kernel=kern.add_norm_fwd_fp8_kernel,
+        *ins, fp8_qmul, jnp.ones((1,), jnp.float32) if y_scale is None else y_scale,   # a dummy YS when unused
+        kernel=kern.add_norm_fwd_fp8_kernel,
         out_shape=(*outs, jax.ShapeDtypeStruct((N, D), jnp.float8_e4m3fn),
                    jax.ShapeDtypeStruct((N,) if fp8_rows else (1,), jnp.float32)),
-        ROW_SCALE=bool(fp8_rows), **launch)
+        ROW_SCALE=bool(fp8_rows), Y_SCALED=y_scale is not None, **launch)
     if not fp8_rows:
       fp8 = (fp8[0], None)
   return x_out.reshape(x_BTD.shape), h.reshape(x_BTD.shape), rstd, fp8

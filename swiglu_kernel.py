@@ -6,8 +6,8 @@ backward is what changes: XLA's fusion for it reads the projection and the incom
 writes both gate gradients at ~2 TB/s on an H100/H200 (0.2 ms a layer at the speedrun shape); the
 kernel does the same single pass over the same bytes (docs/model.md has the measurements).
 
-`backward_fp8` is fp8_mlp.py's variant: unscaled FP8-dot inputs with their row scales, and an
-e4m3 copy of the result for the next FP8 dot.
+`backward_fp8` and `forward_fp8` are fp8_mlp.py's variants: unscaled FP8-dot inputs with their
+row scales, and an e4m3 copy of the result for the next FP8 dot.
 
 triton and jax_triton are imported when the kernel is launched, so this module imports anywhere.
 """
@@ -70,3 +70,22 @@ def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul):
                  jax.ShapeDtypeStruct((N,), jnp.float32)),
       grid=(-(-N // FP8_ROWS),), num_warps=FP8_WARPS, num_stages=1, N=N, F=F,
       BLOCK_F=1 << max(0, F - 1).bit_length(), ROWS=FP8_ROWS)
+
+
+# forward_fp8's rows per program and warps: 82 us at 32768 x 1344 on the H200, against 84-98 us for
+# the other seven swept (8 warps, backward_fp8's choice: 97 us); XLA's fusion that writes the bf16
+# act alone takes 70 us (bench/results/h200_session15/).
+FWD_FP8_ROWS, FWD_FP8_WARPS = 1, 2
+
+
+def forward_fp8(h13_N2F, hs_N, qmul):
+  """fp8_mlp.py's gate with mlp_fp8_w2, from an FP8 dot's unscaled output: gate, up = h13 * hs[row].
+  Returns (silu(gate) * up [N, F] in h13's dtype, the same in e4m3, its per-row scale times qmul [N])."""
+  jt, kern = _triton()
+  N, F = h13_N2F.shape[0], h13_N2F.shape[1] // 2
+  return jt.triton_call(
+      h13_N2F, hs_N, qmul, kernel=kern.swiglu_fwd_fp8_kernel,
+      out_shape=(jax.ShapeDtypeStruct((N, F), h13_N2F.dtype), jax.ShapeDtypeStruct((N, F), jnp.float8_e4m3fn),
+                 jax.ShapeDtypeStruct((N,), jnp.float32)),
+      grid=(-(-N // FWD_FP8_ROWS),), num_warps=FWD_FP8_WARPS, num_stages=1, N=N, F=F,
+      BLOCK_F=1 << max(0, F - 1).bit_length(), ROWS=FWD_FP8_ROWS)

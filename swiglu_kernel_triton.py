@@ -1,4 +1,5 @@
-"""The Triton kernel behind swiglu_kernel.py: SwiGLU's backward, both gate gradients in one pass.
+"""The Triton kernels behind swiglu_kernel.py: SwiGLU's backward, both gate gradients in one pass,
+and fp8_mlp.py's variants (the backward, and the forward for mlp_fp8_w2) on FP8 dots' outputs.
 
 Imports triton at load, so only swiglu_kernel.py imports it, and only when the kernel is launched.
 """
@@ -60,3 +61,29 @@ def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexp
   tl.store(DH8 + gate_offs, tl.clamp(dgate * q, -448.0, 448.0).to(DH8.dtype.element_ty), mask=mask)
   tl.store(DH8 + gate_offs + F, tl.clamp(dup * q, -448.0, 448.0).to(DH8.dtype.element_ty), mask=mask)
   tl.store(DHS + rows, tl.load(QMUL) * (amax / 448.0), mask=rmask)
+
+
+@triton.jit
+def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.constexpr, BLOCK_F: tl.constexpr,
+                          ROWS: tl.constexpr):
+  """fp8_mlp.py's forward gate with mlp_fp8_w2: gate, up = H13 * HS[row] (an FP8 dot's unscaled
+  output); ACT = silu(gate) * up in H13's dtype (the weight gradient's operand) and in e4m3 with one
+  scale per row (ACT8; AS = QMUL * max|row| / 448), the operand of the FP8 dot with W2."""
+  rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+  cols = tl.arange(0, BLOCK_F)
+  rmask = rows < N
+  mask = rmask[:, None] & (cols[None, :] < F)
+  r64 = rows[:, None].to(tl.int64)
+  gate_offs = r64 * (2 * F) + cols[None, :]
+  hs = tl.load(HS + rows, mask=rmask, other=0.0)[:, None]
+  gate = tl.load(H13 + gate_offs, mask=mask, other=0.0).to(tl.float32) * hs
+  up = tl.load(H13 + gate_offs + F, mask=mask, other=0.0).to(tl.float32) * hs
+  act = (gate * tl.sigmoid(gate) * up).to(ACT.dtype.element_ty)
+  offs = r64 * F + cols[None, :]
+  tl.store(ACT + offs, act, mask=mask)
+  # Quantized from ACT as stored, as fp8_mlp.swiglu quantizes its bf16 activation.
+  act = act.to(tl.float32)
+  amax = tl.max(tl.where(mask, tl.abs(act), 0.0), 1)
+  q = (448.0 / tl.maximum(amax, 1e-30))[:, None]   # 448: the largest finite e4m3 value
+  tl.store(ACT8 + offs, tl.clamp(act * q, -448.0, 448.0).to(ACT8.dtype.element_ty), mask=mask)
+  tl.store(AS + rows, tl.load(QMUL) * (amax / 448.0), mask=rmask)

@@ -1,7 +1,8 @@
 """Dev check (not the product): fp8_mlp.py's kernel paths in Triton's CPU interpreter on torch
 tensors, against NumPy float64 and torch's own e4m3 rounding: the add+norm forward's FP8 copy of
-its output, the add+norm backward with a per-row scale on DH and an FP8 copy of its gradient, and
-the SwiGLU backward on unscaled inputs with its FP8 copy.
+its output, the add+norm backward with a per-row scale on DH and an FP8 copy of its gradient, the
+SwiGLU backward on unscaled inputs with its FP8 copy, and for mlp_fp8_w2 the SwiGLU forward with
+its FP8 copy and the add+norm forward on a row-scaled Y.
 
   TRITON_INTERPRET=1 python bench/dev_interpret_fp8_mlp.py
 
@@ -69,14 +70,16 @@ def norm_fwd(n, d, rng):
   xo, h, r = torch.empty((n, d), dtype=torch.float16), torch.empty((n, d), dtype=torch.float16), torch.empty(n)
   h8, hs = torch.empty((n, d), dtype=E4M3), torch.empty(n)
   c = norm_kernel._consts(d)  # pylint: disable=protected-access
-  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, qmul, xo, h, r, h8, hs, n, EPS=EPS, ROW_SCALE=True, **c)
+  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, qmul, torch.empty(1), xo, h, r, h8, hs, n, EPS=EPS,
+                                                    ROW_SCALE=True, Y_SCALED=False, **c)
   s = (x.double() + y.double()).to(torch.float16).double().numpy()
   h_ref = s / np.sqrt((s * s).mean(1) + EPS)[:, None] * g.double().numpy()
   # The static scale (fp8_mlp.static_scale, for the attention's x Wqkv): e4m3(H * q), one q for all.
   q_static = F8_MAX / (np.sqrt(d) * np.abs(g.double().numpy()).max())
   h8s = torch.empty((n, d), dtype=E4M3)
-  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, torch.tensor([q_static], dtype=torch.float32), xo, h, r,
-                                                    h8s, torch.empty(1), n, EPS=EPS, ROW_SCALE=False, **c)
+  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, torch.tensor([q_static], dtype=torch.float32),
+                                                    torch.empty(1), xo, h, r, h8s, torch.empty(1), n, EPS=EPS,
+                                                    ROW_SCALE=False, Y_SCALED=False, **c)
   want8 = torch.from_numpy((h.double().numpy() * np.float32(q_static)).astype(np.float32)).to(E4M3).double().numpy()
   step = np.maximum(np.abs(want8), 2.0 ** -6) * 2.0 ** -3
   assert (np.abs(h8s.double().numpy() - want8) <= step + 1e-12).all(), "norm fwd, static scale: e4m3 values differ"
@@ -84,6 +87,34 @@ def norm_fwd(n, d, rng):
   # The e4m3 copy is of H as stored (the fp16 here, bf16 in the model), itself checked against h_ref.
   return [np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max(),
           check_fp8_rows(h8, hs, h.double().numpy(), 0.37, "norm fwd")]
+
+
+def norm_fwd_scaled(n, d, rng):
+  """add_norm_fwd_scaled_kernel: Y an FP8 dot's unscaled output (x100), YS its row scales."""
+  x = torch.from_numpy(rng.standard_normal((n, d)).astype(np.float32)).to(torch.float16)
+  y = torch.from_numpy((rng.standard_normal((n, d)) * 100).astype(np.float32)).to(torch.float16)
+  ys = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32))
+  g = torch.from_numpy((1 + 0.3 * rng.standard_normal(d)).astype(np.float32))
+  xo, h, r = torch.empty((n, d), dtype=torch.float16), torch.empty((n, d), dtype=torch.float16), torch.empty(n)
+  c = norm_kernel._consts(d)  # pylint: disable=protected-access
+  NK.add_norm_fwd_scaled_kernel[(-(-n // c["ROWS"]),)](x, y, g, ys, xo, h, r, n, EPS=EPS, **c)
+  y_ref = (y.double().numpy() * ys.double().numpy()[:, None]).astype(np.float16).astype(np.float64)
+  s_ref = x.double().numpy() + y_ref
+  s = s_ref.astype(np.float16).astype(np.float64)   # the stream as stored, which the norm reads
+  h_ref = s / np.sqrt((s * s).mean(1) + EPS)[:, None] * g.double().numpy()
+  # The same with the next attention's e4m3 input (mlp_fp8_w2 with attn_fp8): add_norm_fwd_fp8_kernel
+  # with Y_SCALED and the static scale must write the same XO, H, and e4m3(H * q).
+  q_static = F8_MAX / (np.sqrt(d) * np.abs(g.double().numpy()).max())
+  xo2, h2, r2, h8s = torch.empty_like(xo), torch.empty_like(h), torch.empty(n), torch.empty((n, d), dtype=E4M3)
+  NK.add_norm_fwd_fp8_kernel[(-(-n // c["ROWS"]),)](x, y, g, torch.tensor([q_static], dtype=torch.float32), ys,
+                                                    xo2, h2, r2, h8s, torch.empty(1), n, EPS=EPS,
+                                                    ROW_SCALE=False, Y_SCALED=True, **c)
+  assert torch.equal(xo2, xo) and torch.equal(h2, h) and torch.equal(r2, r), "scaled fp8 variant: XO/H/RSTD differ"
+  want8 = torch.from_numpy((h.double().numpy() * np.float32(q_static)).astype(np.float32)).to(E4M3).double().numpy()
+  step = np.maximum(np.abs(want8), 2.0 ** -6) * 2.0 ** -3
+  assert (np.abs(h8s.double().numpy() - want8) <= step + 1e-12).all(), "scaled fp8 variant: e4m3 values differ"
+  return [np.abs(xo.double().numpy() - s_ref).max() / np.abs(s_ref).max(),
+          np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max()]
 
 
 def norm_bwd(n, d, rng, fp8=True):
@@ -136,6 +167,22 @@ def swiglu_bwd(n, f, rng):
   ref = np.concatenate([a * u * sg * (1 + g * (1 - sg)), a * g * sg], 1)
   return [np.abs(dh13.double().numpy() - ref).max() / np.abs(ref).max(),
           check_fp8_rows(dh8, dhs, dh13.double().numpy(), 0.01, "swiglu bwd")]
+
+
+def swiglu_fwd(n, f, rng):
+  """swiglu_fwd_fp8_kernel: the gate on an FP8 dot's unscaled output, and its e4m3 copy."""
+  h13 = torch.from_numpy((rng.standard_normal((n, 2 * f)) * 300).astype(np.float32)).to(torch.float16)
+  hs = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32))
+  qmul = torch.tensor([0.02])
+  act, act8, as_ = torch.empty((n, f), dtype=torch.float16), torch.empty((n, f), dtype=E4M3), torch.empty(n)
+  rows = swiglu_kernel.FWD_FP8_ROWS
+  SK.swiglu_fwd_fp8_kernel[(-(-n // rows),)](h13, hs, qmul, act, act8, as_, N=n, F=f,
+                                            BLOCK_F=1 << max(0, f - 1).bit_length(), ROWS=rows)
+  hsn = hs.double().numpy()[:, None]
+  g, u = h13.double().numpy()[:, :f] * hsn, h13.double().numpy()[:, f:] * hsn
+  ref = g / (1 + np.exp(-g)) * u
+  return [np.abs(act.double().numpy() - ref).max() / np.abs(ref).max(),
+          check_fp8_rows(act8, as_, act.double().numpy(), 0.02, "swiglu fwd")]
 
 
 # ----------------------------------------------------------------------------- the jax side
@@ -191,14 +238,14 @@ def jax_side():
   errors.triton_kernels = lambda name, option: (InterpretedJaxTriton, importlib.import_module(name))
   rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32)))  # pylint: disable=unnecessary-lambda-assignment
 
-  def ref(x, attn, g_mlp, w13, w2, g_next):
+  def ref(x, attn, g_mlp, w13, w2, g_next, fp8_w2):
     s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
-    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16)
+    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2)
     x_out = (s.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
     return x_out, model.rms_norm(x_out, g_next, jnp.bfloat16)
 
   errs = {}
-  for stream in (jnp.bfloat16, jnp.float32):
+  for stream, fp8_w2 in ((jnp.bfloat16, False), (jnp.float32, False), (jnp.bfloat16, True), (jnp.float32, True)):
     B, T, D, F = 2, 9, 64, 100
     k = jax.random.split(jax.random.PRNGKey(0), 8)
     args = (jax.random.normal(k[0], (B, T, D)).astype(stream), (0.5 * jax.random.normal(k[1], (B, T, D))).astype(jnp.bfloat16),
@@ -206,38 +253,40 @@ def jax_side():
             jax.random.normal(k[5], (F, D)) * F ** -0.5, 1 + 0.2 * jax.random.normal(k[3], (D,)))
     cot = ((1e-3 * jax.random.normal(k[6], (B, T, D))).astype(stream), (1e-3 * jax.random.normal(k[7], (B, T, D))).astype(jnp.bfloat16))
     outs = []
-    for f in (lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16), ref):
+    for f in (lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2), lambda *a: ref(*a, fp8_w2)):
       y, vjp = jax.vjp(f, *args)
       outs.append((*y, *vjp(cot)))
     for name, g, w in zip(("x_out", "h_next", "dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), *outs):
       assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
       assert np.isfinite(np.asarray(g, np.float32)).all(), name
-      errs[f"{name} ({jnp.dtype(stream).name} stream)"] = rel(g, w)
+      errs[f"{name} ({jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''})"] = rel(g, w)
     # With q_next, the next attention's e4m3 input comes out too: that of the reference's h_next.
     q = fp8_mlp.static_scale(args[5])
-    x_out, h_next, h8 = fp8_mlp.mlp_sublayer(*args, jnp.bfloat16, q)
+    x_out, h_next, h8 = fp8_mlp.mlp_sublayer(*args, jnp.bfloat16, fp8_w2, q)
     want8 = fp8_mlp.quantize_static(outs[1][1], q).astype(jnp.float32)
     step = jnp.maximum(jnp.abs(want8), 2.0 ** -6) * 2.0 ** -3
     assert h8.dtype == jnp.float8_e4m3fn and bool(jnp.all(jnp.abs(h8.astype(jnp.float32) - want8) <= step)), "h8_next"
-    errs[f"h8_next ({jnp.dtype(stream).name} stream)"] = rel(h8.astype(jnp.float32), want8)
-  cfg = model.default_model_config()
-  cfg.update(dict(vocab_size=300, context_length=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
-                  residual_dtype="bfloat16", mlp_fp8=True))
-  params = model.init_params(jax.random.PRNGKey(0), cfg)
-  tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
-  grads = lambda c: jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c))(params)  # pylint: disable=unnecessary-lambda-assignment
-  (l_ref, g_ref), (l, g) = grads(cfg), grads(_with(cfg, norm_backend="triton"))
-  errs["model loss"] = abs(float(l) - float(l_ref)) / float(l_ref)
-  for name in ("w13", "w2", "wqkv", "mlp_norm", "attn_norm"):
-    errs[f"model d{name}"] = rel(g["blocks"][name], g_ref["blocks"][name])
-  # attn_fp8 too: the fused path hands each later layer's attention the norm kernel's e4m3 copy.
-  cfg8 = _with(cfg, attn_fp8=True)
-  (l_ref, g_ref), (l, g) = grads(cfg8), grads(_with(cfg8, norm_backend="triton"))
-  errs["model loss, attn_fp8"] = abs(float(l) - float(l_ref)) / float(l_ref)
-  for name in ("w13", "wqkv", "wo", "attn_norm"):
-    errs[f"model d{name}, attn_fp8"] = rel(g["blocks"][name], g_ref["blocks"][name])
+    errs[f"h8_next ({jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''})"] = rel(h8.astype(jnp.float32), want8)
+  for fp8_w2 in (False, True):
+    tag = ", fp8 W2" if fp8_w2 else ""
+    cfg = model.default_model_config()
+    cfg.update(dict(vocab_size=300, context_length=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
+                    residual_dtype="bfloat16", mlp_fp8=True, mlp_fp8_w2=fp8_w2))
+    params = model.init_params(jax.random.PRNGKey(0), cfg)
+    tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
+    grads = lambda c: jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c))(params)  # pylint: disable=unnecessary-lambda-assignment,cell-var-from-loop
+    (l_ref, g_ref), (l, g) = grads(cfg), grads(_with(cfg, norm_backend="triton"))
+    errs[f"model loss{tag}"] = abs(float(l) - float(l_ref)) / float(l_ref)
+    for name in ("w13", "w2", "wqkv", "mlp_norm", "attn_norm"):
+      errs[f"model d{name}{tag}"] = rel(g["blocks"][name], g_ref["blocks"][name])
+    # attn_fp8 too: the fused path hands each later layer's attention the norm kernel's e4m3 copy.
+    cfg8 = _with(cfg, attn_fp8=True)
+    (l_ref, g_ref), (l, g) = grads(cfg8), grads(_with(cfg8, norm_backend="triton"))
+    errs[f"model loss, attn_fp8{tag}"] = abs(float(l) - float(l_ref)) / float(l_ref)
+    for name in ("w13", "wqkv", "wo", "attn_norm"):
+      errs[f"model d{name}, attn_fp8{tag}"] = rel(g["blocks"][name], g_ref["blocks"][name])
   # attn_fp8 with the bf16 MLP: the fused path's later layers then get their e4m3 input from XLA.
-  cfg8 = _with(cfg, attn_fp8=True, mlp_fp8=False)
+  cfg8 = _with(cfg, attn_fp8=True, mlp_fp8=False, mlp_fp8_w2=False)
   (l_ref, g_ref), (l, g) = grads(cfg8), grads(_with(cfg8, norm_backend="triton"))
   errs["model loss, attn_fp8 alone"] = abs(float(l) - float(l_ref)) / float(l_ref)
   for name in ("wqkv", "wo", "attn_norm"):
@@ -259,10 +308,14 @@ def main():
     print(f"norm N={n} D={d}: h {e[0]:.1e}, h8 {e[1]:.1e}; dx {e[2]:.1e}, dgain {e[3]:.1e}, d8 {e[4]:.1e}; "
           f"without the e4m3 copy: dx {e[5]:.1e}, dgain {e[6]:.1e}", flush=True)
     worst, worst8 = max(worst, e[0], e[2], e[3], e[5], e[6]), max(worst8, e[1], e[4])
+  for n, d in [(1, 32), (13, 64), (61, 512)]:
+    e = norm_fwd_scaled(n, d, rng)
+    print(f"norm fwd, Y row-scaled, N={n} D={d}: x_out {e[0]:.1e}, h {e[1]:.1e}", flush=True)
+    worst = max(worst, *e)
   for n, f in [(1, 64), (5, 100), (3, 1344)]:
-    e = swiglu_bwd(n, f, rng)
-    print(f"swiglu N={n} F={f}: dh13 {e[0]:.1e}, dh8 {e[1]:.1e}", flush=True)
-    worst, worst8 = max(worst, e[0]), max(worst8, e[1])
+    e = swiglu_bwd(n, f, rng) + swiglu_fwd(n, f, rng)
+    print(f"swiglu N={n} F={f}: dh13 {e[0]:.1e}, dh8 {e[1]:.1e}; forward act {e[2]:.1e}, act8 {e[3]:.1e}", flush=True)
+    worst, worst8 = max(worst, e[0], e[2]), max(worst8, e[1], e[3])
   print(f"worst error: fp16 outputs {worst:.2e}, e4m3 outputs (of the row max) {worst8:.2e}")
   assert worst < 2e-3, worst
   assert worst8 <= 2.0 ** -4 * 1.01, worst8   # half an e4m3 step at the row's top binade

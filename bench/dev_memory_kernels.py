@@ -2,7 +2,7 @@
 a sweep of each kernel's block/warp/grid constants, at the speedrun shape (B128 x T256, D512,
 F1344, V10k, 16 heads of 32).
 
-  python bench/dev_memory_kernels.py [--only=norm,swiglu,swiglu_fp8,xent,rope,head,attn] [--out=FILE]
+  python bench/dev_memory_kernels.py [--only=norm,swiglu,swiglu_fp8,swiglu_fwd_fp8,xent,rope,head,attn] [--out=FILE]
 
 Device time per call comes from a jax.profiler trace (kernel durations summed, launch gaps
 excluded), with the bytes each call must move and the bandwidth that implies. Prints a table and
@@ -106,6 +106,21 @@ def swiglu_fp8_cases():
     yield "triton", dict(rows=rows, warps=warps, setup=setup), swiglu_kernel.backward_fp8, (h13, hs, da, das, qmul), moved
 
 
+def swiglu_fwd_fp8_cases():
+  """fp8_mlp.py's forward gate with mlp_fp8_w2 (unscaled W13-dot output with row scales in; act in
+  bf16 and in e4m3 with a row scale out), whole rows per program, against XLA's fusion that writes
+  the bf16 act alone (what the step runs without mlp_fp8_w2)."""
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  h13, hs = rand(0, (N, 2 * F), scale=300.0), jnp.full((N,), 0.01, jnp.float32)
+  qmul = jnp.ones((1,), jnp.float32)
+  yield "xla", {}, lambda h, s: fp8_mlp.silu_mul_scaled(h, s, jnp.bfloat16), (h13, hs), N * F * 2 * 3
+  moved = N * F * 2 * 3 + N * F   # gate, up in; act out in bf16, and again in e4m3
+  for rows, warps in ((1, 8), (1, 4), (1, 2), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16)):
+    def setup(rows=rows, warps=warps):
+      swiglu_kernel.FWD_FP8_ROWS, swiglu_kernel.FWD_FP8_WARPS = rows, warps
+    yield "triton", dict(rows=rows, warps=warps, setup=setup), swiglu_kernel.forward_fp8, (h13, hs, qmul), moved
+
+
 def xent_cases():
   """The kernel alone on given bf16 logits: loss and d(logits) (one read, one write)."""
   logits, targets = rand(0, (N, V), scale=2.0), jax.random.randint(jax.random.PRNGKey(1), (N,), 0, V)
@@ -169,7 +184,8 @@ def attn_cases():
     yield "fwd+bwd", dict(fwd=cfg[0], dkdv=cfg[1], dq=cfg[2]), f, (qkv, cos, sin, do), flops
 
 
-CASES = {"norm": norm_cases, "attn": attn_cases, "swiglu": swiglu_cases, "swiglu_fp8": swiglu_fp8_cases, "xent": xent_cases, "rope": rope_cases, "head": head_cases}
+CASES = {"norm": norm_cases, "attn": attn_cases, "swiglu": swiglu_cases, "swiglu_fp8": swiglu_fp8_cases,
+         "swiglu_fwd_fp8": swiglu_fwd_fp8_cases, "xent": xent_cases, "rope": rope_cases, "head": head_cases}
 
 
 def main():

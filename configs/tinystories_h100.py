@@ -44,6 +44,12 @@ def get_config():
   # it a little more clock); val loss at 200 steps 3.020 / 2.998 vs 3.018 / 3.010 (2 seeds).
   # bench/results/h200_session13/, docs/model.md.
   m.attn_fp8 = True
+  # A fourth of the MLP's dots in e4m3: the forward's act x W2, its operand written by a Triton gate
+  # kernel (swiglu_kernel.forward_fp8; unused when mlp_fp8 is off). Sustained 200-step loops
+  # 8.80 / 8.83 vs 8.89 / 8.88 ms and 10-step steps 8.37 vs 8.42 ms (H200, two machines, interleaved),
+  # kernels at full clock within +-0.04 ms: the FP8 dot spends less of the 700 W cap. Val loss at
+  # 200 steps 3.026 / 2.988 vs 3.003 / 2.995 (2 seeds, within their spread). bench/results/h200_session15/.
+  m.mlp_fp8_w2 = True
   # The residual stream between blocks in bf16 (each add summed in fp32, rounded once): -0.3 ms a
   # step; val loss equal within seed noise over 300 steps at two recipes (docs/model.md). "float32"
   # is the conservative choice for runs much longer than those checks.

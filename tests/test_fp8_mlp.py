@@ -76,12 +76,13 @@ def test_stacked_weights_quantize_each_layer_alone():
     w13_8, s13 = _q_tensor(np.asarray(w13[i], np.float64).reshape(16, 48))
     w2_8, s2 = _q_tensor(np.asarray(w2[i], np.float64))
     got = [np.asarray(a[i].astype(jnp.float32), np.float64) for a in stacked]
-    for name, g, w in (("w13_8", got[0], w13_8), ("w13_8T", got[1], w13_8.T), ("w2_8", got[3], w2_8)):
+    for name, g, w in (("w13_8", got[0], w13_8), ("w13_8T", got[1], w13_8.T), ("w2_8", got[3], w2_8),
+                       ("w2_8T", got[5], w2_8.T)):
       np.testing.assert_array_equal(g, w, err_msg=name)
     np.testing.assert_allclose([got[2][0], got[4][0]], [s13, s2], rtol=1e-6)
 
 
-def _numpy_recipe(h, w13, w2, dy):
+def _numpy_recipe(h, w13, w2, dy, fp8_w2=False):
   """The module docstring's recipe in float64, rounding to bf16 / e4m3 where the dots' outputs do."""
   h, dy = np.asarray(h, np.float64)[0], np.asarray(dy, np.float64)[0]
   d, _, f = w13.shape
@@ -92,9 +93,13 @@ def _numpy_recipe(h, w13, w2, dy):
   g, u = h13[:, :f], h13[:, f:]
   sg = 1 / (1 + np.exp(-g))
   act = _bf16(g * sg * u)
-  y = _bf16(act @ _bf16(w2))
-  dy8, dys = _q_rows(dy)
   w2_8, s2 = _q_tensor(w2)
+  if fp8_w2:
+    act8, acts = _q_rows(act)
+    y = _bf16(_bf16(act8 @ w2_8) * (acts * s2)[:, None])
+  else:
+    y = _bf16(act @ _bf16(w2))
+  dy8, dys = _q_rows(dy)
   da = _bf16(dy8 @ w2_8.T) * (dys * s2)[:, None]
   dh13 = _bf16(np.concatenate([da * u * sg * (1 + g * (1 - sg)), da * g * sg], 1))
   dh8, dhs = _q_rows(dh13)
@@ -102,19 +107,23 @@ def _numpy_recipe(h, w13, w2, dy):
   return y, dx, (h.T @ dh13).reshape(d, 2, f), act.T @ dy
 
 
-def test_reference_mlp_is_the_documented_recipe():
+@pytest.mark.parametrize("fp8_w2", [False, True])
+def test_reference_mlp_is_the_documented_recipe(fp8_w2):
   """Against the NumPy emulation the XLA MLP is off by stray roundings only (<= 3e-4 here); a bf16
-  MLP (no FP8 at all) is ~5e-2 away, so the check tells the recipe apart from no quantization."""
+  MLP (no FP8 at all) is ~5e-2 away, so the check tells the recipe apart from no quantization.
+  fp8_w2 (act x W2 in e4m3 too) is told apart from the three-dot recipe the same way."""
   h, w13, w2, dy = _inputs()
-  y, vjp = jax.vjp(lambda h, a, b: fp8_mlp.swiglu(h, a, b, jnp.bfloat16), h, w13, w2)
+  y, vjp = jax.vjp(lambda h, a, b: fp8_mlp.swiglu(h, a, b, jnp.bfloat16, fp8_w2), h, w13, w2)
   dh, dw13, dw2 = vjp(dy)
   got = (y[0], dh[0], dw13, dw2)
-  want = _numpy_recipe(h, w13, w2, dy)
+  want = _numpy_recipe(h, w13, w2, dy, fp8_w2)
   for name, g, w in zip(("y", "dx", "dw13", "dw2"), got, want):
     assert g.dtype == (jnp.bfloat16 if name in ("y", "dx") else jnp.float32), name
     assert _rel(g, w) < 3e-3, (name, _rel(g, w))
   y16, vjp16 = jax.vjp(lambda h, a, b: model.swiglu({"w13": a, "w2": b}, h, jnp.bfloat16), h, w13, w2)
   assert _rel(y16[0], want[0]) > 1e-2 and _rel(vjp16(dy)[0][0], want[1]) > 1e-2
+  other = _numpy_recipe(h, w13, w2, dy, not fp8_w2)[0]
+  assert _rel(y[0], other) > 1e-2, _rel(y[0], other)
 
 
 def _cfg(**kw):
@@ -129,14 +138,15 @@ def _loss_and_grads(cfg, params, tok):
   return jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], cfg)))(params)
 
 
-def test_model_with_fp8_mlp_tracks_the_bf16_model():
+@pytest.mark.parametrize("fp8_w2", [False, True])
+def test_model_with_fp8_mlp_tracks_the_bf16_model(fp8_w2):
   """Through the whole model (XLA path, any machine) the FP8 MLP changes the loss by well under
   1% and the gradients by FP8's few percent, in every block parameter."""
   cfg = _cfg()
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
   l16, g16 = _loss_and_grads(cfg, params, tok)
-  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True), params, tok)
+  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True, mlp_fp8_w2=fp8_w2), params, tok)
   assert abs(float(l8) - float(l16)) < 0.01 * float(l16)
   for k in ("w13", "w2", "wqkv", "wo", "mlp_norm"):
     assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.15, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
@@ -240,18 +250,18 @@ def test_fp8_attention_needs_plain_mha(kw):
     model.loss_fn(params, tok[:, :-1], tok[:, 1:], _cfg(attn_fp8=True, **kw))
 
 
-def _ref_sublayer(x, attn, g_mlp, w13, w2, g_next):
+def _ref_sublayer(x, attn, g_mlp, w13, w2, g_next, fp8_w2=False):
   """The fused sublayer's values from plain XLA pieces: add, RMSNorm, the reference MLP, add, RMSNorm."""
   s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
-  y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16)
+  y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2)
   x_out = (s.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
   return x_out, model.rms_norm(x_out, g_next, jnp.bfloat16)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("stream", [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("stream,fp8_w2", [(jnp.bfloat16, False), (jnp.float32, False), (jnp.bfloat16, True)])
 @pytest.mark.parametrize("shape", [(4, 256, 512, 1344), (3, 7, 64, 100)])
-def test_fused_sublayer_matches_the_xla_reference(shape, stream):
+def test_fused_sublayer_matches_the_xla_reference(shape, stream, fp8_w2):
   B, T, D, F = shape
   k = jax.random.split(jax.random.PRNGKey(D + F), 8)
   x = jax.random.normal(k[0], (B, T, D)).astype(stream)
@@ -266,8 +276,8 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream):
     out, vjp = jax.vjp(f, *args)
     return out, vjp((dx_out, dh))
 
-  got = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16)))()
-  want = jax.jit(lambda: run(_ref_sublayer))()
+  got = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2)))()
+  want = jax.jit(lambda: run(lambda *a: _ref_sublayer(*a, fp8_w2)))()
   # Same roundings in the forward (XLA's RMSNorm may still round a few bf16 values the other way);
   # the gradients also differ by the norm backward's formula (kernel vs autodiff), which flips some
   # e4m3 roundings: ~1e-2, against ~8e-2 between FP8 and bf16 and O(1) for a misapplied scale.
@@ -280,7 +290,8 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream):
 
 
 @pytest.mark.gpu
-def test_model_fused_path_matches_the_xla_path():
+@pytest.mark.parametrize("fp8_w2", [False, True])
+def test_model_fused_path_matches_the_xla_path(fp8_w2):
   """model.py picks the fused sublayer with norm_backend='triton': the same loss as the XLA norms
   with the reference MLP, and every block gradient closer to it than the bf16 model's is.
 
@@ -289,12 +300,13 @@ def test_model_fused_path_matches_the_xla_path():
   apart. On the H200, over 4 seeds (bench/dev_fp8_model_grads.py), fused vs XLA FP8 was 0.5-0.7
   times bf16 vs XLA FP8 in every parameter (the MLP norm's gain: 4e-2 vs 6e-2); a misapplied
   scale or a wrong operand is O(1)."""
-  cfg = _cfg(mlp_fp8=True, d_model=128, d_ff=320)
+  cfg = _cfg(mlp_fp8=True, mlp_fp8_w2=fp8_w2, d_model=128, d_ff=320)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
   l_ref, g_ref = _loss_and_grads(cfg, params, tok)
-  l, g = _loss_and_grads(_cfg(mlp_fp8=True, d_model=128, d_ff=320, norm_backend="triton"), params, tok)
+  l, g = _loss_and_grads(_cfg(mlp_fp8=True, mlp_fp8_w2=fp8_w2, d_model=128, d_ff=320, norm_backend="triton"),
+                         params, tok)
   _, g16 = _loss_and_grads(_cfg(d_model=128, d_ff=320), params, tok)
   assert l.dtype == l_ref.dtype
   assert abs(float(l) - float(l_ref)) < 1e-3 * float(l_ref)
@@ -304,11 +316,13 @@ def test_model_fused_path_matches_the_xla_path():
 
 
 @pytest.mark.gpu
-def test_model_fused_path_with_fp8_attention_matches_the_xla_path():
+@pytest.mark.parametrize("fp8_w2", [False, True])
+def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2):
   """attn_fp8 on the GPU config's path (the norm kernels write the e4m3 copy, the Triton attention
   gets the scaled RoPE tables) against the XLA path of the same recipe: the same loss, and every
-  block gradient closer to it than the bf16 model's is."""
-  kw = dict(mlp_fp8=True, attn_fp8=True, d_model=128, d_ff=320)
+  block gradient closer to it than the bf16 model's is. With fp8_w2 the norm kernel that writes
+  the next attention's e4m3 input also applies the W2 dot's row scales."""
+  kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=fp8_w2, d_model=128, d_ff=320)
   cfg = _cfg(**kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
@@ -347,3 +361,16 @@ def test_fp8_on_a_gpu_without_e4m3_names_the_fix(monkeypatch, cc, older, flag):
       model.loss_fn(params, tok[:, :-1], tok[:, 1:], cfg)
   monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="cpu")])
   assert model.gpu_without_fp8() is None
+
+
+def test_fp8_w2_without_the_fp8_mlp_is_the_bf16_model():
+  """mlp_fp8_w2 refines mlp_fp8 and does nothing alone, so turning mlp_fp8 off on the speedrun
+  config (the plain-JAX reference, an older GPU) gives the bf16 MLP: the same loss and gradients,
+  bit for bit."""
+  cfg = _cfg()
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
+  (l16, g16), (l, g) = _loss_and_grads(cfg, params, tok), _loss_and_grads(_cfg(mlp_fp8_w2=True), params, tok)
+  assert float(l) == float(l16)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g16)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -369,14 +369,16 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   another model shape."""
   base = model.default_model_config().to_dict()
   ident = train._model_identity(base)  # pylint: disable=protected-access
-  assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "norm_backend": "triton",  # pylint: disable=protected-access
+  assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "mlp_fp8_w2": True,  # pylint: disable=protected-access
+                                "norm_backend": "triton",
                                 "scan_layers": True}) == ident
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("name,mlp_fp8,attn_fp8", [("speedrun", False, False), ("speedrun", True, False),
-                                                   ("speedrun", True, True), ("small", False, False)])
-def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8, attn_fp8):
+@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2", [("speedrun", False, False, True), ("speedrun", True, False, False),
+                                                          ("speedrun", True, True, False), ("speedrun", True, True, True),
+                                                          ("small", False, False, False)])
+def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8, attn_fp8, fp8_w2):
   """The train step of a GPU config, traced on this machine with each Triton launch replaced by a
   compile for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles,
   within the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU.
@@ -386,7 +388,7 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   compiler = hopper_compile.patch(monkeypatch)
   config = (tinystories_h100 if name == "speedrun" else small).get_config()
   assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
-  config.model.mlp_fp8, config.model.attn_fp8 = mlp_fp8, attn_fp8
+  config.model.mlp_fp8, config.model.attn_fp8, config.model.mlp_fp8_w2 = mlp_fp8, attn_fp8, fp8_w2
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
@@ -394,8 +396,10 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   names = {name for name, _ in compiler.compiled}
   # The launches the config asks for (attention, RoPE, norms, SwiGLU, loss), each way.
   # The FP8 MLP's backward takes every add+norm backward to the FP8 entry point (flags off or on).
-  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel",
-              "add_norm_fwd_kernel"}
+  # With act x W2 in FP8, the MLP's gate runs in Triton and its output meets the stream row-scaled.
+  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel"}
+  # mlp_fp8_w2 without mlp_fp8 does nothing (the bf16 MLP).
+  expected |= {"swiglu_fwd_fp8_kernel", "add_norm_fwd_scaled_kernel"} if fp8_w2 and mlp_fp8 else {"add_norm_fwd_kernel"}
   expected |= ({"add_norm_fwd_fp8_kernel", "add_norm_bwd_fp8_kernel", "swiglu_bwd_fp8_kernel"} if mlp_fp8
                else {"add_norm_bwd_kernel", "swiglu_bwd_kernel"})
   assert names == expected, (sorted(expected - names), sorted(names - expected))
