@@ -30,13 +30,10 @@ def swiglu_bwd_kernel(H13, DA, DH13, N: tl.constexpr, F: tl.constexpr, BLOCK_R: 
 
 
 @triton.jit
-def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexpr, F: tl.constexpr,
-                          BLOCK_F: tl.constexpr, ROWS: tl.constexpr):
-  """swiglu_bwd_kernel for fp8_mlp.py, on FP8 dots' unscaled outputs: gate, up = H13 * HS[row] and
-  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for the weight gradient) and in
-  e4m3 with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program
-  owns ROWS whole rows (F padded to BLOCK_F in registers).
-  """
+def _scaled_gate_rows(H13, HS, N: tl.constexpr, F: tl.constexpr, BLOCK_F: tl.constexpr, ROWS: tl.constexpr):
+  """This program's ROWS whole rows of an FP8 dot's unscaled [gate | up] output, times HS[row]:
+  (rows, row mask, element mask, row offsets as int64 [ROWS, 1], column indices, gate offsets,
+  gate, up in fp32)."""
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   cols = tl.arange(0, BLOCK_F)
   rmask = rows < N
@@ -46,6 +43,18 @@ def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexp
   hs = tl.load(HS + rows, mask=rmask, other=0.0)[:, None]
   gate = tl.load(H13 + gate_offs, mask=mask, other=0.0).to(tl.float32) * hs
   up = tl.load(H13 + gate_offs + F, mask=mask, other=0.0).to(tl.float32) * hs
+  return rows, rmask, mask, r64, cols, gate_offs, gate, up
+
+
+@triton.jit
+def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexpr, F: tl.constexpr,
+                          BLOCK_F: tl.constexpr, ROWS: tl.constexpr):
+  """swiglu_bwd_kernel for fp8_mlp.py, on FP8 dots' unscaled outputs: gate, up = H13 * HS[row] and
+  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for the weight gradient) and in
+  e4m3 with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program
+  owns ROWS whole rows (F padded to BLOCK_F in registers).
+  """
+  rows, rmask, mask, r64, cols, gate_offs, gate, up = _scaled_gate_rows(H13, HS, N, F, BLOCK_F, ROWS)
   da = tl.load(DA + r64 * F + cols[None, :], mask=mask, other=0.0).to(tl.float32)
   da = da * tl.load(DAS + rows, mask=rmask, other=0.0)[:, None]
   s = tl.sigmoid(gate)
@@ -69,15 +78,7 @@ def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.c
   """fp8_mlp.py's forward gate with mlp_fp8_w2: gate, up = H13 * HS[row] (an FP8 dot's unscaled
   output); ACT = silu(gate) * up in H13's dtype (the weight gradient's operand) and in e4m3 with one
   scale per row (ACT8; AS = QMUL * max|row| / 448), the operand of the FP8 dot with W2."""
-  rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-  cols = tl.arange(0, BLOCK_F)
-  rmask = rows < N
-  mask = rmask[:, None] & (cols[None, :] < F)
-  r64 = rows[:, None].to(tl.int64)
-  gate_offs = r64 * (2 * F) + cols[None, :]
-  hs = tl.load(HS + rows, mask=rmask, other=0.0)[:, None]
-  gate = tl.load(H13 + gate_offs, mask=mask, other=0.0).to(tl.float32) * hs
-  up = tl.load(H13 + gate_offs + F, mask=mask, other=0.0).to(tl.float32) * hs
+  rows, rmask, mask, r64, cols, gate_offs, gate, up = _scaled_gate_rows(H13, HS, N, F, BLOCK_F, ROWS)
   act = (gate * tl.sigmoid(gate) * up).to(ACT.dtype.element_ty)
   offs = r64 * F + cols[None, :]
   tl.store(ACT + offs, act, mask=mask)
