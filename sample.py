@@ -189,8 +189,6 @@ class RecomputeGenerator:
       cfg.mlp_fp8 = False
       if "attn_fp8" in cfg:
         cfg.attn_fp8 = False
-      if "mlp_fp8_w2" in cfg:
-        cfg.mlp_fp8_w2 = False
     self.params, self.cfg = params, cfg
     self.eos = -1 if eos_id is None else eos_id
     pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
