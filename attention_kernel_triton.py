@@ -13,7 +13,17 @@ import triton
 import triton.language as tl
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
+def _diag(ROWS: tl.constexpr, COLS: tl.constexpr):
+  """row - column of a [ROWS, COLS] tile, for the forward's causal test: compared with one scalar
+  offset, where `queries >= keys` built in the loop compiled to two 64-bit compares per element (the
+  loop counter is widened for the pointer arithmetic, and the compares follow it): 73.7 vs 76.2 us
+  at the speedrun shape on the H200. The backward kernels keep the plain test: there the tile's
+  registers cost occupancy (the dQ kernel's 74 -> 88 registers, 85.2 vs 84.2 us)."""
+  return tl.arange(0, ROWS)[:, None] - tl.arange(0, COLS)[None, :]
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, lo, hi, qk_scale,
                T: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr):
   offs_n = tl.arange(0, BLOCK_N)
@@ -27,7 +37,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
     qk = tl.dot(q, tl.trans(k)) * qk_scale
     if MASKED:
       if CAUSAL:  # keys >= T are also > every real query, so the causal test covers them
-        keep = offs_m[:, None] >= cols[None, :]
+        keep = diag >= start_n - start_m   # query >= key
       else:
         keep = cols[None, :] < T
       # -1e6, not -inf: a row whose first block is all masked gets exp2(0) = 1 there, which its
@@ -81,9 +91,10 @@ def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.c
   else:
     full_hi = (T // BLOCK_N) * BLOCK_N
     hi = T
-  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, 0, full_hi, qk_scale,
+  diag = _diag(BLOCK_M, BLOCK_N)
+  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, 0, full_hi, qk_scale,
                              T, ROW, V_ROW, BLOCK_N, False, CAUSAL)
-  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, full_hi, hi, qk_scale,
+  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, full_hi, hi, qk_scale,
                              T, ROW, V_ROW, BLOCK_N, True, CAUSAL)
   acc = acc / l_i[:, None]
   tl.store(LSE + bh * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)

@@ -53,9 +53,18 @@ def _bwd(h13_BT2F, da_BTF):
 silu_mul.defvjp(_fwd, _bwd)
 
 
-# backward_fp8's rows per program and warps: 141 us at 32768 x 1344 on the H200, against 151 us for
-# (2, 8) and 147-180 us for the other four swept (bench/results/fp8_mlp_h200/swiglu_fp8_sweep.json).
-FP8_ROWS, FP8_WARPS = 1, 8
+def _row_tiles(F):
+  """The FP8 kernels' two tiles of a row: BLOCK_F, the largest power of two <= F, and BLOCK_T, the
+  next power of two >= the rest (0 when there is none): 1024 + 512 lanes for F = 1344."""
+  head = 1 << (F.bit_length() - 1)
+  rest = F - head
+  return dict(BLOCK_F=head, BLOCK_T=0 if rest == 0 else 1 << (rest - 1).bit_length())
+
+
+# backward_fp8's rows per program and warps: 128.8 us at 32768 x 1344 on the H200, against
+# 129.2-149.1 us for the other five swept (bench/results/h200_session17/). With a row as 2048
+# padded lanes it was 141 us at (1, 8) (bench/results/fp8_mlp_h200/swiglu_fp8_sweep.json).
+FP8_ROWS, FP8_WARPS = 1, 4
 
 
 def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul):
@@ -68,13 +77,12 @@ def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul):
       h13_N2F, hs_N, da_NF, das_N, qmul, kernel=kern.swiglu_bwd_fp8_kernel,
       out_shape=(jax.ShapeDtypeStruct((N, 2 * F), h13_N2F.dtype), jax.ShapeDtypeStruct((N, 2 * F), jnp.float8_e4m3fn),
                  jax.ShapeDtypeStruct((N,), jnp.float32)),
-      grid=(-(-N // FP8_ROWS),), num_warps=FP8_WARPS, num_stages=1, N=N, F=F,
-      BLOCK_F=1 << max(0, F - 1).bit_length(), ROWS=FP8_ROWS)
+      grid=(-(-N // FP8_ROWS),), num_warps=FP8_WARPS, num_stages=1, N=N, F=F, ROWS=FP8_ROWS, **_row_tiles(F))
 
 
-# forward_fp8's rows per program and warps: 82 us at 32768 x 1344 on the H200, against 84-98 us for
-# the other seven swept (8 warps, backward_fp8's choice: 97 us); XLA's fusion that writes the bf16
-# act alone takes 70 us (bench/results/h200_session15/).
+# forward_fp8's rows per program and warps: 74.9 us at 32768 x 1344 on the H200, against 75.3-96.1
+# us for the other seven swept (bench/results/h200_session17/; 82 us with the padded 2048-lane
+# row, bench/results/h200_session15/); XLA's fusion that writes the bf16 act alone takes 70 us.
 FWD_FP8_ROWS, FWD_FP8_WARPS = 1, 2
 
 
@@ -87,5 +95,5 @@ def forward_fp8(h13_N2F, hs_N, qmul):
       h13_N2F, hs_N, qmul, kernel=kern.swiglu_fwd_fp8_kernel,
       out_shape=(jax.ShapeDtypeStruct((N, F), h13_N2F.dtype), jax.ShapeDtypeStruct((N, F), jnp.float8_e4m3fn),
                  jax.ShapeDtypeStruct((N,), jnp.float32)),
-      grid=(-(-N // FWD_FP8_ROWS),), num_warps=FWD_FP8_WARPS, num_stages=1, N=N, F=F,
-      BLOCK_F=1 << max(0, F - 1).bit_length(), ROWS=FWD_FP8_ROWS)
+      grid=(-(-N // FWD_FP8_ROWS),), num_warps=FWD_FP8_WARPS, num_stages=1, N=N, F=F, ROWS=FWD_FP8_ROWS,
+      **_row_tiles(F))

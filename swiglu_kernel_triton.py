@@ -6,6 +6,8 @@ Imports triton at load, so only swiglu_kernel.py imports it, and only when the k
 import triton
 import triton.language as tl
 
+from fastmath_triton import sigmoid, to_bf16
+
 
 @triton.jit
 def swiglu_bwd_kernel(H13, DA, DH13, N: tl.constexpr, F: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -24,67 +26,109 @@ def swiglu_bwd_kernel(H13, DA, DH13, N: tl.constexpr, F: tl.constexpr, BLOCK_R: 
   gate = tl.load(H13 + gate_offs, mask=mask, other=0.0).to(tl.float32)
   up = tl.load(H13 + gate_offs + F, mask=mask, other=0.0).to(tl.float32)
   da = tl.load(DA + r64 * F + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-  s = tl.sigmoid(gate)
+  s = sigmoid(gate)
   tl.store(DH13 + gate_offs, (da * up * s * (1.0 + gate * (1.0 - s))).to(DH13.dtype.element_ty), mask=mask)
   tl.store(DH13 + gate_offs + F, (da * gate * s).to(DH13.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _scaled_gate_rows(H13, HS, N: tl.constexpr, F: tl.constexpr, BLOCK_F: tl.constexpr, ROWS: tl.constexpr):
-  """This program's ROWS whole rows of an FP8 dot's unscaled [gate | up] output, times HS[row]:
-  (rows, row mask, element mask, row offsets as int64 [ROWS, 1], column indices, gate offsets,
-  gate, up in fp32)."""
-  rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-  cols = tl.arange(0, BLOCK_F)
-  rmask = rows < N
-  mask = rmask[:, None] & (cols[None, :] < F)
-  r64 = rows[:, None].to(tl.int64)
+def _scaled_gate_tile(H13, hs, r64, cols, mask, F: tl.constexpr):
+  """One tile of a row's [gate | up], an FP8 dot's unscaled output, times the row's scale hs:
+  (gate offsets, gate, up in fp32; zeros where masked)."""
   gate_offs = r64 * (2 * F) + cols[None, :]
-  hs = tl.load(HS + rows, mask=rmask, other=0.0)[:, None]
   gate = tl.load(H13 + gate_offs, mask=mask, other=0.0).to(tl.float32) * hs
   up = tl.load(H13 + gate_offs + F, mask=mask, other=0.0).to(tl.float32) * hs
-  return rows, rmask, mask, r64, cols, gate_offs, gate, up
+  return gate_offs, gate, up
+
+
+# The FP8 kernels below own whole rows (one e4m3 scale per row needs the row's max). A row of F
+# features is two tiles, BLOCK_F (the largest power of two <= F) and BLOCK_T (the next power of two
+# >= F - BLOCK_F; 0 when F is a power of two), so F = 1344 runs on 1024 + 512 lanes instead of 2048:
+# both kernels are bound by instruction issue, and padded lanes cost as much as real ones.
+# Masked lanes load zeros, which give zero gradients and activations: they never raise a row max.
+# The e4m3 stores need no clamp: the conversion (cvt.rn.satfinite) saturates at +-448.
 
 
 @triton.jit
-def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexpr, F: tl.constexpr,
-                          BLOCK_F: tl.constexpr, ROWS: tl.constexpr):
-  """swiglu_bwd_kernel for fp8_mlp.py, on FP8 dots' unscaled outputs: gate, up = H13 * HS[row] and
-  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for the weight gradient) and in
-  e4m3 with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program
-  owns ROWS whole rows (F padded to BLOCK_F in registers).
-  """
-  rows, rmask, mask, r64, cols, gate_offs, gate, up = _scaled_gate_rows(H13, HS, N, F, BLOCK_F, ROWS)
-  da = tl.load(DA + r64 * F + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-  da = da * tl.load(DAS + rows, mask=rmask, other=0.0)[:, None]
-  s = tl.sigmoid(gate)
-  dgate = da * up * s * (1.0 + gate * (1.0 - s))
-  dup = da * gate * s
-  dgate, dup = dgate.to(DH13.dtype.element_ty), dup.to(DH13.dtype.element_ty)
+def _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols, mask, F: tl.constexpr):
+  """Both gate gradients of one tile, stored in bf16; returns (offsets, dgate, dup as stored, in
+  fp32, and their largest magnitude per row)."""
+  gate_offs, gate, up = _scaled_gate_tile(H13, hs, r64, cols, mask, F)
+  da = tl.load(DA + r64 * F + cols[None, :], mask=mask, other=0.0).to(tl.float32) * das
+  s = sigmoid(gate)
+  dgate = to_bf16(da * up * s * (1.0 + gate * (1.0 - s)))
+  dup = to_bf16(da * gate * s)
   tl.store(DH13 + gate_offs, dgate, mask=mask)
   tl.store(DH13 + gate_offs + F, dup, mask=mask)
   # The e4m3 copy is quantized from DH13 as stored (fp8_mlp.swiglu's), with one scale per row.
   dgate, dup = dgate.to(tl.float32), dup.to(tl.float32)
-  amax = tl.maximum(tl.max(tl.where(mask, tl.abs(dgate), 0.0), 1), tl.max(tl.where(mask, tl.abs(dup), 0.0), 1))
+  return gate_offs, dgate, dup, tl.max(tl.maximum(tl.abs(dgate), tl.abs(dup)), 1)
+
+
+@triton.jit
+def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexpr, F: tl.constexpr,
+                          BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, ROWS: tl.constexpr):
+  """swiglu_bwd_kernel for fp8_mlp.py, on FP8 dots' unscaled outputs: gate, up = H13 * HS[row] and
+  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for the weight gradient) and in
+  e4m3 with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program
+  owns ROWS whole rows, as a BLOCK_F tile and a BLOCK_T tile (see above).
+  """
+  rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+  rmask = rows < N
+  r64 = rows[:, None].to(tl.int64)
+  hs = tl.load(HS + rows, mask=rmask, other=0.0)[:, None]
+  das = tl.load(DAS + rows, mask=rmask, other=0.0)[:, None]
+  cols = tl.arange(0, BLOCK_F)
+  mask = rmask[:, None] & (cols[None, :] < F)
+  offs, dgate, dup, amax = _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols, mask, F)
+  if BLOCK_T > 0:
+    cols_t = BLOCK_F + tl.arange(0, BLOCK_T)
+    mask_t = rmask[:, None] & (cols_t[None, :] < F)
+    offs_t, dgate_t, dup_t, amax_t = _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols_t, mask_t, F)
+    amax = tl.maximum(amax, amax_t)
   q = (448.0 / tl.maximum(amax, 1e-30))[:, None]   # 448: the largest finite e4m3 value
-  tl.store(DH8 + gate_offs, tl.clamp(dgate * q, -448.0, 448.0).to(DH8.dtype.element_ty), mask=mask)
-  tl.store(DH8 + gate_offs + F, tl.clamp(dup * q, -448.0, 448.0).to(DH8.dtype.element_ty), mask=mask)
+  tl.store(DH8 + offs, (dgate * q).to(DH8.dtype.element_ty), mask=mask)
+  tl.store(DH8 + offs + F, (dup * q).to(DH8.dtype.element_ty), mask=mask)
+  if BLOCK_T > 0:
+    tl.store(DH8 + offs_t, (dgate_t * q).to(DH8.dtype.element_ty), mask=mask_t)
+    tl.store(DH8 + offs_t + F, (dup_t * q).to(DH8.dtype.element_ty), mask=mask_t)
   tl.store(DHS + rows, tl.load(QMUL) * (amax / 448.0), mask=rmask)
 
 
 @triton.jit
-def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.constexpr, BLOCK_F: tl.constexpr,
-                          ROWS: tl.constexpr):
-  """fp8_mlp.py's forward gate with mlp_fp8_w2: gate, up = H13 * HS[row] (an FP8 dot's unscaled
-  output); ACT = silu(gate) * up in H13's dtype (the weight gradient's operand) and in e4m3 with one
-  scale per row (ACT8; AS = QMUL * max|row| / 448), the operand of the FP8 dot with W2."""
-  rows, rmask, mask, r64, cols, gate_offs, gate, up = _scaled_gate_rows(H13, HS, N, F, BLOCK_F, ROWS)
-  act = (gate * tl.sigmoid(gate) * up).to(ACT.dtype.element_ty)
+def _fwd_fp8_tile(H13, ACT, hs, r64, cols, mask, F: tl.constexpr):
+  """silu(gate) * up of one tile, stored in bf16; returns (offsets, act as stored in fp32, its
+  largest magnitude per row)."""
+  _, gate, up = _scaled_gate_tile(H13, hs, r64, cols, mask, F)
+  act = to_bf16(gate * sigmoid(gate) * up)
   offs = r64 * F + cols[None, :]
   tl.store(ACT + offs, act, mask=mask)
   # Quantized from ACT as stored, as fp8_mlp.swiglu quantizes its bf16 activation.
   act = act.to(tl.float32)
-  amax = tl.max(tl.where(mask, tl.abs(act), 0.0), 1)
+  return offs, act, tl.max(tl.abs(act), 1)
+
+
+@triton.jit
+def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.constexpr, BLOCK_F: tl.constexpr,
+                          BLOCK_T: tl.constexpr, ROWS: tl.constexpr):
+  """fp8_mlp.py's forward gate with mlp_fp8_w2: gate, up = H13 * HS[row] (an FP8 dot's unscaled
+  output); ACT = silu(gate) * up in H13's dtype (the weight gradient's operand) and in e4m3 with one
+  scale per row (ACT8; AS = QMUL * max|row| / 448), the operand of the FP8 dot with W2. Rows as
+  in swiglu_bwd_fp8_kernel."""
+  rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+  rmask = rows < N
+  r64 = rows[:, None].to(tl.int64)
+  hs = tl.load(HS + rows, mask=rmask, other=0.0)[:, None]
+  cols = tl.arange(0, BLOCK_F)
+  mask = rmask[:, None] & (cols[None, :] < F)
+  offs, act, amax = _fwd_fp8_tile(H13, ACT, hs, r64, cols, mask, F)
+  if BLOCK_T > 0:
+    cols_t = BLOCK_F + tl.arange(0, BLOCK_T)
+    mask_t = rmask[:, None] & (cols_t[None, :] < F)
+    offs_t, act_t, amax_t = _fwd_fp8_tile(H13, ACT, hs, r64, cols_t, mask_t, F)
+    amax = tl.maximum(amax, amax_t)
   q = (448.0 / tl.maximum(amax, 1e-30))[:, None]   # 448: the largest finite e4m3 value
-  tl.store(ACT8 + offs, tl.clamp(act * q, -448.0, 448.0).to(ACT8.dtype.element_ty), mask=mask)
+  tl.store(ACT8 + offs, (act * q).to(ACT8.dtype.element_ty), mask=mask)
+  if BLOCK_T > 0:
+    tl.store(ACT8 + offs_t, (act_t * q).to(ACT8.dtype.element_ty), mask=mask_t)
   tl.store(AS + rows, tl.load(QMUL) * (amax / 448.0), mask=rmask)

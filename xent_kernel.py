@@ -19,9 +19,11 @@ import jax.numpy as jnp
 
 import errors
 
-# Logits per loop step (5 steps for a 10k vocab) and warps: the best of 7 on the H200
-# (bench/dev_memory_kernels.py; wider blocks or more warps hold fewer rows per multiprocessor).
-BLOCK_V, NUM_WARPS = 2048, 4
+# Logits per loop step (3 steps for a 10k vocab) and warps: the best of 7 on the H200
+# (bench/dev_memory_kernels.py): 351 us at 32k x 10k, against 362-472 us for the other six. The
+# kernel that spent 37 instructions a logit was best at 2048 (issue-bound); at ~10 a logit
+# (xent_kernel_triton.py) it is DRAM-bound, and fewer, wider blocks keep more bytes in flight.
+BLOCK_V, NUM_WARPS = 4096, 4
 # The head's matmuls see the vocabulary padded to a multiple of this (zero weight rows, logits
 # never read, gradient 0): cuBLAS's tiles fit 10,112 columns and not 10,000 (forward 435 vs 480 us
 # on the H100, docs/model.md). The parameters keep their real size; only the bf16 copy is padded.
@@ -30,6 +32,14 @@ VOCAB_ALIGN = 128
 
 def _triton():
   return errors.triton_kernels("xent_kernel_triton", "xent_backend")
+
+
+def tails(V, V_PAD, block_v):
+  """The kernel's ragged-block tiles: the powers of two that hold what whole blocks leave of the V
+  logits (TAIL) and of the V_PAD gradient columns (GRAD_TAIL); 0 where nothing is left."""
+  pow2 = lambda n: 0 if n <= 0 else 1 << (n - 1).bit_length()  # pylint: disable=unnecessary-lambda-assignment
+  full = V - V % block_v
+  return dict(BLOCK_V=block_v, TAIL=pow2(V - full), GRAD_TAIL=pow2(V_PAD - full))
 
 
 def _rows(logits_NV, targets_N, softcap, write_grad, scale=None, vocab=None):
@@ -41,7 +51,8 @@ def _rows(logits_NV, targets_N, softcap, write_grad, scale=None, vocab=None):
                jax.ShapeDtypeStruct((N, V) if write_grad else (1,), logits_NV.dtype)]
   return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_fwd_kernel,
                         out_shape=out_shape, grid=(N,), num_warps=NUM_WARPS, num_stages=1,
-                        V=V if vocab is None else vocab, V_PAD=V, SCALE=1.0 / N if scale is None else float(scale), SOFTCAP=float(softcap), BLOCK_V=BLOCK_V, WRITE_GRAD=write_grad)
+                        V=V if vocab is None else vocab, V_PAD=V, SCALE=1.0 / N if scale is None else float(scale),
+                        SOFTCAP=float(softcap), WRITE_GRAD=write_grad, **tails(V if vocab is None else vocab, V, BLOCK_V))
 
 
 def _vocab_axis(spec):

@@ -158,8 +158,8 @@ def swiglu_bwd(n, f, rng):
   qmul = torch.tensor([0.01])
   dh13, dh8, dhs = torch.empty((n, 2 * f), dtype=torch.float16), torch.empty((n, 2 * f), dtype=E4M3), torch.empty(n)
   rows = swiglu_kernel.FP8_ROWS
-  SK.swiglu_bwd_fp8_kernel[(-(-n // rows),)](h13, hs, da, das, qmul, dh13, dh8, dhs, N=n, F=f,
-                                            BLOCK_F=1 << max(0, f - 1).bit_length(), ROWS=rows)
+  SK.swiglu_bwd_fp8_kernel[(-(-n // rows),)](h13, hs, da, das, qmul, dh13, dh8, dhs, N=n, F=f, ROWS=rows,
+                                            **swiglu_kernel._row_tiles(f))  # pylint: disable=protected-access
   hsn = hs.double().numpy()[:, None]
   g, u = h13.double().numpy()[:, :f] * hsn, h13.double().numpy()[:, f:] * hsn
   a = da.double().numpy() * das.double().numpy()[:, None]
@@ -176,8 +176,8 @@ def swiglu_fwd(n, f, rng):
   qmul = torch.tensor([0.02])
   act, act8, as_ = torch.empty((n, f), dtype=torch.float16), torch.empty((n, f), dtype=E4M3), torch.empty(n)
   rows = swiglu_kernel.FWD_FP8_ROWS
-  SK.swiglu_fwd_fp8_kernel[(-(-n // rows),)](h13, hs, qmul, act, act8, as_, N=n, F=f,
-                                            BLOCK_F=1 << max(0, f - 1).bit_length(), ROWS=rows)
+  SK.swiglu_fwd_fp8_kernel[(-(-n // rows),)](h13, hs, qmul, act, act8, as_, N=n, F=f, ROWS=rows,
+                                            **swiglu_kernel._row_tiles(f))  # pylint: disable=protected-access
   hsn = hs.double().numpy()[:, None]
   g, u = h13.double().numpy()[:, :f] * hsn, h13.double().numpy()[:, f:] * hsn
   ref = g / (1 + np.exp(-g)) * u

@@ -26,9 +26,11 @@ def main():
   # and on; large logits (x 40), where a sum of exp without the running max would overflow.
   # Rows padded past the vocabulary (v_pad > v, as the head pads to VOCAB_ALIGN): the padding holds
   # huge values that must not be read, and its gradient must come out 0 (the buffer starts as NaN).
+  # Whole blocks only (8192), and a ragged tile plus padding wider than one block (8190 in 8320).
   cases = [(5, 300, 0.0, 4, 300), (3, 2048, 0.0, 4, 2048), (3, 5001, 0.0, 4, 5001), (4, 4096, 15.0, 4, 4096),
            (2, 10_000, 30.0, 4, 10_000), (3, 10_000, 0.0, 4, 10_000), (3, 4097, 0.0, 4, 4097),
-           (4, 10_000, 0.0, 40, 10_000), (3, 10_000, 0.0, 4, 10_112), (3, 300, 15.0, 4, 384), (2, 2040, 0.0, 4, 2176)]
+           (4, 10_000, 0.0, 40, 10_000), (3, 10_000, 0.0, 4, 10_112), (3, 300, 15.0, 4, 384), (2, 2040, 0.0, 4, 2176),
+           (2, 8192, 0.0, 4, 8192), (2, 8190, 0.0, 4, 8320)]
   for n, v, cap, spread, v_pad in cases:
     block = xent_kernel.BLOCK_V
     rng = np.random.default_rng(v)
@@ -39,7 +41,7 @@ def main():
     loss = torch.empty(n, dtype=torch.float32)
     grad = torch.full((n, v_pad), float("nan"), dtype=torch.float16)
     K.xent_fwd_kernel[(n,)](logits, torch.from_numpy(target), loss, grad, V=v, V_PAD=v_pad, SCALE=1.0 / n,
-                            SOFTCAP=cap, BLOCK_V=block, WRITE_GRAD=True)
+                            SOFTCAP=cap, WRITE_GRAD=True, **xent_kernel.tails(v, v_pad, block))
     pad_grad = grad[:, v:].to(torch.float64).numpy()
     assert np.all(pad_grad == 0), f"V={v} V_PAD={v_pad}: padded gradient not 0"
     logits, grad = logits[:, :v], grad[:, :v]

@@ -134,7 +134,7 @@ def xent_cases():
 
   yield "xla", {}, ref, (logits, targets), moved
   kern = lambda z, t: xent_kernel._rows(z, t, 0.0, True)  # pylint: disable=protected-access,unnecessary-lambda-assignment
-  for block, warps in ((2048, 4), (2048, 2), (1024, 2), (1024, 4), (4096, 4), (4096, 8), (2048, 8)):
+  for block, warps in ((4096, 4), (4096, 8), (4096, 2), (2048, 4), (8192, 4), (8192, 8), (2048, 8)):
     def setup(block=block, warps=warps):
       xent_kernel.BLOCK_V, xent_kernel.NUM_WARPS = block, warps
     yield "triton", dict(block_v=block, warps=warps, setup=setup), kern, (logits, targets), moved
