@@ -52,3 +52,11 @@ def to_bf16(x):
     return tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,f,f", [x], dtype=tl.bfloat16,
                                      is_pure=True, pack=2)
   return x.to(tl.bfloat16)
+
+
+@triton.jit
+def cast(x, dtype: tl.constexpr):
+  """x.to(dtype), through to_bf16 when dtype is bfloat16."""
+  if dtype == tl.bfloat16:
+    return to_bf16(x)
+  return x.to(dtype)

@@ -6,7 +6,7 @@ Imports triton at load, so only swiglu_kernel.py imports it, and only when the k
 import triton
 import triton.language as tl
 
-from fastmath_triton import sigmoid, to_bf16
+from fastmath_triton import cast, sigmoid
 
 
 @triton.jit
@@ -51,13 +51,13 @@ def _scaled_gate_tile(H13, hs, r64, cols, mask, F: tl.constexpr):
 
 @triton.jit
 def _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols, mask, F: tl.constexpr):
-  """Both gate gradients of one tile, stored in bf16; returns (offsets, dgate, dup as stored, in
+  """Both gate gradients of one tile, stored in DH13's dtype; returns (offsets, dgate, dup as stored, in
   fp32, and their largest magnitude per row)."""
   gate_offs, gate, up = _scaled_gate_tile(H13, hs, r64, cols, mask, F)
   da = tl.load(DA + r64 * F + cols[None, :], mask=mask, other=0.0).to(tl.float32) * das
   s = sigmoid(gate)
-  dgate = to_bf16(da * up * s * (1.0 + gate * (1.0 - s)))
-  dup = to_bf16(da * gate * s)
+  dgate = cast(da * up * s * (1.0 + gate * (1.0 - s)), DH13.dtype.element_ty)
+  dup = cast(da * gate * s, DH13.dtype.element_ty)
   tl.store(DH13 + gate_offs, dgate, mask=mask)
   tl.store(DH13 + gate_offs + F, dup, mask=mask)
   # The e4m3 copy is quantized from DH13 as stored (fp8_mlp.swiglu's), with one scale per row.
@@ -97,10 +97,10 @@ def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexp
 
 @triton.jit
 def _fwd_fp8_tile(H13, ACT, hs, r64, cols, mask, F: tl.constexpr):
-  """silu(gate) * up of one tile, stored in bf16; returns (offsets, act as stored in fp32, its
+  """silu(gate) * up of one tile, stored in ACT's dtype; returns (offsets, act as stored in fp32, its
   largest magnitude per row)."""
   _, gate, up = _scaled_gate_tile(H13, hs, r64, cols, mask, F)
-  act = to_bf16(gate * sigmoid(gate) * up)
+  act = cast(gate * sigmoid(gate) * up, ACT.dtype.element_ty)
   offs = r64 * F + cols[None, :]
   tl.store(ACT + offs, act, mask=mask)
   # Quantized from ACT as stored, as fp8_mlp.swiglu quantizes its bf16 activation.
