@@ -290,6 +290,27 @@ def qk_norm(p, q_BTHK, k_BTHK, cfg, dtype):
   return rms_norm(q_BTHK, p["q_norm"], dtype), rms_norm(k_BTHK, p["k_norm"], dtype)
 
 
+@jax.custom_vjp
+def out_proj(o_BTHK, wo_HKD):
+  """The attention's output projection, o Wo ('bthk,hkd->btd'). Its own VJP only orders the weight
+  gradient's dot as o^T dY: autodiff's transpose makes it dY^T o, which comes out D x HK, and XLA
+  then transposes cuBLAS's split-K partials as it sums them (58 us a B128 step for the 4 layers'
+  f32[8, 512, 512] partials on the H200; docs/model.md). Same values otherwise."""
+  return jnp.einsum("bthk,hkd->btd", o_BTHK, wo_HKD)
+
+
+def _out_proj_fwd(o_BTHK, wo_HKD):
+  return out_proj(o_BTHK, wo_HKD), (o_BTHK, wo_HKD)
+
+
+def _out_proj_bwd(res, dy_BTD):
+  o_BTHK, wo_HKD = res
+  return jnp.einsum("btd,hkd->bthk", dy_BTD, wo_HKD), jnp.einsum("bthk,btd->hkd", o_BTHK, dy_BTD)
+
+
+out_proj.defvjp(_out_proj_fwd, _out_proj_bwd)
+
+
 def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   """Multi-head attention with RoPE on q and k; returns the block's B x T x D output. With h8 =
   (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights]) (attn_fp8), x Wqkv runs in e4m3
@@ -313,12 +334,12 @@ def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
     # step on the H100 (docs/model.md, "Fused kernels").
     import attention_kernel  # pylint: disable=import-outside-toplevel
     o_BTHK = attention_kernel.flash_attention_rope(qkv_BT3HK, cos, sin)
-    return jnp.einsum("bthk,hkd->btd", o_BTHK, wo.astype(dtype))
+    return out_proj(o_BTHK, wo.astype(dtype))
   q_BTHK, k_BTHK = qk_norm(p, qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], cfg, dtype)
   q_BTHK = apply_rope(q_BTHK, cos, sin)
   k_BTHK = apply_rope(k_BTHK, cos, sin)
   o_BTHK = attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend)
-  return jnp.einsum("bthk,hkd->btd", o_BTHK, wo.astype(dtype))
+  return out_proj(o_BTHK, wo.astype(dtype))
 
 
 def _attn_input_fp8(h_BTD, gain_D, cfg):
@@ -350,7 +371,7 @@ def _mla(p, h_BTD, rope, cfg, dtype, h8=None):  # pylint: disable=unused-argumen
   k_BTHE = jnp.concatenate([k_nope_BTHK, jnp.broadcast_to(kr_BT1R, (*k_nope_BTHK.shape[:3], R))], axis=-1)
   v_BTHE = jnp.pad(v_BTHK, ((0, 0), (0, 0), (0, 0), (0, R)))
   o_BTHK = attention(q_BTHE, k_BTHE, v_BTHE, cfg.attention_backend)[..., :K]
-  return jnp.einsum("bthk,hkd->btd", o_BTHK, p["wo"].astype(dtype))
+  return out_proj(o_BTHK, p["wo"].astype(dtype))
 
 
 # kind -> (init of its stacked weights, per-layer apply). Add a kind here (e.g. DSA) with both.
@@ -431,7 +452,7 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
       q_next = fp8_mlp.static_scale(gain) if h8 is not None and not last else None
       x_BTD, h_BTD, *h8_next = fp8_mlp.mlp_sublayer(
           x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype, bool(_option(cfg, "mlp_fp8_w2")), q_next,
-          None if w8 is None else tuple(a[i] for a in w8))
+          None if w8 is None else tuple(a[i] for a in w8), not last)   # the last x_BTD is None: unused
       h8 = (h8_next[0], q_next) if h8_next else None
       continue
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_BTD, p["mlp_norm"], dtype)

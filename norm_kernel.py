@@ -87,7 +87,8 @@ def _sm_count():
 
 
 def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=None):
-  """add_rms_norm's gradients (dx, dy, dgain) from the cotangents of (x + y, h). For fp8_mlp.py:
+  """add_rms_norm's gradients (dx, dy, dgain) from the cotangents of (x + y, h); dx_out None for a
+  zero one (the last layer's stream: no B x T x D of zeros written and read back). For fp8_mlp.py:
   dh_scale [N] multiplies dh's rows (dh is then an FP8 dot's unscaled output), and fp8_qmul adds a
   4th item, dx in e4m3 with its scale per row times fp8_qmul: (d8 [N, D], ds [N])."""
   jt, kern = _triton()
@@ -99,10 +100,12 @@ def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=N
   # The residual add hands one gradient to both of its inputs: with one dtype (the bf16 stream) it
   # is written once and returned twice; DY is then a 1-element dummy the kernel never writes.
   two = x_out.dtype != y_dtype
-  ins = (dx_out.reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D)
+  has_dxout = dx_out is not None
+  ins = ((dx_out if has_dxout else dh).reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D)
   outs = (jax.ShapeDtypeStruct((N, D), x_out.dtype), jax.ShapeDtypeStruct((N, D) if two else (1,), y_dtype),
           jax.ShapeDtypeStruct((programs, D), jnp.float32))
-  launch = dict(grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs, TWO_OUT=two, **consts)
+  launch = dict(grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs, TWO_OUT=two,
+                HAS_DXOUT=has_dxout, **consts)
   if dh_scale is None and fp8_qmul is None:
     (dx, dy, dg_part), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_bwd_kernel, out_shape=outs, **launch), None
   else:

@@ -84,9 +84,9 @@ def add_norm_fwd_fp8_kernel(X, Y, G, QMUL, YS, XOUT, H, RSTD, H8, HS, N: tl.cons
 
 @triton.jit
 def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk, cols, N: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
-               DH_SCALED: tl.constexpr):
+               DH_SCALED: tl.constexpr, HAS_DXOUT: tl.constexpr):
   """One block's inputs: (rows, row offsets, mask, s, dh, dxout, rstd, dh's row scale or 1); rows
-  past N load zeros."""
+  past N load zeros, and so does dxout without HAS_DXOUT (DXOUT is then never read)."""
   rows = blk * ROWS + tl.arange(0, ROWS)
   mask = (rows[:, None] < N) & (cols[None, :] < D)
   offs = rows[:, None].to(tl.int64) * D + cols[None, :]
@@ -94,24 +94,29 @@ def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk, cols, N: tl.constexpr, D: tl.con
     dhs = tl.load(DHS + rows, mask=rows < N, other=0.0)
   else:
     dhs = tl.full([ROWS], 1.0, tl.float32)
-  return (rows, offs, mask, tl.load(XOUT + offs, mask=mask, other=0.0), tl.load(DH + offs, mask=mask, other=0.0),
-          tl.load(DXOUT + offs, mask=mask, other=0.0), tl.load(RSTD + rows, mask=rows < N, other=0.0), dhs)
+  s = tl.load(XOUT + offs, mask=mask, other=0.0)
+  if HAS_DXOUT:
+    dxo = tl.load(DXOUT + offs, mask=mask, other=0.0)
+  else:
+    dxo = tl.zeros(s.shape, tl.float32)
+  return (rows, offs, mask, s, tl.load(DH + offs, mask=mask, other=0.0), dxo,
+          tl.load(RSTD + rows, mask=rows < N, other=0.0), dhs)
 
 
 @triton.jit
 def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
                        D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
-                       TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr):
-  """The persistent backward (add_norm_bwd_kernel's docstring); DH_SCALED and FP8 as in
-  add_norm_bwd_fp8_kernel. With both False, DHS, QMUL, D8 and DS are never touched."""
+                       TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr, HAS_DXOUT: tl.constexpr):
+  """The persistent backward (add_norm_bwd_kernel's docstring); DH_SCALED, FP8 and HAS_DXOUT as in
+  add_norm_bwd_fp8_kernel. With DH_SCALED and FP8 False, DHS, QMUL, D8 and DS are never touched."""
   pid = tl.program_id(0)
   cols = tl.arange(0, BLOCK_D)
   g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
   dg = tl.zeros([ROWS, BLOCK_D], tl.float32)
-  nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, pid, cols, N, D, ROWS, DH_SCALED)
+  nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, pid, cols, N, D, ROWS, DH_SCALED, HAS_DXOUT)
   for blk in range(pid, tl.cdiv(N, ROWS), PROGRAMS):
     rows, offs, mask, s, dh, dxo, r, dhs = nxt
-    nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk + PROGRAMS, cols, N, D, ROWS, DH_SCALED)
+    nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk + PROGRAMS, cols, N, D, ROWS, DH_SCALED, HAS_DXOUT)
     s, dh, dxo = s.to(tl.float32), dh.to(tl.float32), dxo.to(tl.float32)
     if DH_SCALED:
       dh = dh * dhs[:, None]
@@ -133,7 +138,7 @@ def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8,
 @triton.jit
 def add_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, DX, DY, DG_PART, N: tl.constexpr, D: tl.constexpr,
                         BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
-                        TWO_OUT: tl.constexpr):
+                        TWO_OUT: tl.constexpr, HAS_DXOUT: tl.constexpr):
   """DX = DY = DXOUT + d(RMSNorm)/d(XOUT)^T DH; DG_PART[program] = this program's share of dL/dG
   (summed over the PROGRAMS rows outside).
 
@@ -142,18 +147,21 @@ def add_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, DX, DY, DG_PART, N: tl.constex
   of dG in registers, so the gain gradient costs PROGRAMS x D partials instead of one row per
   block; the next block's loads are issued before this block's math. When DX and
   DY have one dtype (the bf16 stream), the two gradients are the same array: TWO_OUT=False writes
-  it once and the wrapper hands it out twice.
+  it once and the wrapper hands it out twice. HAS_DXOUT=False: the sum's cotangent is zero (the
+  last layer's stream, which only the final norm reads) and DXOUT is a dummy never read.
   """
   _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, RSTD, RSTD, DX, DY, DG_PART, DX, RSTD, N, D, BLOCK_D, ROWS,
-                     PROGRAMS, TWO_OUT, False, False)
+                     PROGRAMS, TWO_OUT, False, False, HAS_DXOUT)
 
 
 @triton.jit
 def add_norm_bwd_fp8_kernel(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
                             D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
-                            TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr):
+                            TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr,
+                            HAS_DXOUT: tl.constexpr):
   """add_norm_bwd_kernel for fp8_mlp.py: DH_SCALED multiplies each row of DH by DHS[row] as it is
   read (DH is then an FP8 dot's unscaled output), and FP8 also writes DX in e4m3 (D8) with its
-  scale per row times QMUL (DS). Unused pointers are 1-element arrays."""
+  scale per row times QMUL (DS). Unused pointers are 1-element arrays. HAS_DXOUT as in
+  add_norm_bwd_kernel."""
   _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N, D, BLOCK_D, ROWS,
-                     PROGRAMS, TWO_OUT, DH_SCALED, FP8)
+                     PROGRAMS, TWO_OUT, DH_SCALED, FP8, HAS_DXOUT)

@@ -117,7 +117,7 @@ def norm_fwd_scaled(n, d, rng):
           np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max()]
 
 
-def norm_bwd(n, d, rng, fp8=True):
+def norm_bwd(n, d, rng, fp8=True, has_dxout=True):
   t = lambda a: torch.from_numpy(a.astype(np.float32)).to(torch.float16)  # pylint: disable=unnecessary-lambda-assignment
   xo, dxo = t(rng.standard_normal((n, d))), t(rng.standard_normal((n, d)))
   dh = t(rng.standard_normal((n, d)) * 100)   # an FP8 dot's unscaled output
@@ -132,12 +132,14 @@ def norm_bwd(n, d, rng, fp8=True):
   # fp8=False is the sublayer's second norm: DH scaled, no e4m3 copy (1-element dummies, untouched).
   d8 = torch.empty((n, d) if fp8 else (1,), dtype=E4M3)
   ds = torch.empty(n) if fp8 else torch.full((1,), float("nan"))
-  NK.add_norm_bwd_fp8_kernel[(programs,)](dxo, dh, xo, r, g, dhs, qmul, dx, dy, dg, d8, ds, n, D=d,
+  # has_dxout=False is the last layer's (a zero cotangent of the stream): a NaN dummy, never read.
+  NK.add_norm_bwd_fp8_kernel[(programs,)](dxo if has_dxout else torch.full((1,), float("nan"), dtype=torch.float16),
+                                      dh, xo, r, g, dhs, qmul, dx, dy, dg, d8, ds, n, D=d,
                                       BLOCK_D=norm_kernel._consts(d)["BLOCK_D"], ROWS=rows, PROGRAMS=programs,  # pylint: disable=protected-access
-                                      TWO_OUT=False, DH_SCALED=True, FP8=fp8)
+                                      TWO_OUT=False, DH_SCALED=True, FP8=fp8, HAS_DXOUT=has_dxout)
   DH = dh.double().numpy() * dhs.double().numpy()[:, None]
   G, R = g.double().numpy(), r.double().numpy()
-  ref = dxo.double().numpy().copy()
+  ref = dxo.double().numpy().copy() if has_dxout else np.zeros((n, d))
   for i in range(n):
     jac = R[i] * np.diag(G) - np.outer(G * S[i], S[i]) * R[i] ** 3 / d
     ref[i] += jac.T @ DH[i]
@@ -260,6 +262,17 @@ def jax_side():
       assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
       assert np.isfinite(np.asarray(g, np.float32)).all(), name
       errs[f"{name} ({jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''})"] = rel(g, w)
+    # keep_x=False (the last layer): x' comes out as None, and the gradients are the reference's for
+    # a zero cotangent of x' (the norm backward then reads no dx_out).
+    none_x, h_last = fp8_mlp.mlp_sublayer(*args, jnp.bfloat16, fp8_w2, None, None, False)
+    assert none_x is None, "keep_x=False must return no stream"
+    _, vjp = jax.vjp(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2, None, None, False)[1], *args)
+    _, vjp_ref = jax.vjp(lambda *a: ref(*a, fp8_w2)[1], *args)
+    tag = f"{jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''}, keep_x=False"
+    errs[f"h_next ({tag})"] = rel(h_last, outs[1][1])
+    for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), vjp(cot[1]), vjp_ref(cot[1])):
+      assert g.dtype == w.dtype and g.shape == w.shape, (name, tag)
+      errs[f"{name} ({tag})"] = rel(g, w)
     # With q_next, the next attention's e4m3 input comes out too: that of the reference's h_next.
     q = fp8_mlp.static_scale(args[5])
     x_out, h_next, h8 = fp8_mlp.mlp_sublayer(*args, jnp.bfloat16, fp8_w2, q)
@@ -304,10 +317,12 @@ def main():
   rng = np.random.default_rng(0)
   worst, worst8 = 0.0, 0.0
   for n, d in [(1, 32), (13, 64), (9, 512), (61, 512)]:
-    e = norm_fwd(n, d, rng) + norm_bwd(n, d, rng) + norm_bwd(n, d, rng, fp8=False)
+    e = (norm_fwd(n, d, rng) + norm_bwd(n, d, rng) + norm_bwd(n, d, rng, fp8=False)
+         + norm_bwd(n, d, rng, has_dxout=False))
     print(f"norm N={n} D={d}: h {e[0]:.1e}, h8 {e[1]:.1e}; dx {e[2]:.1e}, dgain {e[3]:.1e}, d8 {e[4]:.1e}; "
-          f"without the e4m3 copy: dx {e[5]:.1e}, dgain {e[6]:.1e}", flush=True)
-    worst, worst8 = max(worst, e[0], e[2], e[3], e[5], e[6]), max(worst8, e[1], e[4])
+          f"without the e4m3 copy: dx {e[5]:.1e}, dgain {e[6]:.1e}; without dxout: dx {e[8]:.1e}, "
+          f"dgain {e[9]:.1e}, d8 {e[10]:.1e}", flush=True)
+    worst, worst8 = max(worst, e[0], e[2], e[3], e[5], e[6], e[8], e[9]), max(worst8, e[1], e[4], e[10])
   for n, d in [(1, 32), (13, 64), (61, 512)]:
     e = norm_fwd_scaled(n, d, rng)
     print(f"norm fwd, Y row-scaled, N={n} D={d}: x_out {e[0]:.1e}, h {e[1]:.1e}", flush=True)

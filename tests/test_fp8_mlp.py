@@ -290,6 +290,34 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream, fp8_w2):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4, 256, 512, 1344), (3, 7, 64, 100)])
+def test_last_fused_sublayer_returns_no_stream_and_the_gradients_of_a_zero_one(shape):
+  """keep_x=False (the model's last layer): x' is None and the gradients are the reference's with
+  a zero cotangent for x' (the norm backward reads none)."""
+  B, T, D, F = shape
+  k = jax.random.split(jax.random.PRNGKey(D), 7)
+  x = jax.random.normal(k[0], (B, T, D)).astype(jnp.bfloat16)
+  attn = (0.5 * jax.random.normal(k[1], (B, T, D))).astype(jnp.bfloat16)
+  g_mlp, g_next = 1 + 0.2 * jax.random.normal(k[2], (D,)), 1 + 0.2 * jax.random.normal(k[3], (D,))
+  w13, w2 = jax.random.normal(k[4], (D, 2, F)) * D ** -0.5, jax.random.normal(k[5], (F, D)) * F ** -0.5
+  dh = (1e-3 * jax.random.normal(k[6], (B, T, D))).astype(jnp.bfloat16)
+  args = (x, attn, g_mlp, w13, w2, g_next)
+  none_x, _ = jax.jit(lambda: fp8_mlp.mlp_sublayer(*args, jnp.bfloat16, True, None, None, False))()
+  assert none_x is None
+
+  def run(f):
+    out, vjp = jax.vjp(f, *args)
+    return out, vjp(dh)
+
+  got = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, False)[1]))()
+  want = jax.jit(lambda: run(lambda *a: _ref_sublayer(*a, True)[1]))()
+  assert _rel(got[0], want[0]) < 1e-2
+  for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), got[1], want[1]):
+    assert g.dtype == w.dtype and g.shape == w.shape, name
+    assert _rel(g, w) < 4e-2, (name, _rel(g, w))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("fp8_w2", [False, True])
 def test_model_fused_path_matches_the_xla_path(fp8_w2):
   """model.py picks the fused sublayer with norm_backend='triton': the same loss as the XLA norms

@@ -155,6 +155,18 @@ def np_causal_attention(q, k, v):
   return out
 
 
+def test_output_projection_and_its_gradients_match_numpy():
+  """model.out_proj's own VJP (it orders the weight gradient's dot for XLA) computes o Wo and the
+  two gradients dY Wo^T and o^T dY, as NumPy does in float64."""
+  rng = np.random.default_rng(0)
+  o, wo, dy = rng.standard_normal((2, 5, 3, 4)), rng.standard_normal((3, 4, 6)), rng.standard_normal((2, 5, 6))
+  y, vjp = jax.vjp(model.out_proj, jnp.asarray(o, jnp.float32), jnp.asarray(wo, jnp.float32))
+  do, dwo = vjp(jnp.asarray(dy, jnp.float32))
+  np.testing.assert_allclose(y, np.einsum("bthk,hkd->btd", o, wo), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(do, np.einsum("btd,hkd->bthk", dy, wo), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dwo, np.einsum("bthk,btd->hkd", o, dy), rtol=1e-5, atol=1e-5)
+
+
 def test_xla_attention_matches_brute_force():
   q, k, v = np.random.default_rng(0).normal(size=(3, 2, 9, 2, 8)).astype(np.float32)
   got = model.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), "xla")
