@@ -185,7 +185,7 @@ def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=F
   quantize_static(h', q_next), for qkv_dot. w8: this layer's mlp_weights, when the caller made them
   (for all layers at once); else they are made here. keep_x=False (the last layer, whose stream
   only the final norm reads): x' comes out as None, so its gradient is no B x T x D of zeros that
-  XLA writes and the norm backward reads (~28 us a B128 step)."""
+  XLA writes (21 us a B128 step on the H200) and the norm backward reads."""
   return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2, q_next, w8, keep_x)[0]
 
 
