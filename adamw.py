@@ -24,29 +24,78 @@ def init(params):
           "nu": jax.tree.map(zeros, params)}
 
 
-def update(grads, state, params, lr, *, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=None):
-  """One AdamW step -> (new params, new state). mask: pytree of bools like params, decay where True."""
+BACKENDS = ("xla", "triton")
+TRITON_BLOCK = 4096       # elements per program of the Triton update (16 per thread at 8 warps)
+TRITON_MIN_SIZE = 1 << 16  # smaller leaves (norm gains) stay in XLA: a launch each is not worth it
+
+
+def update(grads, state, params, lr, *, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=None, grad_scale=None,
+           backend="xla"):
+  """One AdamW step -> (new params, new state). mask: pytree of bools like params, decay where True.
+
+  grad_scale (a traced scalar, e.g. clip_scale's) multiplies the gradients first, each product
+  rounded to its gradient's dtype: the values of clip_by_global_norm's output, without its pass over
+  the gradients. backend='triton' runs each large leaf's update as one Triton kernel (GPU only;
+  adamw_kernel_triton.py), in place when the state is donated; the values are the same up to the
+  kernel's fp32 rounding.
+  """
+  return update_and_norm(grads, state, params, lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask,
+                         grad_scale=grad_scale, backend=backend)[:2]
+
+
+def update_and_norm(grads, state, params, lr, *, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=None,
+                    grad_scale=None, backend="xla"):
+  """update(), and the global norm of the new params (for a finiteness check), which the Triton
+  kernel sums as it writes them: (new params, new state, norm)."""
+  if backend not in BACKENDS:
+    raise UserError(f"adamw backend {backend!r} is unknown; use one of {list(BACKENDS)} (--config.train.adamw_backend)")
   count = state["count"] + 1
   t = count.astype(jnp.float32)
   bc1 = 1.0 - jnp.asarray(b1, jnp.float32) ** t
   bc2 = 1.0 - jnp.asarray(b2, jnp.float32) ** t
-  g = jax.tree.map(lambda x: x.astype(jnp.float32), grads)
-  mu = jax.tree.map(lambda m, x: (1 - b1) * x + b1 * m, state["mu"], g)
-  nu = jax.tree.map(lambda v, x: (1 - b2) * (x * x) + b2 * v, state["nu"], g)
   if mask is None:
     mask = jax.tree.map(lambda _: True, params)
+  scale = jnp.ones((), jnp.float32) if grad_scale is None else jnp.asarray(grad_scale, jnp.float32)
+  hyp = jnp.stack([jnp.asarray(lr, jnp.float32), scale, bc1, bc2])
 
-  def step(p, m, v, decay):
+  def leaf(p, g, m, v, decay):
+    """(new p, new m, new v, sum of the new p's squares) for one leaf."""
+    static = isinstance(decay, (bool, np.bool_))   # decay_mask's Python bools: decided at trace time
+    if backend == "triton" and static and p.size >= TRITON_MIN_SIZE:
+      return _leaf_triton(p, g, m, v, hyp, weight_decay if decay else 0.0, b1, b2, eps)
+    if grad_scale is not None:
+      g = (g * scale).astype(g.dtype)
+    g = g.astype(jnp.float32)
+    m = (1 - b1) * g + b1 * m
+    v = (1 - b2) * (g * g) + b2 * v
     u = (m / bc1) / (jnp.sqrt(v / bc2) + eps)
-    if isinstance(decay, (bool, np.bool_)):  # decay_mask's Python bools: decided at trace time
+    if static:
       if decay:
         u = u + weight_decay * p.astype(jnp.float32)
     else:  # an array mask (e.g. one that went through a checkpoint)
       u = u + jnp.where(decay, weight_decay, 0.0) * p.astype(jnp.float32)
-    return (p.astype(jnp.float32) - lr * u).astype(p.dtype)
+    p = (p.astype(jnp.float32) - lr * u).astype(p.dtype)
+    return p, m, v, jnp.sum(jnp.square(p.astype(jnp.float32)))
 
-  new_params = jax.tree.map(step, params, mu, nu, mask)
-  return new_params, {"count": count, "mu": mu, "nu": nu}
+  treedef = jax.tree.structure(params)
+  out = [leaf(*a) for a in zip(*(treedef.flatten_up_to(x) for x in (params, grads, state["mu"], state["nu"], mask)))]
+  new_params, mu, nu = (treedef.unflatten([o[i] for o in out]) for i in range(3))
+  return new_params, {"count": count, "mu": mu, "nu": nu}, jnp.sqrt(sum(o[3] for o in out))
+
+
+def _leaf_triton(p, g, m, v, hyp, wd, b1, b2, eps):
+  """update_and_norm's leaf() in one Triton kernel (adamw_kernel_triton.py)."""
+  import errors  # pylint: disable=import-outside-toplevel
+  jt, kern = errors.triton_kernels("adamw_kernel_triton", "adamw_backend", section="train")
+  n = p.size
+  programs = -(-n // TRITON_BLOCK)
+  flat = jax.ShapeDtypeStruct((n,), jnp.float32)
+  p_new, m_new, v_new, sq = jt.triton_call(
+      p.reshape(n), g.reshape(n), m.reshape(n), v.reshape(n), hyp, kernel=kern.adamw_kernel,
+      out_shape=(jax.ShapeDtypeStruct((n,), p.dtype), flat, flat, jax.ShapeDtypeStruct((programs,), jnp.float32)),
+      grid=(programs,), num_warps=8, num_stages=1, input_output_aliases={0: 0, 2: 1, 3: 2},
+      N=n, B1=float(b1), B2=float(b2), EPS=float(eps), WD=float(wd), BLOCK=TRITON_BLOCK)
+  return p_new.reshape(p.shape), m_new.reshape(p.shape), v_new.reshape(p.shape), jnp.sum(sq)
 
 
 def global_norm(tree):
@@ -62,8 +111,13 @@ def clip_by_global_norm(grads, max_norm):
   norm = global_norm(grads)
   if max_norm is None:
     return grads, norm
-  scale = jnp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)
+  scale = clip_scale(norm, max_norm)
   return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads), norm
+
+
+def clip_scale(norm, max_norm):
+  """The factor clip_by_global_norm multiplies the gradients by: max_norm/(norm+1e-6) above max_norm, else 1."""
+  return jnp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)
 
 
 def decay_mask(params):

@@ -29,8 +29,8 @@ def cli(main_fn):
   return wrapped
 
 
-def triton_kernels(module_name, option):
-  """(jax_triton, the kernel module `module_name`) for config.model.<option>='triton', imported on
+def triton_kernels(module_name, option, section="model"):
+  """(jax_triton, the kernel module `module_name`) for config.<section>.<option>='triton', imported on
   first use so that CPU machines never load them; a UserError naming the fix where they cannot run."""
   try:
     import triton_ffi  # pylint: disable=import-outside-toplevel
@@ -38,9 +38,9 @@ def triton_kernels(module_name, option):
     kernels = importlib.import_module(module_name)
   except ImportError as e:
     raise UserError(f"{option}='triton' needs triton and jax-triton ({e}); on an NVIDIA GPU run the "
-                    f"GPU install line of README.md, or set --config.model.{option}=xla") from e
+                    f"GPU install line of README.md, or set --config.{section}.{option}=xla") from e
   import jax  # pylint: disable=import-outside-toplevel
   if jax.default_backend() != "gpu":
     raise UserError(f"{option}='triton' needs an NVIDIA GPU, but JAX runs on '{jax.default_backend()}'; "
-                    f"set --config.model.{option}=xla on this machine")
+                    f"set --config.{section}.{option}=xla on this machine")
   return jax_triton, kernels

@@ -431,11 +431,14 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
   dtype = DTYPES[cfg.compute_dtype]
   attn_fn = _ATTENTION[cfg.attention][1]
   blocks = params["blocks"]
-  h_BTD = rms_norm(x_BTD, blocks["attn_norm"][0], dtype)
-  h8 = _attn_input_fp8(h_BTD, blocks["attn_norm"][0], cfg)
+  if _option(cfg, "mlp_fp8") or _option(cfg, "attn_fp8"):
+    import fp8_mlp  # pylint: disable=import-outside-toplevel
+  # The first norm has no add before it: the kernel's no-add form, its e4m3 copy (attn_fp8) with it.
+  q0 = fp8_mlp.static_scale(blocks["attn_norm"][0]) if _option(cfg, "attn_fp8") else None
+  x_BTD, h_BTD, h8_BTD = norm_kernel.rms_norm_first(x_BTD, blocks["attn_norm"][0], dtype, q0)
+  h8 = None if q0 is None else (h8_BTD, q0)
   w8 = wq8 = None
   if _option(cfg, "mlp_fp8") or h8 is not None:
-    import fp8_mlp  # pylint: disable=import-outside-toplevel
     if fp8_mlp.STACKED_WEIGHTS:   # every layer's e4m3 weights in a few passes, before the loop
       if _option(cfg, "mlp_fp8"):
         w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"])

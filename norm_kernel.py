@@ -44,30 +44,35 @@ def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True, y_scale=N
   """(x + y, RMSNorm(x + y) * gain in dtype, rstd [N], fp8) where fp8 is None, or with fp8_qmul (a
   1-element fp32 array) that output also in e4m3 with its scale per row times fp8_qmul:
   (h8 [N, D], hs [N]); with fp8_rows=False, (e4m3(h * fp8_qmul) [N, D], None). y_scale [N]
-  multiplies y's rows first: y is then an FP8 dot's unscaled output."""
+  multiplies y's rows first: y is then an FP8 dot's unscaled output. y_BTD None: no add (the first
+  layer's norm), and the first item is x itself, not a copy."""
   jt, kern = _triton()
   D = x_BTD.shape[-1]
   N = x_BTD.size // D
   consts = _consts(D)
-  ins = (x_BTD.reshape(N, D), y_BTD.reshape(N, D), gain_D)
-  outs = (jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
+  has_y = y_BTD is not None
+  assert has_y or y_scale is None, "y_scale scales y, and there is no y"
+  # Without y, Y and XOUT are 1-element dummies the kernel never touches.
+  ins = (x_BTD.reshape(N, D), y_BTD.reshape(N, D) if has_y else jnp.zeros((1,), x_BTD.dtype), gain_D)
+  outs = (jax.ShapeDtypeStruct((N, D) if has_y else (1,), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
           jax.ShapeDtypeStruct((N,), jnp.float32))
   launch = dict(grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **consts)
   if fp8_qmul is None and y_scale is not None:
     (x_out, h, rstd), fp8 = jt.triton_call(*ins, y_scale, kernel=kern.add_norm_fwd_scaled_kernel, out_shape=outs,
                                            **launch), None
   elif fp8_qmul is None:
-    (x_out, h, rstd), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_fwd_kernel, out_shape=outs, **launch), None
+    (x_out, h, rstd), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_fwd_kernel, out_shape=outs, HAS_Y=has_y,
+                                           **launch), None
   else:
     x_out, h, rstd, *fp8 = jt.triton_call(
         *ins, fp8_qmul, jnp.ones((1,), jnp.float32) if y_scale is None else y_scale,   # a dummy YS when unused
         kernel=kern.add_norm_fwd_fp8_kernel,
         out_shape=(*outs, jax.ShapeDtypeStruct((N, D), jnp.float8_e4m3fn),
                    jax.ShapeDtypeStruct((N,) if fp8_rows else (1,), jnp.float32)),
-        ROW_SCALE=bool(fp8_rows), Y_SCALED=y_scale is not None, **launch)
+        ROW_SCALE=bool(fp8_rows), Y_SCALED=y_scale is not None, HAS_Y=has_y, **launch)
     if not fp8_rows:
       fp8 = (fp8[0], None)
-  return x_out.reshape(x_BTD.shape), h.reshape(x_BTD.shape), rstd, fp8
+  return x_out.reshape(x_BTD.shape) if has_y else x_BTD, h.reshape(x_BTD.shape), rstd, fp8
 
 
 def _fwd(x_BTD, y_BTD, gain_D, dtype):
@@ -79,6 +84,36 @@ def _fwd(x_BTD, y_BTD, gain_D, dtype):
 def add_rms_norm(x_BTD, y_BTD, gain_D, dtype):
   """(x + y in x's dtype, RMSNorm(x + y) * gain in `dtype`), eps 1e-5, statistics in fp32."""
   return _fwd(x_BTD, y_BTD, gain_D, dtype)[0]
+
+
+def rms_norm_first(x_BTD, gain_D, dtype, fp8_qmul=None):
+  """The first layer's norm, which no residual add precedes: (x, h = RMSNorm(x) * gain in `dtype`,
+  h8) with h8 = e4m3(h * fp8_qmul) (fp8_qmul from fp8_mlp.static_scale; None: no e4m3 copy, h8
+  None). h8 carries no gradient. x comes back unchanged as the residual stream, so that the
+  backward receives the stream's cotangent too and writes x's one gradient (the stream's plus the
+  norm's) in one pass, where XLA ran the norm's forward and backward as five reductions and fused
+  its gradient into the embedding's scatter."""
+  return _first(x_BTD, gain_D, fp8_qmul, dtype)
+
+
+def _first_fwd(x_BTD, gain_D, fp8_qmul, dtype):
+  _, h, rstd, fp8 = forward(x_BTD, None, gain_D, dtype, fp8_qmul=fp8_qmul, fp8_rows=False)
+  return (x_BTD, h, None if fp8 is None else fp8[0].reshape(x_BTD.shape)), (x_BTD, rstd, gain_D, fp8_qmul)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _first(x_BTD, gain_D, fp8_qmul, dtype):
+  return _first_fwd(x_BTD, gain_D, fp8_qmul, dtype)[0]
+
+
+def _first_bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
+  x_BTD, rstd, gain_D, fp8_qmul = res
+  dx_out, dh, _ = cotangents   # h8's cotangent is dropped: the e4m3 copy is a constant to autodiff
+  dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype)
+  return dx, dgain, None if fp8_qmul is None else jnp.zeros_like(fp8_qmul)
+
+
+_first.defvjp(_first_fwd, _first_bwd)
 
 
 def _sm_count():

@@ -24,21 +24,27 @@ def _store_fp8_rows(v, mask, offs, rows, N, V8, VS, QMUL):
 
 @triton.jit
 def _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                       ROWS: tl.constexpr, EPS: tl.constexpr, YS=None, Y_SCALED: tl.constexpr = False):
+                       ROWS: tl.constexpr, EPS: tl.constexpr, YS=None, Y_SCALED: tl.constexpr = False,
+                       HAS_Y: tl.constexpr = True):
   """add_norm_fwd_kernel's body; returns (h in fp32, mask, offsets, rows) of this program's rows.
-  With Y_SCALED, Y's rows are multiplied by YS[row] first (Y is then an FP8 dot's unscaled output)."""
+  With Y_SCALED, Y's rows are multiplied by YS[row] first (Y is then an FP8 dot's unscaled output).
+  HAS_Y=False normalizes X itself (the first layer's norm, no add before it): Y and XOUT are
+  dummies, never read or written."""
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   cols = tl.arange(0, BLOCK_D)
   mask = (rows[:, None] < N) & (cols[None, :] < D)
   offs = rows[:, None].to(tl.int64) * D + cols[None, :]
-  y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
-  if Y_SCALED:
-    # Rounded to Y's dtype once scaled: the sublayer's output as fp8_mlp.swiglu returns it.
-    y = (y * tl.load(YS + rows, mask=rows < N, other=0.0)[:, None]).to(Y.dtype.element_ty).to(tl.float32)
-  s = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) + y
-  s = s.to(XOUT.dtype.element_ty)
-  tl.store(XOUT + offs, s, mask=mask)
-  s = s.to(tl.float32)
+  if HAS_Y:
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    if Y_SCALED:
+      # Rounded to Y's dtype once scaled: the sublayer's output as fp8_mlp.swiglu returns it.
+      y = (y * tl.load(YS + rows, mask=rows < N, other=0.0)[:, None]).to(Y.dtype.element_ty).to(tl.float32)
+    s = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) + y
+    s = s.to(XOUT.dtype.element_ty)
+    tl.store(XOUT + offs, s, mask=mask)
+    s = s.to(tl.float32)
+  else:
+    s = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
   rstd = tl.math.rsqrt(tl.sum(s * s, 1) / D + EPS)
   g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
   h = s * rstd[:, None] * g[None, :]
@@ -49,13 +55,13 @@ def _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr,
 
 @triton.jit
 def add_norm_fwd_kernel(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                        ROWS: tl.constexpr, EPS: tl.constexpr):
+                        ROWS: tl.constexpr, EPS: tl.constexpr, HAS_Y: tl.constexpr = True):
   """XOUT = X + Y (summed in fp32, stored in XOUT's dtype); H = RMSNorm(XOUT) * G; RSTD saved.
 
   The norm reads the sum as stored (rounded to the stream's dtype), as model.py's separate
-  _residual_add then rms_norm do.
+  _residual_add then rms_norm do. HAS_Y=False: H = RMSNorm(X) * G (Y, XOUT unused).
   """
-  _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS)
+  _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, HAS_Y=HAS_Y)
 
 
 @triton.jit
@@ -69,11 +75,11 @@ def add_norm_fwd_scaled_kernel(X, Y, G, YS, XOUT, H, RSTD, N: tl.constexpr, D: t
 @triton.jit
 def add_norm_fwd_fp8_kernel(X, Y, G, QMUL, YS, XOUT, H, RSTD, H8, HS, N: tl.constexpr, D: tl.constexpr,
                             BLOCK_D: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr, ROW_SCALE: tl.constexpr,
-                            Y_SCALED: tl.constexpr):
+                            Y_SCALED: tl.constexpr, HAS_Y: tl.constexpr = True):
   """add_norm_fwd_kernel, and H also in e4m3 (H8): with ROW_SCALE, with its scale per row times QMUL
   (HS); without, as e4m3(H * QMUL) with QMUL the whole tensor's (fp8_mlp.static_scale; HS unused).
-  Y_SCALED as in add_norm_fwd_scaled_kernel (YS unused without it)."""
-  h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, YS, Y_SCALED)
+  Y_SCALED as in add_norm_fwd_scaled_kernel (YS unused without it); HAS_Y as in add_norm_fwd_kernel."""
+  h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, YS, Y_SCALED, HAS_Y)
   # Quantized from H as stored: the e4m3 copy is then that of the bf16 tensor (fp8_mlp.swiglu's).
   h = h.to(H.dtype.element_ty).to(tl.float32)
   if ROW_SCALE:

@@ -159,24 +159,29 @@ def make_train_step(config, mesh, on_device):
   def update(state, batch_MBT1):
     params, step = state["params"], state["step"]
     loss, grads = loss_and_grads(params, batch_MBT1)
-    if t.grad_clip > 0:
-      grads, grad_norm = adamw.clip_by_global_norm(grads, t.grad_clip)
-    else:
-      grad_norm = adamw.global_norm(grads)
+    grad_norm = adamw.global_norm(grads)
+    # The clipping factor goes into the update, which scales each gradient as it reads it: the
+    # same values as clip_by_global_norm's, without writing the clipped gradients first.
+    scale = adamw.clip_scale(grad_norm, t.grad_clip) if t.grad_clip > 0 else None
     lr = adamw.lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
                      min_lr=t.min_lr, schedule=t.schedule, decay_frac=t.decay_frac)
     if _optimizer(t) == "muon":  # Muon on the hidden matrices, AdamW on the rest (muon.py)
+      if scale is not None:
+        grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
       params, opt = muon.update(grads, state["opt"], params, lr, momentum=t.muon_momentum,
                                 nesterov=t.muon_nesterov, lr_scale=t.muon_lr_scale, b1=t.b1,
                                 b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
                                 ns_dtype=MUON_NS_DTYPES[t.get("muon_ns_dtype", "float32")])
+      param_norm = adamw.global_norm(params)
     else:
-      params, opt = adamw.update(grads, state["opt"], params, lr, b1=t.b1, b2=t.b2, eps=t.eps,
-                                 weight_decay=t.weight_decay, mask=adamw.decay_mask(params))
+      params, opt, param_norm = adamw.update_and_norm(
+          grads, state["opt"], params, lr, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+          mask=adamw.decay_mask(params), grad_scale=scale, backend=t.get("adamw_backend", "xla"))
     # The first step (1-based) that made the loss, gradients or params non-finite; read only at
-    # sync points, so no step waits on the host for it. Checking the params (one cheap reduction)
-    # keeps a NaN learning rate or update from reaching a checkpoint before the loss shows it.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(adamw.global_norm(params))
+    # sync points, so no step waits on the host for it. Checking the params (one cheap reduction,
+    # or none: the Triton update sums their squares as it writes them) keeps a NaN learning rate
+    # or update from reaching a checkpoint before the loss shows it.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
     bad = jnp.where((state["bad_step"] < 0) & ~finite, step + 1, state["bad_step"])
     new = {"params": params, "opt": opt, "step": step + 1, "bad_step": bad, "rng": state["rng"]}
     return new, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
@@ -357,6 +362,9 @@ def _check_config(config, n_dev):
   if missing:
     raise UserError(f"optimizer='muon' needs config.train.{', '.join(missing)}: add them to the "
                     "config file as configs/tiny.py does")
+  if t.get("adamw_backend", "xla") not in adamw.BACKENDS:
+    raise UserError(f"config.train.adamw_backend={t.adamw_backend!r} is unknown: use "
+                    f"{' or '.join(adamw.BACKENDS)}")
   if t.get("muon_ns_dtype", "float32") not in MUON_NS_DTYPES:
     raise UserError(f"config.train.muon_ns_dtype={t.muon_ns_dtype!r} is unknown: use "
                     f"{' or '.join(MUON_NS_DTYPES)}")

@@ -57,6 +57,7 @@ def cases(quick):
       c.model.update(d_model=64, n_layers=2, n_heads=4, d_ff=128, context_length=64,
                      vocab_size=512, compute_dtype="float32", xent_backend="xla",
                      norm_backend="xla", swiglu_backend="xla")  # Triton: GPU only
+      c.train.adamw_backend = "xla"
       c.train.batch_size //= 16
     out = out[:2] + out[3:4]
   return out
@@ -213,6 +214,7 @@ def summarize_trace(trace_dir, n_steps, top=15):
   for op, ms in list(idle["idle_ms_before"].items())[:8]:
     print(f"  {ms:7.3f} ms  {op[:100]}")
   return {"gpu_kernel_ms_per_step": total, **idle, "kinds_ms": dict(by_kind.most_common()),
+          "timeline_one_step": _timeline(spans, n_steps),
           "top_ops_ms": {label[op]: ms for op, ms in by_op.most_common(top)},
           "top_ops_hlo": {label[op]: hlo.get(op) for op, _ in by_op.most_common(top)},
           "top_ops_calls_per_step": {label[op]: calls[op] for op, _ in by_op.most_common(top)}}
@@ -234,6 +236,20 @@ def _idle(spans, n_steps):
           "first_to_last_kernel_ms_per_step": (busy_until - spans[0][0]) / 1e6 / n_steps,
           "gap_us_median": float(np.median(gaps)) / 1e3 if gaps else 0.0,
           "idle_ms_before": dict(before.most_common(15))}
+
+
+def _timeline(spans, n_steps):
+  """The kernels of one traced step in launch order, [name, start us from the step's first kernel,
+  duration us, idle us before it]: which kernel sits next to which (e.g. what a memset feeds).
+  Every step launches the same kernels, so the middle step is spans[k*i : k*(i+1)]."""
+  k = len(spans) // n_steps
+  one = sorted(spans)[k * (n_steps // 2): k * (n_steps // 2 + 1)]
+  rows, prev_end = [], one[0][0]
+  for start, end, name in one:
+    rows.append([name[:80], round((start - one[0][0]) / 1e3, 2), round((end - start) / 1e3, 2),
+                 round(max(0, start - prev_end) / 1e3, 2)])
+    prev_end = max(prev_end, end)
+  return rows
 
 
 def _hlo_stat(event):

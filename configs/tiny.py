@@ -70,6 +70,7 @@ def get_config():
   # momentum, scaled to AdamW's update RMS so lr, schedule and weight_decay carry over; the
   # embedding, head and norm gains stay on AdamW (b1, b2, eps above). docs/train.md, "Muon".
   t.optimizer = "adamw"
+  t.adamw_backend = "xla"  # 'xla' | 'triton' (one Triton kernel per large leaf: GPU only; adamw.py).
   t.muon_momentum = 0.95  # Muon's SGD momentum (Jordan 2024; Moonshot 2025).
   t.muon_nesterov = True  # Nesterov momentum: the update uses g + momentum * buffer.
   t.muon_lr_scale = 1.0  # Muon's lr = lr * this (1.0: Moonshot's matched-RMS choice).

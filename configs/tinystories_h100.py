@@ -95,6 +95,12 @@ def get_config():
   # momentum, scaled to AdamW's update RMS so lr, schedule and weight_decay carry over; the
   # embedding, head and norm gains stay on AdamW (b1, b2, eps above). docs/train.md, "Muon".
   t.optimizer = "adamw"
+  # AdamW's update as one Triton kernel per large leaf (adamw_kernel_triton.py), which also sums the
+  # new parameters' squares for the finiteness check; 'xla' runs anywhere. Same values up to fp32
+  # rounding (tests/test_adamw.py). XLA's update fusions 207 us -> 134 us, less 36 us of new passes
+  # (H200); with the first norm in the norm kernel, B128 7.88-7.91 vs 7.95-7.96 ms interleaved
+  # (bench/results/h200_session19/).
+  t.adamw_backend = "triton"
   t.muon_momentum = 0.95  # Muon's SGD momentum (Jordan 2024; Moonshot 2025).
   t.muon_nesterov = True  # Nesterov momentum: the update uses g + momentum * buffer.
   t.muon_lr_scale = 1.0  # Muon's lr = lr * this (1.0: Moonshot's matched-RMS choice).

@@ -56,7 +56,7 @@ def patch(monkeypatch):
   import attention_kernel  # pylint: disable=import-outside-toplevel
   import errors  # pylint: disable=import-outside-toplevel
   compiler = HopperCompiler()
-  monkeypatch.setattr(errors, "triton_kernels", lambda name, option: (compiler, importlib.import_module(name)))
+  monkeypatch.setattr(errors, "triton_kernels", lambda name, option, section="model": (compiler, importlib.import_module(name)))
   monkeypatch.setattr(attention_kernel, "_triton",
                       lambda: (compiler, importlib.import_module("attention_kernel_triton")))
   return compiler

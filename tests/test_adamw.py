@@ -1,4 +1,5 @@
 """adamw.py against optax.adamw, a NumPy transcription of Loshchilov & Hutter, and hand numbers."""
+import functools
 import math
 
 import jax
@@ -154,3 +155,92 @@ def test_state_is_fp32_for_bf16_grads():
   grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16), random_tree(1))
   new, state = adamw.update(grads, adamw.init(params), params, 1e-3)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((new, state["mu"], state["nu"])))
+
+
+def test_grad_scale_gives_the_clipped_update_and_update_and_norm_the_params_norm():
+  """train.py hands the clipping factor to the update instead of clipping first: the same params,
+  for fp32 and bf16 gradients; update_and_norm's third value is the new params' global norm."""
+  params = random_tree(4)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    grads = jax.tree.map(lambda x, dtype=dtype: (x * 5).astype(dtype), random_tree(5))
+    clipped, norm = adamw.clip_by_global_norm(grads, 1.0)
+    scale = adamw.clip_scale(norm, 1.0)
+    assert float(scale) < 0.5   # the norm is well above 1: this clips
+    mask = adamw.decay_mask(params)
+    want, want_state = adamw.update(clipped, adamw.init(params), params, 1e-2, mask=mask)
+    got, got_state, got_norm = adamw.update_and_norm(grads, adamw.init(params), params, 1e-2, mask=mask,
+                                                     grad_scale=scale)
+    for a, b in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((want, want_state))):
+      np.testing.assert_array_equal(a, b)
+    norm64 = math.sqrt(sum((np.asarray(x, np.float64) ** 2).sum() for x in jax.tree.leaves(got)))
+    assert float(got_norm) == pytest.approx(norm64, rel=1e-6)
+
+
+def test_unknown_backend_and_triton_without_a_gpu_are_user_errors():
+  params = random_tree(0)
+  with pytest.raises(UserError, match="adamw_backend"):
+    adamw.update(params, adamw.init(params), params, 1e-3, backend="cuda")
+  if jax.default_backend() != "gpu":
+    # A large leaf goes to the kernel, whose import or launch needs a GPU: the error names the fix.
+    big = {"w": jnp.ones((256, 512), jnp.float32)}
+    with pytest.raises(UserError, match=r"--config\.train\.adamw_backend=xla"):
+      adamw.update(big, adamw.init(big), big, 1e-3, backend="triton")
+
+
+def test_triton_kernel_in_interpreter_matches_numpy(triton_interpreter):
+  """adamw_kernel_triton.py in Triton's CPU interpreter against AdamW in NumPy float64, four steps
+  with clipping and decay on and off, fp32 and bf16 gradients, ragged last programs."""
+  assert "worst error" in triton_interpreter("dev_interpret_adamw.py")
+
+
+def _big_tree(seed):
+  """Leaves above adamw.TRITON_MIN_SIZE (kernel) and below it (XLA), a decayed matrix, an undecayed
+  large '*_norm' leaf, and a size that leaves the last program ragged."""
+  rng = np.random.default_rng(seed)
+  return {"embed": jnp.asarray(rng.normal(size=(1001, 129)), jnp.float32),
+          "blocks": {"w13": jnp.asarray(rng.normal(size=(2, 256, 300)), jnp.float32),
+                     "attn_norm": jnp.asarray(1 + 0.1 * rng.normal(size=(4, 20000)), jnp.float32),
+                     "mlp_norm": jnp.asarray(1 + 0.1 * rng.normal(size=(2, 64)), jnp.float32)}}
+
+
+@pytest.mark.gpu
+def test_triton_backend_matches_the_xla_backend_and_numpy_over_20_steps():
+  """The Triton update (GPU) against the XLA one and a float64 NumPy AdamW, over 20 jitted steps
+  with the state donated (the kernel then updates in place), a traced lr and clipping scale, and
+  bf16 gradients for one leaf; the returned params norm against NumPy's."""
+  params = _big_tree(0)
+  mask = adamw.decay_mask(params)
+  assert mask["blocks"]["attn_norm"] is False and mask["embed"] is True
+  kw = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=mask)
+
+  def make(backend):
+    def step(p, s, g, lr, scale):
+      return adamw.update_and_norm(g, s, p, lr, grad_scale=scale, backend=backend, **kw)
+    return jax.jit(step, donate_argnums=(0, 1))
+
+  runs = {}
+  for backend in ("xla", "triton"):
+    p, s, step = jax.tree.map(jnp.copy, params), adamw.init(params), make(backend)
+    for i in range(20):
+      g = jax.tree.map(lambda x, i=i: jnp.asarray(np.random.default_rng(100 + i).normal(size=x.shape) * 3, x.dtype),
+                       params)
+      g["blocks"]["w13"] = g["blocks"]["w13"].astype(jnp.bfloat16)
+      p, s, norm = step(p, s, g, jnp.float32(1e-2 * (1 + i % 3)), jnp.float32(0.5 if i % 2 else 1.0))
+    runs[backend] = (p, s, float(norm))
+  (p_t, s_t, n_t), (p_x, s_x, _) = runs["triton"], runs["xla"]
+  for a, b in zip(jax.tree.leaves((p_t, s_t)), jax.tree.leaves((p_x, s_x))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+  assert n_t == pytest.approx(math.sqrt(sum((np.asarray(x, np.float64) ** 2).sum() for x in jax.tree.leaves(p_t))),
+                              rel=1e-5)
+  # An independent reference for one kernel leaf and one XLA leaf: AdamW in float64.
+  for path in (("embed",), ("blocks", "attn_norm")):
+    theta = np.asarray(functools.reduce(lambda t, k: t[k], path, params), np.float64)
+    m = v = np.zeros_like(theta)
+    for i in range(20):
+      g = np.random.default_rng(100 + i).normal(size=theta.shape) * 3 * (0.5 if i % 2 else 1.0)
+      m, v = 0.9 * m + 0.1 * g, 0.95 * v + 0.05 * g * g
+      lam = 0.1 if path == ("embed",) else 0.0
+      theta = theta - 1e-2 * (1 + i % 3) * ((m / (1 - 0.9 ** (i + 1))) / (np.sqrt(v / (1 - 0.95 ** (i + 1))) + 1e-8)
+                                             + lam * theta)
+    got = np.asarray(functools.reduce(lambda t, k: t[k], path, p_t))
+    np.testing.assert_allclose(got, theta, rtol=0, atol=2e-5)

@@ -24,6 +24,14 @@ def _ref_add_rms_norm(x, y, gain, dtype):
   return s, h.astype(dtype)
 
 
+def _ref_rms_norm_first(x, gain, dtype, fp8_qmul=None):
+  """norm_kernel.rms_norm_first in plain jnp: (x, RMSNorm(x) * gain, e4m3(h * q) or None)."""
+  h = _ref_add_rms_norm(x, jnp.zeros_like(x), gain, dtype)[1]
+  h8 = None if fp8_qmul is None else jax.lax.stop_gradient(
+      jnp.clip(h.astype(jnp.float32) * fp8_qmul, -448.0, 448.0).astype(jnp.float8_e4m3fn))
+  return x, h, h8
+
+
 def _cfg(**kw):
   cfg = model.default_model_config()
   cfg.update(dict(vocab_size=300, context_length=32, d_model=64, n_layers=3, n_heads=4, d_ff=128,
@@ -46,6 +54,7 @@ def test_fused_layer_loop_equals_block_by_block(monkeypatch):
   """norm_backend='triton' regroups the layers (each add carries the next norm's gain); with the
   kernel replaced by plain jnp, loss and every gradient equal the block() path's."""
   monkeypatch.setattr(norm_kernel, "add_rms_norm", _ref_add_rms_norm)
+  monkeypatch.setattr(norm_kernel, "rms_norm_first", _ref_rms_norm_first)
   for residual in ("float32", "bfloat16"):
     cfg = _cfg(residual_dtype=residual)
     params = _params_with_random_gains(cfg)
@@ -100,6 +109,38 @@ def test_outputs_and_gradients_match_plain_jax(shape, stream):
   # The reference adds the two cotangents in the stream dtype (autodiff); the kernel in fp32.
   tol = 1e-5 if stream == "float32" else 1e-2
   assert err(dx, dx_ref) < tol and err(dy, dy_ref) < 1e-2 and err(dg, dg_ref) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stream", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape,fp8", [((4, 128, 512), True), ((3, 17, 96), False), ((2, 9, 768), True)])
+def test_first_norm_outputs_and_gradients_match_plain_jax(shape, stream, fp8):
+  """rms_norm_first (no add): x passed through, h and its e4m3 copy as plain jnp makes them, and the
+  gradient of x from both cotangents (the stream's and h's) and of the gain."""
+  k = jax.random.split(jax.random.PRNGKey(sum(shape)), 4)
+  x = (2 * jax.random.normal(k[0], shape)).astype(stream)
+  gain = 1 + 0.3 * jax.random.normal(k[1], shape[-1:])
+  q = jnp.full((1,), 448.0 / (np.sqrt(shape[-1]) * float(jnp.abs(gain).max())), jnp.float32) if fp8 else None
+  dx_out = jax.random.normal(k[2], shape).astype(stream)
+  dh = jax.random.normal(k[3], shape).astype(jnp.bfloat16)
+
+  def both(f):
+    out, vjp = jax.vjp(lambda x, g: f(x, g, jnp.bfloat16, q)[:2], x, gain)
+    return f(x, gain, jnp.bfloat16, q), vjp((dx_out, dh))
+
+  (x_out, h, h8), (dx, dg) = jax.jit(lambda: both(norm_kernel.rms_norm_first))()
+  (_, h_ref, h8_ref), (dx_ref, dg_ref) = jax.jit(lambda: both(_ref_rms_norm_first))()
+  err = lambda a, b: float(jnp.linalg.norm((a.astype(jnp.float32) - b.astype(jnp.float32)).ravel())  # pylint: disable=unnecessary-lambda-assignment
+                           / jnp.linalg.norm(b.astype(jnp.float32).ravel()))
+  np.testing.assert_array_equal(np.asarray(x_out, np.float32), np.asarray(x, np.float32))
+  assert (h.dtype, dx.dtype, dg.dtype) == (jnp.bfloat16, x.dtype, gain.dtype)
+  assert err(h, h_ref) < 1e-2
+  if fp8:
+    assert h8.dtype == jnp.float8_e4m3fn and err(h8, h8_ref) < 3e-2   # e4m3 of nearly the same h
+  else:
+    assert h8 is None
+  tol = 1e-5 if stream == "float32" else 1e-2
+  assert err(dx, dx_ref) < tol and err(dg, dg_ref) < 1e-4
 
 
 @pytest.mark.gpu

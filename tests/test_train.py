@@ -397,11 +397,16 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # The launches the config asks for (attention, RoPE, norms, SwiGLU, loss), each way.
   # The FP8 MLP's backward takes every add+norm backward to the FP8 entry point (flags off or on).
   # With act x W2 in FP8, the MLP's gate runs in Triton and its output meets the stream row-scaled.
-  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel"}
+  # (and AdamW's update, train.adamw_backend='triton' in both configs)
+  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel",
+              "adamw_kernel"}
   # mlp_fp8_w2 without mlp_fp8 does nothing (the bf16 MLP).
   expected |= {"swiglu_fwd_fp8_kernel", "add_norm_fwd_scaled_kernel"} if fp8_w2 and mlp_fp8 else {"add_norm_fwd_kernel"}
   expected |= ({"add_norm_fwd_fp8_kernel", "add_norm_bwd_fp8_kernel", "swiglu_bwd_fp8_kernel"} if mlp_fp8
                else {"add_norm_bwd_kernel", "swiglu_bwd_kernel"})
+  # The first layer's norm (no add before it) runs the no-add forward, e4m3 copy included with
+  # attn_fp8, and the plain backward.
+  expected |= {"add_norm_bwd_kernel"} | ({"add_norm_fwd_fp8_kernel"} if attn_fp8 else {"add_norm_fwd_kernel"})
   assert names == expected, (sorted(expected - names), sorted(names - expected))
   too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
   assert not too_big, too_big
