@@ -64,7 +64,7 @@ def update_and_norm(grads, state, params, lr, *, b1=0.9, b2=0.95, eps=1e-8, weig
     if backend == "triton" and static and p.size >= TRITON_MIN_SIZE:
       return _leaf_triton(p, g, m, v, hyp, weight_decay if decay else 0.0, b1, b2, eps)
     if grad_scale is not None:
-      g = (g * scale).astype(g.dtype)
+      g = _scaled(g, scale)
     g = g.astype(jnp.float32)
     m = (1 - b1) * g + b1 * m
     v = (1 - b2) * (g * g) + b2 * v
@@ -111,13 +111,21 @@ def clip_by_global_norm(grads, max_norm):
   norm = global_norm(grads)
   if max_norm is None:
     return grads, norm
-  scale = clip_scale(norm, max_norm)
-  return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads), norm
+  return scale_grads(grads, clip_scale(norm, max_norm)), norm
 
 
 def clip_scale(norm, max_norm):
   """The factor clip_by_global_norm multiplies the gradients by: max_norm/(norm+1e-6) above max_norm, else 1."""
   return jnp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)
+
+
+def scale_grads(grads, scale):
+  """Every gradient times scale, rounded back to its dtype (what clipping does to them)."""
+  return jax.tree.map(lambda g: _scaled(g, scale), grads)
+
+
+def _scaled(g, scale):
+  return (g * scale).astype(g.dtype)
 
 
 def decay_mask(params):

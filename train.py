@@ -167,7 +167,7 @@ def make_train_step(config, mesh, on_device):
                      min_lr=t.min_lr, schedule=t.schedule, decay_frac=t.decay_frac)
     if _optimizer(t) == "muon":  # Muon on the hidden matrices, AdamW on the rest (muon.py)
       if scale is not None:
-        grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
+        grads = adamw.scale_grads(grads, scale)
       params, opt = muon.update(grads, state["opt"], params, lr, momentum=t.muon_momentum,
                                 nesterov=t.muon_nesterov, lr_scale=t.muon_lr_scale, b1=t.b1,
                                 b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
