@@ -1,12 +1,16 @@
-"""The SwiGLU MLP with three of its six matmuls in FP8 (model.py's mlp_fp8=True), four with fp8_w2.
+"""The SwiGLU MLP with three of its six matmuls in FP8 (model.py's mlp_fp8=True), four with fp8_w2,
+five with fp8_wgrad as well.
 
 x W13 in the forward and both input gradients, dY W2^T and dH13 W13^T, take e4m3 operands on
 cuBLASLt's FP8 path (fp32 accumulation, bf16 out). Activations and gradients get one scale per
 row (the token: a row's scale factors out of every dot it enters, so it is applied to the dot's
 output), weights one per tensor, each from the current values (no scale history to carry). The
-weight gradients stay bf16 (FP8 in that layout ran 6x slower, docs/model.md). The forward's
-act W2 is bf16 too unless fp8_w2 (model.mlp_fp8_w2): its e4m3 operand is then written by a Triton
-SwiGLU forward, and its row scale applied by the add+norm kernel that reads the dot's output.
+forward's act W2 is bf16 too unless fp8_w2 (model.mlp_fp8_w2): its e4m3 operand is then written by
+a Triton SwiGLU forward, and its row scale applied by the add+norm kernel that reads the dot's
+output. The weight gradients are bf16, except W13's with fp8_wgrad (model.mlp_fp8_wgrad): a sum
+over tokens, so dH13's row scale moves into h's copy (wgrad_w13), and both operands need the token
+axis last (cuBLASLt's FP8 dots want the summed axis contiguous): one Triton pass writes each copy
+(swiglu_kernel.transpose_fp8), where XLA's transposes of e4m3 arrays cost more than the dot saves.
 
 Two implementations of the same arithmetic:
 - `mlp_sublayer` (GPU, norm_backend='triton'): residual add + RMSNorm -> MLP -> residual add +
@@ -74,9 +78,23 @@ def quantize_static(h, q):
   return jnp.clip(h.astype(jnp.float32) * q, -F8_MAX, F8_MAX).astype(E4M3)
 
 
-def dot8(a8_NK, b8, b_contract):
-  """a8 [N, K] . b8 (its axis b_contract is K), both e4m3: unscaled, bf16 out (fp32 accumulation)."""
-  return jax.lax.dot_general(a8_NK, b8, (((1,), (b_contract,)), ((), ())), preferred_element_type=jnp.bfloat16)
+def dot8(a8_NK, b8, b_contract, out=jnp.bfloat16):
+  """a8 [N, K] . b8 (its axis b_contract is K), both e4m3: unscaled, fp32 accumulation, `out` dtype."""
+  return jax.lax.dot_general(a8_NK, b8, (((1,), (b_contract,)), ((), ())), preferred_element_type=out)
+
+
+def wgrad_w13(h_ND, r_N, dh8_NE):
+  """h^T dH in fp32 [D, E] from e4m3 operands, where dH = dh8 * r[token] (r: dh8's per-row scale).
+  The sum over tokens cannot take a per-token scale on its output, so r moves into h's copy,
+  e4m3(h * r * Q), with one Q for the tensor: 448 / max over tokens of max|h[t]| r[t], the tightest
+  that cannot overflow. Both copies have the token axis last, as cuBLASLt's FP8 dots want for a
+  sum over it. XLA's transposes here; mlp_sublayer makes the same copies in Triton passes
+  (swiglu_kernel.transpose_fp8) and takes max|h[t]| from the forward's row scales."""
+  h_ND = jax.lax.stop_gradient(h_ND).astype(jnp.float32)
+  r_N = jax.lax.stop_gradient(r_N.astype(jnp.float32))
+  q = F8_MAX / jnp.maximum(jnp.max(jnp.max(jnp.abs(h_ND), -1) * r_N), 1e-30)
+  h8_DN = jnp.clip(h_ND * (r_N * q)[:, None], -F8_MAX, F8_MAX).astype(E4M3).T
+  return dot8(h8_DN, dh8_NE.T, 1, out=jnp.float32) / q
 
 
 def silu_mul_scaled(h13_N2F, scale_N, dtype):
@@ -89,14 +107,14 @@ def silu_mul_scaled(h13_N2F, scale_N, dtype):
 # ----------------------------------------------------------------------------- the XLA reference
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def swiglu(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def swiglu(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False):
   """W2(SiLU(h W1) * (h W3)), w13 = [W1 | W3] as D x 2 x F (fp32 masters), with the module's FP8 dots
-  (act W2 among them with fp8_w2); outputs in dtype."""
+  (act W2 among them with fp8_w2, W13's weight gradient with fp8_wgrad: wgrad_w13); outputs in dtype."""
   return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2)[0]
 
 
-def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False):
+def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False):  # pylint: disable=unused-argument
   B, T, D = h_BTD.shape
   h_ND = h_BTD.reshape(B * T, D).astype(dtype)
   h8, hs = quantize_rows(h_ND)
@@ -112,7 +130,7 @@ def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False):
   return y_ND.reshape(B, T, D), (h_ND, h13_N2F, hs * s13, act_NF, w13_8, s13, w13_D2F, w2_FD)
 
 
-def _ref_bwd(dtype, fp8_w2, res, dy_BTD):  # pylint: disable=unused-argument  (the backward is the same)
+def _ref_bwd(dtype, fp8_w2, fp8_wgrad, res, dy_BTD):  # pylint: disable=unused-argument  (fp8_w2: the same)
   h_ND, h13_N2F, hs, act_NF, w13_8, s13, w13_D2F, w2_FD = res
   B, T, D = dy_BTD.shape
   dy_ND = dy_BTD.reshape(B * T, D).astype(dtype)
@@ -125,7 +143,10 @@ def _ref_bwd(dtype, fp8_w2, res, dy_BTD):  # pylint: disable=unused-argument  (t
   dh13_N2F = vjp(da_NF)[0].astype(dtype)
   dh8, dhs = quantize_rows(dh13_N2F)
   dx_ND = (dot8(dh8, w13_8, 1).astype(jnp.float32) * (dhs * s13)[:, None]).astype(dtype)
-  dw13 = jnp.dot(h_ND.T, dh13_N2F, preferred_element_type=jnp.float32)
+  if fp8_wgrad:
+    dw13 = wgrad_w13(h_ND, dhs, dh8)
+  else:
+    dw13 = jnp.dot(h_ND.T, dh13_N2F, preferred_element_type=jnp.float32)
   return (dx_ND.reshape(B, T, D), dw13.reshape(w13_D2F.shape).astype(w13_D2F.dtype), dw2.astype(w2_FD.dtype))
 
 
@@ -176,20 +197,23 @@ qkv_dot.defvjp(_qkv_fwd, _qkv_bwd)
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10, 11))
 def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None,
-                 keep_x=True):
+                 keep_x=True, fp8_wgrad=False):
   """(x', h') with s = x + attn, x' = s + MLP(RMSNorm(s) * g_mlp), h' = RMSNorm(x') * g_next: the
   values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots (act W2
   among them with fp8_w2). With q_next (static_scale(g_next)), a third output:
   quantize_static(h', q_next), for qkv_dot. w8: this layer's mlp_weights, when the caller made them
   (for all layers at once); else they are made here. keep_x=False (the last layer, whose stream
   only the final norm reads): x' comes out as None, so its gradient is no B x T x D of zeros that
-  XLA writes (21 us a B128 step on the H200) and the norm backward reads."""
+  XLA writes (21 us a B128 step on the H200) and the norm backward reads. fp8_wgrad: W13's weight
+  gradient as an e4m3 dot (wgrad_w13), its token-last operands written by swiglu_kernel.transpose_fp8,
+  and the SwiGLU backward without its bf16 dH13."""
   return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2, q_next, w8, keep_x)[0]
 
 
-def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None, keep_x=True):
+def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None, keep_x=True,
+         fp8_wgrad=False):  # pylint: disable=unused-argument  (the forward is the same)
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
   w13_8, w13_8T, s13, w2_8, s2, w2_8T = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
@@ -211,7 +235,7 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
   return (outs if q_next is None else (*outs, fp8[0].reshape(x_out.shape))), res
 
 
-def _bwd(dtype, fp8_w2, keep_x, res, cotangents):  # pylint: disable=unused-argument  (the backward is the same)
+def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, res, cotangents):  # pylint: disable=unused-argument  (fp8_w2: the same)
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next, attn_like, w13_like,
@@ -223,8 +247,15 @@ def _bwd(dtype, fp8_w2, keep_x, res, cotangents):  # pylint: disable=unused-argu
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype, fp8_qmul=s2)
   da_NF = dot8(d8, w2_8, 1)
   dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
-  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13)
-  dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
+  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
+  if fp8_wgrad:   # wgrad_w13's arithmetic, its scales from the kernels' row scales, which carry s13:
+    # hs = s13 max|h[t]| / 448 and dhs = s13 r, so Q = s13^2 / max(hs dhs), and qmul = Q / s13 gives
+    # h * dhs * qmul = h * r * Q.
+    qmul = s13 / jnp.maximum(jnp.max(hs * dhs), 1e-30)
+    h8_DN = swiglu_kernel.transpose_fp8(h_BTD.reshape(B * T, D), dhs, qmul)
+    dw13 = dot8(h8_DN, swiglu_kernel.transpose_fp8(dh8), 1, out=jnp.float32) / (qmul * s13)
+  else:
+    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   dh_ND = dot8(dh8, w13_8, 1)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,

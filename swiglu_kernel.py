@@ -67,17 +67,47 @@ def _row_tiles(F):
 FP8_ROWS, FP8_WARPS = 1, 4
 
 
-def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul):
+def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul, write_dh13=True):
   """fp8_mlp.py's SwiGLU backward from FP8 dots' unscaled outputs: gate, up = h13 * hs[row] and
   dA = da * das[row]. Returns (dh13 [N, 2F] in h13's dtype, dh13 in e4m3 [N, 2F], its per-row
-  scale times qmul [N]): the weight gradient's operand and the input gradient's FP8 operand."""
+  scale times qmul [N]): a bf16 weight gradient's operand (None when write_dh13 is False: the
+  e4m3 copy then feeds that gradient too) and the input gradient's FP8 operand."""
   jt, kern = _triton()
   N, F = da_NF.shape
-  return jt.triton_call(
+  dh13, dh8, dhs = jt.triton_call(
       h13_N2F, hs_N, da_NF, das_N, qmul, kernel=kern.swiglu_bwd_fp8_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, 2 * F), h13_N2F.dtype), jax.ShapeDtypeStruct((N, 2 * F), jnp.float8_e4m3fn),
-                 jax.ShapeDtypeStruct((N,), jnp.float32)),
-      grid=(-(-N // FP8_ROWS),), num_warps=FP8_WARPS, num_stages=1, N=N, F=F, ROWS=FP8_ROWS, **_row_tiles(F))
+      out_shape=(jax.ShapeDtypeStruct((N, 2 * F) if write_dh13 else (1,), h13_N2F.dtype),
+                 jax.ShapeDtypeStruct((N, 2 * F), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((N,), jnp.float32)),
+      grid=(-(-N // FP8_ROWS),), num_warps=FP8_WARPS, num_stages=1, N=N, F=F, ROWS=FP8_ROWS,
+      WRITE_DH13=bool(write_dh13), **_row_tiles(F))
+  return (dh13 if write_dh13 else None), dh8, dhs
+
+
+# transpose_fp8's tile (tokens x features), warps, and whether the transpose moves 32-bit values,
+# for e4m3 bytes and for the scaled copy of a 16-bit array: the best of 18 each at the speedrun
+# shape on the H200, dH13's [32768, 2688] 48.1 us (57.7 for 64 x 64 bytes), h's [32768, 512] 15.1
+# us (17.5 for 32 x 64; bench/dev_fp8_wgrad.py --sweep, bench/results/h200_session20/call3/).
+TRANSPOSE = {"bytes": (64, 128, 4, True), "scaled": (64, 64, 4, False)}
+
+
+def transpose_fp8(x_NC, row_scale_N=None, qmul=None):
+  """[C, N] e4m3 from x [N, C], in one Triton pass: x's own bytes transposed (x in e4m3), or with
+  row_scale and qmul (a 1-element fp32 array) e4m3(x * row_scale[row] * qmul) from any float x.
+  The operands of an FP8 dot that sums over the N tokens (fp8_mlp.py's W13 weight gradient)."""
+  jt, kern = _triton()
+  N, C = x_NC.shape
+  scaled = row_scale_N is not None
+  if scaled:
+    src, out_dtype = x_NC, jnp.float8_e4m3fn
+  else:
+    src, out_dtype = jax.lax.bitcast_convert_type(x_NC, jnp.uint8), jnp.uint8
+    row_scale_N = qmul = jnp.zeros((1,), jnp.float32)   # unread placeholders
+  bn, bc, warps, wide = TRANSPOSE["scaled" if scaled else "bytes"]
+  out = jt.triton_call(
+      src, row_scale_N.astype(jnp.float32), jnp.asarray(qmul, jnp.float32).reshape(1), kernel=kern.transpose_fp8_kernel,
+      out_shape=jax.ShapeDtypeStruct((C, N), out_dtype), grid=(-(-N // bn), -(-C // bc)), num_warps=warps,
+      num_stages=1, N=N, C=C, BLOCK_N=bn, BLOCK_C=bc, SCALED=scaled, WIDE=wide)
+  return out if scaled else jax.lax.bitcast_convert_type(out, x_NC.dtype)
 
 
 # forward_fp8's rows per program and warps: 74.9 us at 32768 x 1344 on the H200, against 75.3-96.1

@@ -50,16 +50,17 @@ def _scaled_gate_tile(H13, hs, r64, cols, mask, F: tl.constexpr):
 
 
 @triton.jit
-def _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols, mask, F: tl.constexpr):
-  """Both gate gradients of one tile, stored in DH13's dtype; returns (offsets, dgate, dup as stored, in
-  fp32, and their largest magnitude per row)."""
+def _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols, mask, F: tl.constexpr, WRITE_DH13: tl.constexpr):
+  """Both gate gradients of one tile, rounded to DH13's dtype (and stored there if WRITE_DH13);
+  returns (offsets, dgate, dup as rounded, in fp32, and their largest magnitude per row)."""
   gate_offs, gate, up = _scaled_gate_tile(H13, hs, r64, cols, mask, F)
   da = tl.load(DA + r64 * F + cols[None, :], mask=mask, other=0.0).to(tl.float32) * das
   s = sigmoid(gate)
   dgate = cast(da * up * s * (1.0 + gate * (1.0 - s)), DH13.dtype.element_ty)
   dup = cast(da * gate * s, DH13.dtype.element_ty)
-  tl.store(DH13 + gate_offs, dgate, mask=mask)
-  tl.store(DH13 + gate_offs + F, dup, mask=mask)
+  if WRITE_DH13:
+    tl.store(DH13 + gate_offs, dgate, mask=mask)
+    tl.store(DH13 + gate_offs + F, dup, mask=mask)
   # The e4m3 copy is quantized from DH13 as stored (fp8_mlp.swiglu's), with one scale per row.
   dgate, dup = dgate.to(tl.float32), dup.to(tl.float32)
   return gate_offs, dgate, dup, tl.max(tl.maximum(tl.abs(dgate), tl.abs(dup)), 1)
@@ -67,11 +68,13 @@ def _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols, mask, F: tl.constexpr):
 
 @triton.jit
 def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexpr, F: tl.constexpr,
-                          BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, ROWS: tl.constexpr):
+                          BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, ROWS: tl.constexpr,
+                          WRITE_DH13: tl.constexpr):
   """swiglu_bwd_kernel for fp8_mlp.py, on FP8 dots' unscaled outputs: gate, up = H13 * HS[row] and
-  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for the weight gradient) and in
-  e4m3 with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program
-  owns ROWS whole rows, as a BLOCK_F tile and a BLOCK_T tile (see above).
+  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for a bf16 weight gradient; not
+  when WRITE_DH13 is False, and DH13 is then a 1-element placeholder of that dtype) and in e4m3
+  with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program owns
+  ROWS whole rows, as a BLOCK_F tile and a BLOCK_T tile (see above).
   """
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   rmask = rows < N
@@ -80,11 +83,12 @@ def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexp
   das = tl.load(DAS + rows, mask=rmask, other=0.0)[:, None]
   cols = tl.arange(0, BLOCK_F)
   mask = rmask[:, None] & (cols[None, :] < F)
-  offs, dgate, dup, amax = _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols, mask, F)
+  offs, dgate, dup, amax = _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols, mask, F, WRITE_DH13)
   if BLOCK_T > 0:
     cols_t = BLOCK_F + tl.arange(0, BLOCK_T)
     mask_t = rmask[:, None] & (cols_t[None, :] < F)
-    offs_t, dgate_t, dup_t, amax_t = _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols_t, mask_t, F)
+    offs_t, dgate_t, dup_t, amax_t = _bwd_fp8_tile(H13, DA, DH13, hs, das, r64, cols_t, mask_t, F,
+                                                     WRITE_DH13)
     amax = tl.maximum(amax, amax_t)
   q = (448.0 / tl.maximum(amax, 1e-30))[:, None]   # 448: the largest finite e4m3 value
   tl.store(DH8 + offs, (dgate * q).to(DH8.dtype.element_ty), mask=mask)
@@ -132,3 +136,27 @@ def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.c
   if BLOCK_T > 0:
     tl.store(ACT8 + offs_t, (act_t * q).to(ACT8.dtype.element_ty), mask=mask_t)
   tl.store(AS + rows, tl.load(QMUL) * (amax / 448.0), mask=rmask)
+
+
+@triton.jit
+def transpose_fp8_kernel(X, RS, QMUL, OUT, N: tl.constexpr, C: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_C: tl.constexpr, SCALED: tl.constexpr, WIDE: tl.constexpr):
+  """OUT [C, N] = X [N, C] transposed, for an FP8 dot that sums over the N rows (cuBLASLt's FP8 path
+  wants that axis contiguous in both operands). SCALED: OUT = e4m3(X * RS[row] * QMUL[0]) from any
+  float X; else X's bytes as they are (an e4m3 array viewed as uint8). A program moves one
+  BLOCK_N x BLOCK_C tile: loads run along C, stores along N, the transpose between them in
+  registers and shared memory (Triton's layout conversion), on 32-bit values if WIDE, else on the
+  bytes."""
+  rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+  cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+  x = tl.load(X + rows[:, None].to(tl.int64) * C + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < C),
+              other=0)
+  if SCALED:   # saturating conversion (cvt.rn.satfinite), as the other e4m3 stores here
+    rs = tl.load(RS + rows, mask=rows < N, other=0.0) * tl.load(QMUL)
+    x = x.to(tl.float32) * rs[:, None]
+    if not WIDE:
+      x = x.to(OUT.dtype.element_ty)
+  elif WIDE:
+    x = x.to(tl.int32)
+  tl.store(OUT + cols[:, None].to(tl.int64) * N + rows[None, :], tl.trans(x).to(OUT.dtype.element_ty),
+           mask=(cols[:, None] < C) & (rows[None, :] < N))

@@ -1,8 +1,9 @@
 """Dev check (not the product): fp8_mlp.py's kernel paths in Triton's CPU interpreter on torch
 tensors, against NumPy float64 and torch's own e4m3 rounding: the add+norm forward's FP8 copy of
 its output, the add+norm backward with a per-row scale on DH and an FP8 copy of its gradient, the
-SwiGLU backward on unscaled inputs with its FP8 copy, and for mlp_fp8_w2 the SwiGLU forward with
-its FP8 copy and the add+norm forward on a row-scaled Y.
+SwiGLU backward on unscaled inputs with its FP8 copy (with and without its 16-bit output), for
+mlp_fp8_w2 the SwiGLU forward with its FP8 copy and the add+norm forward on a row-scaled Y, and for
+mlp_fp8_wgrad the token-last e4m3 copies (transpose_fp8_kernel).
 
   TRITON_INTERPRET=1 python bench/dev_interpret_fp8_mlp.py
 
@@ -161,7 +162,13 @@ def swiglu_bwd(n, f, rng):
   dh13, dh8, dhs = torch.empty((n, 2 * f), dtype=torch.float16), torch.empty((n, 2 * f), dtype=E4M3), torch.empty(n)
   rows = swiglu_kernel.FP8_ROWS
   SK.swiglu_bwd_fp8_kernel[(-(-n // rows),)](h13, hs, da, das, qmul, dh13, dh8, dhs, N=n, F=f, ROWS=rows,
-                                            **swiglu_kernel._row_tiles(f))  # pylint: disable=protected-access
+                                            WRITE_DH13=True, **swiglu_kernel._row_tiles(f))  # pylint: disable=protected-access
+  # WRITE_DH13=False (mlp_fp8_wgrad): the same e4m3 copy and scales, and no 16-bit dH13.
+  none13, dh8_only, dhs_only = torch.full((1,), float("nan"), dtype=torch.float16), torch.empty_like(dh8), torch.empty(n)
+  SK.swiglu_bwd_fp8_kernel[(-(-n // rows),)](h13, hs, da, das, qmul, none13, dh8_only, dhs_only, N=n, F=f, ROWS=rows,
+                                            WRITE_DH13=False, **swiglu_kernel._row_tiles(f))  # pylint: disable=protected-access
+  assert torch.isnan(none13).all(), "WRITE_DH13=False must leave DH13 alone"
+  assert torch.equal(dh8_only.view(torch.uint8), dh8.view(torch.uint8)) and torch.equal(dhs_only, dhs), "WRITE_DH13"
   hsn = hs.double().numpy()[:, None]
   g, u = h13.double().numpy()[:, :f] * hsn, h13.double().numpy()[:, f:] * hsn
   a = da.double().numpy() * das.double().numpy()[:, None]
@@ -187,10 +194,32 @@ def swiglu_fwd(n, f, rng):
           check_fp8_rows(act8, as_, act.double().numpy(), 0.02, "swiglu fwd")]
 
 
+def transpose(n, c, rng, wide):
+  """transpose_fp8_kernel (its 8-bit and its 32-bit transpose): e4m3 bytes transposed as they are, and
+  e4m3(x * rs[row] * qmul) transposed from fp16 (the interpreter's e4m3 rounding is swapped for
+  ml_dtypes' above)."""
+  x8 = torch.from_numpy(rng.integers(0, 256, (n, c), dtype=np.uint8))
+  out = torch.zeros((c, n), dtype=torch.uint8)
+  bn, bc = swiglu_kernel.TRANSPOSE["bytes"][:2]
+  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](x8, torch.zeros(1), torch.zeros(1), out, N=n, C=c, BLOCK_N=bn,
+                                                      BLOCK_C=bc, SCALED=False, WIDE=wide)
+  assert torch.equal(out, x8.T.contiguous()), "transpose_fp8: bytes"
+  x = torch.from_numpy((rng.standard_normal((n, c)) * 3).astype(np.float32)).to(torch.float16)
+  rs = torch.from_numpy(rng.uniform(0.0, 2.0, n).astype(np.float32))
+  qmul = torch.tensor([20.0])
+  out8 = torch.empty((c, n), dtype=E4M3)
+  bn, bc = swiglu_kernel.TRANSPOSE["scaled"][:2]
+  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](x, rs, qmul, out8, N=n, C=c, BLOCK_N=bn, BLOCK_C=bc,
+                                                      SCALED=True, WIDE=wide)
+  scaled = x.float().numpy() * (rs.numpy() * np.float32(20.0))[:, None]   # fp32 products, as the kernel's
+  want = np.clip(scaled, -F8_MAX, F8_MAX).astype(ml_dtypes.float8_e4m3fn).astype(np.float64).T
+  np.testing.assert_array_equal(out8.double().numpy(), want, err_msg="transpose_fp8: scaled")
+
+
 # ----------------------------------------------------------------------------- the jax side
 
 
-_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.int32): torch.int32,
+_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.int32): torch.int32, np.dtype(np.uint8): torch.uint8,
           np.dtype(ml_dtypes.bfloat16): torch.bfloat16, np.dtype(ml_dtypes.float8_e4m3fn): torch.float8_e4m3fn}
 _BITS = {torch.bfloat16: (np.int16, torch.int16), torch.float8_e4m3fn: (np.uint8, torch.uint8)}
 
@@ -240,9 +269,9 @@ def jax_side():
   errors.triton_kernels = lambda name, option: (InterpretedJaxTriton, importlib.import_module(name))
   rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32)))  # pylint: disable=unnecessary-lambda-assignment
 
-  def ref(x, attn, g_mlp, w13, w2, g_next, fp8_w2):
+  def ref(x, attn, g_mlp, w13, w2, g_next, fp8_w2, wgrad=False):
     s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
-    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2)
+    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2, wgrad)
     x_out = (s.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
     return x_out, model.rms_norm(x_out, g_next, jnp.bfloat16)
 
@@ -280,11 +309,18 @@ def jax_side():
     step = jnp.maximum(jnp.abs(want8), 2.0 ** -6) * 2.0 ** -3
     assert h8.dtype == jnp.float8_e4m3fn and bool(jnp.all(jnp.abs(h8.astype(jnp.float32) - want8) <= step)), "h8_next"
     errs[f"h8_next ({jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''})"] = rel(h8.astype(jnp.float32), want8)
-  for fp8_w2 in (False, True):
-    tag = ", fp8 W2" if fp8_w2 else ""
+    # fp8_wgrad: W13's weight gradient from the transposed e4m3 copies, as the reference's wgrad_w13.
+    _, vjp = jax.vjp(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2, None, None, True, True), *args)
+    _, vjp_ref = jax.vjp(lambda *a: ref(*a, fp8_w2, True), *args)
+    tag = f"{jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''}, fp8 wgrad"
+    for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), vjp(cot), vjp_ref(cot)):
+      assert g.dtype == w.dtype and g.shape == w.shape, (name, tag)
+      errs[f"{name} ({tag})"] = rel(g, w)
+  for fp8_w2, wgrad in ((False, False), (True, False), (True, True)):
+    tag = (", fp8 W2" if fp8_w2 else "") + (", fp8 wgrad" if wgrad else "")
     cfg = model.default_model_config()
     cfg.update(dict(vocab_size=300, context_length=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
-                    residual_dtype="bfloat16", mlp_fp8=True, mlp_fp8_w2=fp8_w2))
+                    residual_dtype="bfloat16", mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad))
     params = model.init_params(jax.random.PRNGKey(0), cfg)
     tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
     grads = lambda c: jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c))(params)  # pylint: disable=unnecessary-lambda-assignment,cell-var-from-loop
@@ -299,7 +335,7 @@ def jax_side():
     for name in ("w13", "wqkv", "wo", "attn_norm"):
       errs[f"model d{name}, attn_fp8{tag}"] = rel(g["blocks"][name], g_ref["blocks"][name])
   # attn_fp8 with the bf16 MLP: the fused path's later layers then get their e4m3 input from XLA.
-  cfg8 = _with(cfg, attn_fp8=True, mlp_fp8=False, mlp_fp8_w2=False)
+  cfg8 = _with(cfg, attn_fp8=True, mlp_fp8=False, mlp_fp8_w2=False, mlp_fp8_wgrad=False)
   (l_ref, g_ref), (l, g) = grads(cfg8), grads(_with(cfg8, norm_backend="triton"))
   errs["model loss, attn_fp8 alone"] = abs(float(l) - float(l_ref)) / float(l_ref)
   for name in ("wqkv", "wo", "attn_norm"):
@@ -331,6 +367,10 @@ def main():
     e = swiglu_bwd(n, f, rng) + swiglu_fwd(n, f, rng)
     print(f"swiglu N={n} F={f}: dh13 {e[0]:.1e}, dh8 {e[1]:.1e}; forward act {e[2]:.1e}, act8 {e[3]:.1e}", flush=True)
     worst, worst8 = max(worst, e[0], e[2]), max(worst8, e[1], e[3])
+  for n, c in [(1, 1), (21, 200), (130, 64), (64, 513)]:
+    for wide in (False, True):
+      transpose(n, c, rng, wide)
+  print("transpose_fp8: bytes and scaled e4m3 exact", flush=True)
   print(f"worst error: fp16 outputs {worst:.2e}, e4m3 outputs (of the row max) {worst8:.2e}")
   assert worst < 2e-3, worst
   assert worst8 <= 2.0 ** -4 * 1.01, worst8   # half an e4m3 step at the row's top binade

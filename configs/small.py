@@ -19,6 +19,7 @@ def get_config():
   # Likewise the FP8 MLP (fp8_mlp.py): its loss was checked at the speedrun's shape only.
   m.mlp_fp8 = False
   m.mlp_fp8_w2 = False  # (unused without mlp_fp8; off so the saved config says what ran)
+  m.mlp_fp8_wgrad = False  # (likewise)
   m.attn_fp8 = False  # the attention's x Wqkv in the compute dtype, as the MLP's.
   config.train.lr = 6e-4  # wider models want a lower peak learning rate.
   config.train.min_lr = 6e-5

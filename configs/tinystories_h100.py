@@ -50,6 +50,12 @@ def get_config():
   # kernels at full clock within +-0.04 ms: the FP8 dot spends less of the 700 W cap. Val loss at
   # 200 steps 3.026 / 2.988 vs 3.003 / 2.995 (2 seeds, within their spread). bench/results/h200_session15/.
   m.mlp_fp8_w2 = True
+  # W13's weight gradient h^T dH13 as an e4m3 dot as well (fp8_mlp.wgrad_w13): each token's gradient
+  # scale moves into h's copy, both operands are written token-last by a Triton pass
+  # (swiglu_kernel.transpose_fp8), as cuBLASLt's FP8 path needs for a sum over tokens, and the SwiGLU
+  # backward drops its bf16 dH13. B128 8.04 / 8.03 vs 8.17 / 8.14 ms a step (H200, interleaved); val
+  # loss at 200 steps 3.023 / 2.991 vs 3.028 / 2.988 (2 seeds). bench/results/h200_session20/.
+  m.mlp_fp8_wgrad = True
   # The residual stream between blocks in bf16 (each add summed in fp32, rounded once): -0.3 ms a
   # step; val loss equal within seed noise over 300 steps at two recipes (docs/model.md). "float32"
   # is the conservative choice for runs much longer than those checks.

@@ -82,8 +82,9 @@ def test_stacked_weights_quantize_each_layer_alone():
     np.testing.assert_allclose([got[2][0], got[4][0]], [s13, s2], rtol=1e-6)
 
 
-def _numpy_recipe(h, w13, w2, dy, fp8_w2=False):
-  """The module docstring's recipe in float64, rounding to bf16 / e4m3 where the dots' outputs do."""
+def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False):
+  """The module docstring's recipe in float64, rounding to bf16 / e4m3 where the dots' outputs do;
+  fp8_wgrad: W13's gradient from e4m3 operands as fp8_mlp.wgrad_w13 documents."""
   h, dy = np.asarray(h, np.float64)[0], np.asarray(dy, np.float64)[0]
   d, _, f = w13.shape
   w13, w2 = np.asarray(w13, np.float64).reshape(d, 2 * f), np.asarray(w2, np.float64)
@@ -104,7 +105,11 @@ def _numpy_recipe(h, w13, w2, dy, fp8_w2=False):
   dh13 = _bf16(np.concatenate([da * u * sg * (1 + g * (1 - sg)), da * g * sg], 1))
   dh8, dhs = _q_rows(dh13)
   dx = _bf16(_bf16(dh8 @ w13_8.T) * (dhs * s13)[:, None])
-  return y, dx, (h.T @ dh13).reshape(d, 2, f), act.T @ dy
+  dw13 = h.T @ dh13
+  if fp8_wgrad:   # dH13 = dh8 * dhs[row]: each row's scale goes into h's copy, one Q for the tensor
+    q = 448.0 / (np.abs(h).max(1) * dhs).max()
+    dw13 = (h * (dhs * q)[:, None]).astype(np.float32).astype(E4M3).astype(np.float64).T @ dh8 / q
+  return y, dx, dw13.reshape(d, 2, f), act.T @ dy
 
 
 @pytest.mark.parametrize("fp8_w2", [False, True])
@@ -126,6 +131,25 @@ def test_reference_mlp_is_the_documented_recipe(fp8_w2):
   assert _rel(y[0], other) > 1e-2, _rel(y[0], other)
 
 
+def test_fp8_weight_gradient_is_the_documented_recipe():
+  """fp8_wgrad: W13's gradient from e4m3 copies of h (times each token's gradient scale) and of dH13
+  matches the NumPy emulation (<= 3e-3) and sits FP8 noise from the exact h^T dH13 (1e-2..5e-2: told
+  apart from no quantization and from a misapplied scale, O(1)); the other outputs are those without
+  the option, bit for bit. Rows of dy spread over three decades, so the per-token scales matter."""
+  h, w13, w2, dy = _inputs()
+  dy = dy * jnp.logspace(-2, 1, h.shape[1], dtype=jnp.float32)[None, :, None].astype(dy.dtype)
+  outs = {}
+  for wgrad in (False, True):
+    y, vjp = jax.vjp(lambda h, a, b, w=wgrad: fp8_mlp.swiglu(h, a, b, jnp.bfloat16, False, w), h, w13, w2)
+    outs[wgrad] = (y,) + vjp(dy)
+  want = _numpy_recipe(h, w13, w2, dy, fp8_wgrad=True)
+  assert outs[True][2].dtype == jnp.float32
+  assert _rel(outs[True][2], want[2]) < 3e-3, _rel(outs[True][2], want[2])
+  assert 1e-2 < _rel(outs[True][2], outs[False][2]) < 5e-2, _rel(outs[True][2], outs[False][2])
+  for i in (0, 1, 3):   # y, dh, dw2
+    np.testing.assert_array_equal(np.asarray(outs[False][i], np.float32), np.asarray(outs[True][i], np.float32))
+
+
 def _cfg(**kw):
   cfg = model.default_model_config()
   cfg.update(dict(vocab_size=300, context_length=32, d_model=64, n_layers=2, n_heads=4, d_ff=96,
@@ -138,15 +162,16 @@ def _loss_and_grads(cfg, params, tok):
   return jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], cfg)))(params)
 
 
-@pytest.mark.parametrize("fp8_w2", [False, True])
-def test_model_with_fp8_mlp_tracks_the_bf16_model(fp8_w2):
+@pytest.mark.parametrize("fp8_w2,wgrad", [(False, False), (True, False), (True, True)])
+def test_model_with_fp8_mlp_tracks_the_bf16_model(fp8_w2, wgrad):
   """Through the whole model (XLA path, any machine) the FP8 MLP changes the loss by well under
-  1% and the gradients by FP8's few percent, in every block parameter."""
+  1% and the gradients by FP8's few percent, in every block parameter (also with W13's weight
+  gradient in e4m3, mlp_fp8_wgrad)."""
   cfg = _cfg()
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
   l16, g16 = _loss_and_grads(cfg, params, tok)
-  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True, mlp_fp8_w2=fp8_w2), params, tok)
+  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad), params, tok)
   assert abs(float(l8) - float(l16)) < 0.01 * float(l16)
   for k in ("w13", "w2", "wqkv", "wo", "mlp_norm"):
     assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.15, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
@@ -250,18 +275,19 @@ def test_fp8_attention_needs_plain_mha(kw):
     model.loss_fn(params, tok[:, :-1], tok[:, 1:], _cfg(attn_fp8=True, **kw))
 
 
-def _ref_sublayer(x, attn, g_mlp, w13, w2, g_next, fp8_w2=False):
+def _ref_sublayer(x, attn, g_mlp, w13, w2, g_next, fp8_w2=False, wgrad=False):
   """The fused sublayer's values from plain XLA pieces: add, RMSNorm, the reference MLP, add, RMSNorm."""
   s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
-  y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2)
+  y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2, wgrad)
   x_out = (s.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
   return x_out, model.rms_norm(x_out, g_next, jnp.bfloat16)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("stream,fp8_w2", [(jnp.bfloat16, False), (jnp.float32, False), (jnp.bfloat16, True)])
+@pytest.mark.parametrize("stream,fp8_w2,wgrad", [(jnp.bfloat16, False, False), (jnp.float32, False, False),
+                                                (jnp.bfloat16, True, False), (jnp.bfloat16, True, True)])
 @pytest.mark.parametrize("shape", [(4, 256, 512, 1344), (3, 7, 64, 100)])
-def test_fused_sublayer_matches_the_xla_reference(shape, stream, fp8_w2):
+def test_fused_sublayer_matches_the_xla_reference(shape, stream, fp8_w2, wgrad):
   B, T, D, F = shape
   k = jax.random.split(jax.random.PRNGKey(D + F), 8)
   x = jax.random.normal(k[0], (B, T, D)).astype(stream)
@@ -276,8 +302,8 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream, fp8_w2):
     out, vjp = jax.vjp(f, *args)
     return out, vjp((dx_out, dh))
 
-  got = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2)))()
-  want = jax.jit(lambda: run(lambda *a: _ref_sublayer(*a, fp8_w2)))()
+  got = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2, None, None, True, wgrad)))()
+  want = jax.jit(lambda: run(lambda *a: _ref_sublayer(*a, fp8_w2, wgrad)))()
   # Same roundings in the forward (XLA's RMSNorm may still round a few bf16 values the other way);
   # the gradients also differ by the norm backward's formula (kernel vs autodiff), which flips some
   # e4m3 roundings: ~1e-2, against ~8e-2 between FP8 and bf16 and O(1) for a misapplied scale.
@@ -318,8 +344,8 @@ def test_last_fused_sublayer_returns_no_stream_and_the_gradients_of_a_zero_one(s
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fp8_w2", [False, True])
-def test_model_fused_path_matches_the_xla_path(fp8_w2):
+@pytest.mark.parametrize("fp8_w2,wgrad", [(False, False), (True, False), (True, True)])
+def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad):
   """model.py picks the fused sublayer with norm_backend='triton': the same loss as the XLA norms
   with the reference MLP, and every block gradient closer to it than the bf16 model's is.
 
@@ -328,13 +354,13 @@ def test_model_fused_path_matches_the_xla_path(fp8_w2):
   apart. On the H200, over 4 seeds (bench/dev_fp8_model_grads.py), fused vs XLA FP8 was 0.5-0.7
   times bf16 vs XLA FP8 in every parameter (the MLP norm's gain: 4e-2 vs 6e-2); a misapplied
   scale or a wrong operand is O(1)."""
-  cfg = _cfg(mlp_fp8=True, mlp_fp8_w2=fp8_w2, d_model=128, d_ff=320)
+  kw = dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad, d_model=128, d_ff=320)
+  cfg = _cfg(**kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
   l_ref, g_ref = _loss_and_grads(cfg, params, tok)
-  l, g = _loss_and_grads(_cfg(mlp_fp8=True, mlp_fp8_w2=fp8_w2, d_model=128, d_ff=320, norm_backend="triton"),
-                         params, tok)
+  l, g = _loss_and_grads(_cfg(**kw, norm_backend="triton"), params, tok)
   _, g16 = _loss_and_grads(_cfg(d_model=128, d_ff=320), params, tok)
   assert l.dtype == l_ref.dtype
   assert abs(float(l) - float(l_ref)) < 1e-3 * float(l_ref)
@@ -391,14 +417,15 @@ def test_fp8_on_a_gpu_without_e4m3_names_the_fix(monkeypatch, cc, older, flag):
   assert model.gpu_without_fp8() is None
 
 
-def test_fp8_w2_without_the_fp8_mlp_is_the_bf16_model():
-  """mlp_fp8_w2 refines mlp_fp8 and does nothing alone, so turning mlp_fp8 off on the speedrun
-  config (the plain-JAX reference, an older GPU) gives the bf16 MLP: the same loss and gradients,
-  bit for bit."""
+@pytest.mark.parametrize("flag", ["mlp_fp8_w2", "mlp_fp8_wgrad"])
+def test_fp8_refinements_without_the_fp8_mlp_are_the_bf16_model(flag):
+  """mlp_fp8_w2 and mlp_fp8_wgrad refine mlp_fp8 and do nothing alone, so turning mlp_fp8 off on the
+  speedrun config (the plain-JAX reference, an older GPU) gives the bf16 MLP: the same loss and
+  gradients, bit for bit."""
   cfg = _cfg()
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
-  (l16, g16), (l, g) = _loss_and_grads(cfg, params, tok), _loss_and_grads(_cfg(mlp_fp8_w2=True), params, tok)
+  (l16, g16), (l, g) = _loss_and_grads(cfg, params, tok), _loss_and_grads(_cfg(**{flag: True}), params, tok)
   assert float(l) == float(l16)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g16)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -77,6 +77,44 @@ def test_model_loss_and_grads_equal_with_either_swiglu_backend():
     assert float(jnp.linalg.norm(g1 - g2) / jnp.linalg.norm(g2)) < 2e-2
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,c", [(32768, 2688), (21, 200), (1, 1), (300, 513)])
+def test_transpose_fp8_matches_numpy(n, c):
+  """The token-last e4m3 copies of fp8_mlp's weight gradient: x's bytes transposed exactly, and
+  e4m3(x * row_scale * qmul) transposed, rounded as ml_dtypes rounds the fp32 product (saturating)."""
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+  k = jax.random.split(jax.random.PRNGKey(n + c), 3)
+  bits = jax.random.randint(k[0], (n, c), 0, 256, jnp.int32).astype(jnp.uint8)
+  x8 = jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn)
+  got = jax.jit(swiglu_kernel.transpose_fp8)(x8)
+  assert got.dtype == jnp.float8_e4m3fn and got.shape == (c, n)
+  np.testing.assert_array_equal(np.asarray(jax.lax.bitcast_convert_type(got, jnp.uint8)), np.asarray(bits).T)
+  x = (3 * jax.random.normal(k[1], (n, c))).astype(jnp.bfloat16)
+  rs = jax.random.uniform(k[2], (n,), maxval=2.0)
+  qmul = jnp.array([40.0], jnp.float32)   # some products pass 448: they saturate
+  got = jax.jit(swiglu_kernel.transpose_fp8)(x, rs, qmul)
+  prod = np.asarray(x, np.float32) * (np.asarray(rs) * np.float32(40.0))[:, None]
+  want = np.clip(prod, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32).T
+  np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), want)
+
+
+@pytest.mark.gpu
+def test_fp8_backward_without_its_bf16_output_writes_the_same_e4m3_copy():
+  """write_dh13=False (mlp_fp8_wgrad): no bf16 dH13, and the e4m3 copy and its scales unchanged."""
+  k = jax.random.split(jax.random.PRNGKey(7), 4)
+  N, F = 300, 1344
+  h13 = (300 * jax.random.normal(k[0], (N, 2 * F))).astype(jnp.bfloat16)
+  da = (50 * jax.random.normal(k[1], (N, F))).astype(jnp.bfloat16)
+  hs, das = jax.random.uniform(k[2], (N,)) / 100, jax.random.uniform(k[3], (N,)) / 50
+  qmul = jnp.array([0.01], jnp.float32)
+  dh13, dh8, dhs = jax.jit(swiglu_kernel.backward_fp8)(h13, hs, da, das, qmul)
+  none, dh8_only, dhs_only = jax.jit(lambda *a: swiglu_kernel.backward_fp8(*a, write_dh13=False))(h13, hs, da, das, qmul)
+  assert dh13.shape == (N, 2 * F) and none is None
+  np.testing.assert_array_equal(np.asarray(jax.lax.bitcast_convert_type(dh8_only, jnp.uint8)),
+                                np.asarray(jax.lax.bitcast_convert_type(dh8, jnp.uint8)))
+  np.testing.assert_array_equal(np.asarray(dhs_only), np.asarray(dhs))
+
+
 @pytest.mark.slow
 def test_kernel_in_triton_interpreter_matches_numpy(triton_interpreter):
   """The Triton kernel itself, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
