@@ -253,7 +253,8 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, res, cotangents):  # pylint: disable=
     # h * dhs * qmul = h * r * Q.
     qmul = s13 / jnp.maximum(jnp.max(hs * dhs), 1e-30)
     h8_DN = swiglu_kernel.transpose_fp8(h_BTD.reshape(B * T, D), dhs, qmul)
-    dw13 = dot8(h8_DN, swiglu_kernel.transpose_fp8(dh8), 1, out=jnp.float32) / (qmul * s13)
+    # (The floor: an all-zero W13 has s13 = 0, so qmul = 0 too, and the dot is 0.)
+    dw13 = dot8(h8_DN, swiglu_kernel.transpose_fp8(dh8), 1, out=jnp.float32) / jnp.maximum(qmul * s13, 1e-30)
   else:
     dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   dh_ND = dot8(dh8, w13_8, 1)

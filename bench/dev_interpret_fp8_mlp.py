@@ -316,6 +316,12 @@ def jax_side():
     for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), vjp(cot), vjp_ref(cot)):
       assert g.dtype == w.dtype and g.shape == w.shape, (name, tag)
       errs[f"{name} ({tag})"] = rel(g, w)
+  # An all-zero W13 (its e4m3 scale is 0): the e4m3 weight gradient is zero too, not 0 / 0.
+  zero_args = (*args[:3], jnp.zeros_like(args[3]), *args[4:])
+  _, vjp = jax.vjp(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True), *zero_args)
+  grads = vjp(cot)
+  assert all(bool(jnp.all(jnp.isfinite(g.astype(jnp.float32)))) for g in grads), "zero W13: non-finite gradient"
+  assert not bool(jnp.any(grads[3])), "zero W13: its gradient must be 0 (h's copy is scaled by dH13's zero rows)"
   for fp8_w2, wgrad in ((False, False), (True, False), (True, True)):
     tag = (", fp8 W2" if fp8_w2 else "") + (", fp8 wgrad" if wgrad else "")
     cfg = model.default_model_config()
