@@ -7,7 +7,8 @@ writes both gate gradients at ~2 TB/s on an H100/H200 (0.2 ms a layer at the spe
 kernel does the same single pass over the same bytes (docs/model.md has the measurements).
 
 `backward_fp8` and `forward_fp8` are fp8_mlp.py's variants: unscaled FP8-dot inputs with their
-row scales, and an e4m3 copy of the result for the next FP8 dot.
+row scales, and an e4m3 copy of the result for the next FP8 dot; `transpose_fp8` writes the
+token-last e4m3 operands of its W13 weight gradient (mlp_fp8_wgrad).
 
 triton and jax_triton are imported when the kernel is launched, so this module imports anywhere.
 """
