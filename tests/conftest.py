@@ -4,6 +4,11 @@ import sys
 
 import pytest
 
+# Under pytest-xdist (README's test command) two test processes may share one GPU: JAX's default
+# grab of 75% of its memory per process would starve the second.
+if "PYTEST_XDIST_WORKER" in os.environ:
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 # Tests import the top-level modules (flat layout) without installing the repo.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
