@@ -89,7 +89,7 @@ def wgrad_w13(h_ND, r_N, dh8_NE):
   e4m3(h * r * Q), with one Q for the tensor: 448 / max over tokens of max|h[t]| r[t], the tightest
   that cannot overflow. Both copies have the token axis last, as cuBLASLt's FP8 dots want for a
   sum over it. XLA's transposes here; mlp_sublayer makes the same copies in Triton passes
-  (swiglu_kernel.transpose_fp8) and takes max|h[t]| from the forward's row scales."""
+  (swiglu_kernel.transpose_fp8; wgrad_w13_kernels) and takes max|h[t]| from the forward's row scales."""
   h_ND = jax.lax.stop_gradient(h_ND).astype(jnp.float32)
   r_N = jax.lax.stop_gradient(r_N.astype(jnp.float32))
   q = F8_MAX / jnp.maximum(jnp.max(jnp.max(jnp.abs(h_ND), -1) * r_N), 1e-30)
@@ -248,13 +248,8 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, res, cotangents):  # pylint: disable=
   da_NF = dot8(d8, w2_8, 1)
   dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
-  if fp8_wgrad:   # wgrad_w13's arithmetic, its scales from the kernels' row scales, which carry s13:
-    # hs = s13 max|h[t]| / 448 and dhs = s13 r, so Q = s13^2 / max(hs dhs), and qmul = Q / s13 gives
-    # h * dhs * qmul = h * r * Q.
-    qmul = s13 / jnp.maximum(jnp.max(hs * dhs), 1e-30)
-    h8_DN = swiglu_kernel.transpose_fp8(h_BTD.reshape(B * T, D), dhs, qmul)
-    # (The floor: an all-zero W13 has s13 = 0, so qmul = 0 too, and the dot is 0.)
-    dw13 = dot8(h8_DN, swiglu_kernel.transpose_fp8(dh8), 1, out=jnp.float32) / jnp.maximum(qmul * s13, 1e-30)
+  if fp8_wgrad:
+    dw13 = wgrad_w13_kernels(h_BTD.reshape(B * T, D), hs, dh8, dhs, s13)
   else:
     dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   dh_ND = dot8(dh8, w13_8, 1)
@@ -264,3 +259,15 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, res, cotangents):  # pylint: disable=
 
 
 mlp_sublayer.defvjp(_fwd, _bwd)
+
+
+def wgrad_w13_kernels(h_ND, hs_N, dh8_NE, dhs_N, s13):
+  """wgrad_w13's arithmetic from the fused path's kernels (GPU): h [N, D] bf16, its forward row scales
+  hs = s13 max|h[t]| / 448, dH13's e4m3 copy and its row scales dhs = s13 r. So Q = s13^2 / max(hs
+  dhs), and qmul = Q / s13 gives h * dhs * qmul = h * r * Q; swiglu_kernel.transpose_fp8 makes both
+  token-last copies."""
+  import swiglu_kernel  # pylint: disable=import-outside-toplevel
+  qmul = s13 / jnp.maximum(jnp.max(hs_N * dhs_N), 1e-30)
+  h8_DN = swiglu_kernel.transpose_fp8(h_ND, dhs_N, qmul)
+  # (The floor: an all-zero W13 has s13 = 0, so qmul = 0 too, and the dot is 0.)
+  return dot8(h8_DN, swiglu_kernel.transpose_fp8(dh8_NE), 1, out=jnp.float32) / jnp.maximum(qmul * s13, 1e-30)
