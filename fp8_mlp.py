@@ -23,6 +23,8 @@ The attention's x Wqkv (model.py's attn_fp8=True) is the one dot here with a sca
 its activation too: `static_scale` bounds RMSNorm(x) * g from the gain alone, so the product's
 scale is one number, which model.py folds into the RoPE tables (q, k) and into Wo (v), the places
 that already read those values: no kernel in the attention changes, and no pass rescales qkv.
+The LM head's forward logits (model.py's head_fp8=True, `head_logits`) use the same static scale on
+the final norm's output; the loss kernel applies the product's scale as it reads the logits.
 """
 import functools
 
@@ -192,6 +194,20 @@ def _qkv_bwd(res, cotangents):
 
 
 qkv_dot.defvjp(_qkv_fwd, _qkv_bwd)
+
+
+# ----------------------------------------------------------------------------- the LM head's logits
+
+
+def head_logits(h8_ND, qh, w_VD):
+  """(raw [N, V] bf16, xs [1] fp32) with raw * xs ~= h w^T: the head's forward dot (model.head_fp8)
+  on e4m3(h * qh) (the final norm's static-scaled copy) and w's e4m3 copy, one scale for the tensor,
+  made here from w (a [V, D] bf16 weight, the vocabulary padded or not). The loss multiplies xs in as
+  it reads raw, so no pass rescales the [N, V] logits; no gradient flows through here (the loss's
+  backward takes the bf16 h and w). xs is floored so that an all-zero w gives zero logits, not 0/0."""
+  w8_VD, sw = quantize_tensor(jax.lax.stop_gradient(w_VD))
+  raw_NV = dot8(jax.lax.stop_gradient(h8_ND), w8_VD, 1)
+  return raw_NV, jax.lax.stop_gradient(jnp.maximum(sw.reshape(1) / qh, 1e-30))
 
 
 # ----------------------------------------------------------------------------- the fused GPU path

@@ -43,6 +43,7 @@ def default_model_config():
       attn_fp8=False,          # the attention's x Wqkv in e4m3 (fp8_mlp.qkv_dot); MHA without qk_norm
       mlp_fp8_w2=False,        # with mlp_fp8: the forward's act x W2 in e4m3 too (four of six); else unused
       mlp_fp8_wgrad=False,     # with mlp_fp8: W13's weight gradient in e4m3 too (fp8_mlp.wgrad_w13); else unused
+      head_fp8=False,          # the LM head's forward logits from an e4m3 dot (fp8_mlp.head_logits); gradients bf16
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
       residual_dtype="float32",  # the residual stream between blocks; 'bfloat16' halves its traffic
@@ -108,7 +109,7 @@ def _check(cfg):
     # projections, would sit between the dot and those.
     raise UserError("config.model.attn_fp8=True supports attention='mha' without qk_norm; set "
                     "--config.model.attn_fp8=False")
-  for name in ("mlp_fp8", "attn_fp8"):
+  for name in ("mlp_fp8", "attn_fp8", "head_fp8"):
     older_sm = _option(cfg, name) and gpu_without_fp8()
     if older_sm:
       raise UserError(f"config.model.{name}=True needs e4m3 tensor cores (compute capability >= 8.9: "
@@ -403,6 +404,11 @@ def _residual_add(x_BTD, y_BTD):
 
 def hidden(params, tokens_BT, cfg):
   """tokens B x T -> final-normed hidden states B x T x D in the compute dtype."""
+  return _hidden(params, tokens_BT, cfg)[0]
+
+
+def _hidden(params, tokens_BT, cfg):
+  """(hidden(), and with head_fp8 its e4m3 copy for the head's dot as (h8, static scale), else None)."""
   _check(cfg)
   T = tokens_BT.shape[1]
   if T > cfg.context_length:
@@ -421,13 +427,24 @@ def hidden(params, tokens_BT, cfg):
   else:
     for i in range(cfg.n_layers):
       x_BTD = block(jax.tree.map(lambda a, i=i: a[i], blocks), x_BTD, rope, cfg)
-  return rms_norm(x_BTD, params["final_norm"], dtype)
+  h_BTD = rms_norm(x_BTD, params["final_norm"], dtype)
+  return h_BTD, _head_input_fp8(h_BTD, params["final_norm"], cfg)
+
+
+def _head_input_fp8(h_BTD, gain_D, cfg):
+  """(e4m3 copy of the final-normed h, its static scale) for head_fp8, made in XLA; else None."""
+  if not _option(cfg, "head_fp8"):
+    return None
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  q = fp8_mlp.static_scale(gain_D)
+  return fp8_mlp.quantize_static(h_BTD, q), q
 
 
 def _hidden_fused_norms(params, x_BTD, rope, cfg):
-  """hidden()'s layers with each residual add and the norm after it in one kernel: the same
+  """_hidden()'s layers with each residual add and the norm after it in one kernel: the same
   values as block() (sum rounded to the stream dtype, then normalized), regrouped so every add
-  carries the next norm's gain: attn -> (add, mlp_norm) -> mlp -> (add, next attn_norm or final)."""
+  carries the next norm's gain: attn -> (add, mlp_norm) -> mlp -> (add, next attn_norm or final).
+  With mlp_fp8, the final norm's kernel also writes the head's e4m3 input (head_fp8)."""
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   dtype = DTYPES[cfg.compute_dtype]
   attn_fn = _ATTENTION[cfg.attention][1]
@@ -453,7 +470,9 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
     if _option(cfg, "mlp_fp8"):
       # The add, the norm, the MLP and the next add + norm in one custom VJP: the FP8 casts ride
       # in the norm and SwiGLU kernels (fp8_mlp.py), the next attention's e4m3 input with them.
-      q_next = fp8_mlp.static_scale(gain) if h8 is not None and not last else None
+      # The next attention's e4m3 input (attn_fp8), or after the last layer the head's (head_fp8).
+      wants_h8 = _option(cfg, "head_fp8") if last else h8 is not None
+      q_next = fp8_mlp.static_scale(gain) if wants_h8 else None
       x_BTD, h_BTD, *h8_next = fp8_mlp.mlp_sublayer(
           x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype, bool(_option(cfg, "mlp_fp8_w2")), q_next,
           None if w8 is None else tuple(a[i] for a in w8), not last,   # the last x_BTD is None: unused
@@ -463,8 +482,8 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_BTD, p["mlp_norm"], dtype)
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, swiglu(p, h_BTD, dtype, _option(cfg, "swiglu_backend")), gain,
                                             dtype)
-    h8 = None if last else _attn_input_fp8(h_BTD, gain, cfg)
-  return h_BTD
+    h8 = _head_input_fp8(h_BTD, gain, cfg) if last else _attn_input_fp8(h_BTD, gain, cfg)
+  return h_BTD, h8
 
 
 def _head(params, cfg):
@@ -492,39 +511,52 @@ def softcap(logits, cap):
 def loss_fn(params, tokens_BT, targets_BT, cfg):
   """Mean next-token cross-entropy, in fp32 via logsumexp."""
   spec, w = _head(params, cfg)
-  h_BTD, cap = hidden(params, tokens_BT, cfg), float(_option(cfg, "logit_softcap"))
+  (h_BTD, h8), cap = _hidden(params, tokens_BT, cfg), float(_option(cfg, "logit_softcap"))
   if _option(cfg, "xent_backend") == "triton":
     import xent_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
-    return xent_kernel.head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap)
-  return _head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap)
+    return xent_kernel.head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, h8)
+  return _head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, h8)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
-def _head_cross_entropy(spec, h_BTD, w, targets_BT, cap=0.0):
-  """mean(logsumexp(z) - z[target]), z = softcap(einsum(spec, h, w), cap); reductions in fp32."""
-  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap)[0]
+def _head_cross_entropy(spec, h_BTD, w, targets_BT, cap=0.0, h8=None):
+  """mean(logsumexp(z) - z[target]), z = softcap(einsum(spec, h, w), cap); reductions in fp32.
+  With h8 = (e4m3 copy of h, its static scale) (head_fp8), the logits come from fp8_mlp.head_logits."""
+  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap, h8)[0]
 
 
-def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0):
+def _head_logits(spec, h_BTD, w, h8):
+  """(the logits as stored, in the compute dtype, and their scale: fp32 [1] with h8, else 1.0)."""
+  if h8 is None:
+    return jnp.einsum(spec, h_BTD, w), 1.0
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  w_VD = w if spec.endswith("vd->btv") else w.T
+  raw_NV, xs = fp8_mlp.head_logits(h8[0].reshape(-1, h8[0].shape[-1]), h8[1], w_VD)
+  return raw_NV.reshape(*h_BTD.shape[:-1], -1), xs
+
+
+def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0, h8=None):
   # The logits are stored in the compute dtype (bf16 on GPU, as under PyTorch AMP): they are the
   # largest tensor of the step and are read three times; fp32 storage cost 0.7 ms/step (5.5%) on
   # the H100. The logsumexp and the loss are still computed in fp32 (docs/model.md). With a
   # softcap the raw logits are what is stored; the cap is applied in fp32 on each read.
-  logits_BTV = jnp.einsum(spec, h_BTD, w)
-  logits32_BTV = softcap(logits_BTV.astype(jnp.float32), cap)
+  logits_BTV, xs = _head_logits(spec, h_BTD, w, h8)
+  logits32_BTV = softcap(logits_BTV.astype(jnp.float32) * xs, cap)
   lse_BT = jax.nn.logsumexp(logits32_BTV, axis=-1)
   target_BT = jnp.take_along_axis(logits32_BTV, targets_BT[..., None], axis=-1)[..., 0]
-  return jnp.mean(lse_BT - target_BT), (h_BTD, w, targets_BT, logits_BTV, lse_BT)
+  h8_res = None if h8 is None else (xs, h8[1])
+  return jnp.mean(lse_BT - target_BT), (h_BTD, w, targets_BT, logits_BTV, lse_BT, h8_res)
 
 
 def _head_cross_entropy_bwd(spec, cap, res, g):
   # Written by hand for speed (the B x T x V logits are the largest tensor of the step): one fused
   # pass makes d(loss)/d(logits) = (softmax - onehot) * g/N directly in the compute dtype, so both
   # head matmuls of the backward run in bf16. Plain autodiff would make it in fp32 over several
-  # passes and run those matmuls in fp32.
-  h_BTD, w, targets_BT, logits_BTV, lse_BT = res
+  # passes and run those matmuls in fp32. With head_fp8 the gradient is that of the same formula
+  # with h w in bf16 (the e4m3 dot is the forward's alone), so nothing flows to h8.
+  h_BTD, w, targets_BT, logits_BTV, lse_BT, h8_res = res
   V = logits_BTV.shape[-1]
-  z_BTV = softcap(logits_BTV.astype(jnp.float32), cap)
+  z_BTV = softcap(logits_BTV.astype(jnp.float32) * (1.0 if h8_res is None else h8_res[0]), cap)
   p_BTV = jnp.exp(z_BTV - lse_BT[..., None])
   onehot_BTV = targets_BT[..., None] == jnp.arange(V, dtype=jnp.int32)
   d_BTV = (p_BTV - onehot_BTV) * (g / targets_BT.size)
@@ -535,7 +567,8 @@ def _head_cross_entropy_bwd(spec, cap, res, g):
     d_BTV = d_BTV * (1.0 - jnp.square(z_BTV / cap))
   d_BTV = d_BTV.astype(h_BTD.dtype)
   _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w)
-  return (*vjp(d_BTV), None)
+  d_h8 = None if h8_res is None else (jnp.zeros(h_BTD.shape, jnp.float8_e4m3fn), jnp.zeros_like(h8_res[1]))
+  return (*vjp(d_BTV), None, d_h8)
 
 
 _head_cross_entropy.defvjp(_head_cross_entropy_fwd, _head_cross_entropy_bwd)

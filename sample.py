@@ -184,11 +184,12 @@ class RecomputeGenerator:
     if jax.default_backend() != "gpu" and "norm_backend" in cfg:
       # A checkpoint trained on the GPU may carry the Triton add+norm kernel; XLA computes the same.
       cfg.norm_backend = "xla"
-    if (cfg.get("mlp_fp8") or cfg.get("attn_fp8")) and model.gpu_without_fp8():
+    if (cfg.get("mlp_fp8") or cfg.get("attn_fp8") or cfg.get("head_fp8")) and model.gpu_without_fp8():
       # An H100-trained checkpoint on an older GPU: the bf16 dots compute the same model (decode.py's).
       cfg.mlp_fp8 = False
-      if "attn_fp8" in cfg:
-        cfg.attn_fp8 = False
+      for name in ("attn_fp8", "head_fp8"):
+        if name in cfg:
+          cfg[name] = False
     self.params, self.cfg = params, cfg
     self.eos = -1 if eos_id is None else eos_id
     pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)

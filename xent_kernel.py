@@ -9,6 +9,9 @@ reads the logits and writes the gradient.
 The kernel reads each row once and, when a gradient is needed, writes d(loss)/d(logits) in the
 same pass (docs/model.md has the measurements). The gradient is therefore made in the forward and
 kept instead of the logits: same memory, and the backward is just the two matmuls.
+With model.head_fp8 the forward's logits come from an e4m3 dot (fp8_mlp.head_logits) whose one
+scale the kernel multiplies in as it reads them; the gradient and the two backward matmuls are
+the same as the bf16 head's.
 
 triton and jax_triton are imported when the kernel is launched, so this module imports anywhere.
 """
@@ -42,14 +45,17 @@ def tails(V, V_PAD, block_v):
   return dict(BLOCK_V=block_v, TAIL=pow2(V - full), GRAD_TAIL=pow2(V_PAD - full))
 
 
-def _rows(logits_NV, targets_N, softcap, write_grad, scale=None, vocab=None):
+def _rows(logits_NV, targets_N, softcap, write_grad, scale=None, vocab=None, xscale=None):
   """(loss_N fp32, dlogits_NV in the logits dtype, already times scale: 1/N unless given) from the
-  kernel; with vocab < V only the first vocab columns are logits (the rest: gradient 0)."""
+  kernel; with vocab < V only the first vocab columns are logits (the rest: gradient 0). xscale
+  (fp32 [1]): the logits are logits_NV * xscale (an FP8 head's raw dot), and dlogits is with respect
+  to those."""
   jt, kern = _triton()
   N, V = logits_NV.shape
+  xscale = jnp.ones((1,), jnp.float32) if xscale is None else xscale.astype(jnp.float32).reshape(1)
   out_shape = [jax.ShapeDtypeStruct((N,), jnp.float32),
                jax.ShapeDtypeStruct((N, V) if write_grad else (1,), logits_NV.dtype)]
-  return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), kernel=kern.xent_fwd_kernel,
+  return jt.triton_call(logits_NV, targets_N.astype(jnp.int32), xscale, kernel=kern.xent_fwd_kernel,
                         out_shape=out_shape, grid=(N,), num_warps=NUM_WARPS, num_stages=1,
                         V=V if vocab is None else vocab, V_PAD=V, SCALE=1.0 / N if scale is None else float(scale),
                         SOFTCAP=float(softcap), WRITE_GRAD=write_grad, **tails(V if vocab is None else vocab, V, BLOCK_V))
@@ -60,40 +66,57 @@ def _vocab_axis(spec):
   return spec.split(",")[1].split("-")[0].index("v")
 
 
-def _padded_logits(spec, h_BTD, w):
-  """(logits [N, V_pad] with V_pad = V rounded up to VOCAB_ALIGN, V, the padded w)."""
+def _padded_logits(spec, h_BTD, w, h8=None):
+  """(logits [N, V_pad] with V_pad = V rounded up to VOCAB_ALIGN, V, the padded w, their scale):
+  the bf16 dot and None, or with h8 = (e4m3 copy of h, its static scale) the FP8 dot's raw output
+  and the scale the loss kernel multiplies in (fp8_mlp.head_logits)."""
   axis = _vocab_axis(spec)
   V = w.shape[axis]
   pad = [(0, 0)] * w.ndim
   pad[axis] = (0, -V % VOCAB_ALIGN)
   w_pad = jnp.pad(w, pad)
+  if h8 is not None:
+    import fp8_mlp  # pylint: disable=import-outside-toplevel
+    h8_BTD, qh = h8
+    raw_NV, xs = fp8_mlp.head_logits(h8_BTD.reshape(-1, h8_BTD.shape[-1]), qh, w_pad if axis == 0 else w_pad.T)
+    return raw_NV, V, w_pad, xs
   logits_BTV = jnp.einsum(spec, h_BTD, w_pad)
-  return logits_BTV.reshape(-1, logits_BTV.shape[-1]), V, w_pad
+  return logits_BTV.reshape(-1, logits_BTV.shape[-1]), V, w_pad, None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
-def head_cross_entropy(spec, h_BTD, w, targets_BT, softcap):
+def head_cross_entropy(spec, h_BTD, w, targets_BT, softcap, h8=None):
   """mean(logsumexp(logits) - logits[target]) with logits = einsum(spec, h, w) in h's dtype,
-  soft-capped to softcap * tanh(logits / softcap) first when softcap > 0."""
-  logits_NV, V, _ = _padded_logits(spec, h_BTD, w)
-  loss_N, _ = _rows(logits_NV, targets_BT.reshape(-1), softcap, False, vocab=V)
+  soft-capped to softcap * tanh(logits / softcap) first when softcap > 0. With h8 = (h8_BTD, qh),
+  e4m3(h * qh) from the final norm (model.head_fp8), the forward's logits come from an e4m3 dot
+  instead; the gradients are still the bf16 dots' with h and w (nothing flows to h8)."""
+  logits_NV, V, _, xs = _padded_logits(spec, h_BTD, w, h8)
+  loss_N, _ = _rows(logits_NV, targets_BT.reshape(-1), softcap, False, vocab=V, xscale=xs)
   return jnp.mean(loss_N)
 
 
-def _fwd(spec, h_BTD, w, targets_BT, softcap):
-  logits_NV, V, w_pad = _padded_logits(spec, h_BTD, w)
-  loss_N, d_NV = _rows(logits_NV, targets_BT.reshape(-1), softcap, True, vocab=V)
-  return jnp.mean(loss_N), (h_BTD, w_pad, d_NV.reshape(*h_BTD.shape[:-1], -1), jnp.zeros((0, V), w.dtype))
+def _fwd(spec, h_BTD, w, targets_BT, softcap, h8=None):
+  logits_NV, V, w_pad, xs = _padded_logits(spec, h_BTD, w, h8)
+  loss_N, d_NV = _rows(logits_NV, targets_BT.reshape(-1), softcap, True, vocab=V, xscale=xs)
+  h8_like = None if h8 is None else (jnp.zeros((0,), h8[0].dtype), h8[1])   # h8 has h's shape
+  return jnp.mean(loss_N), (h_BTD, w_pad, d_NV.reshape(*h_BTD.shape[:-1], -1), jnp.zeros((0, V), w.dtype), h8_like)
 
 
 def _bwd(spec, softcap, res, g):  # pylint: disable=unused-argument
   # d_BTV already holds (softmax - onehot) / N, 0 in the padded columns; the cotangent g (1 for a
   # plain loss) scales the small results rather than the B x T x V gradient.
-  h_BTD, w_pad, d_BTV, v_like = res
+  h_BTD, w_pad, d_BTV, v_like, h8_like = res
   _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w_pad)
   dh_BTD, dw = vjp(d_BTV)
   dw = jax.lax.slice_in_dim(dw, 0, v_like.shape[1], axis=_vocab_axis(spec))
-  return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None)
+  return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None, _zero_cotangents(h8_like, h_BTD.shape))
+
+
+def _zero_cotangents(h8_like, shape_BTD):
+  """The (zero) cotangents of h8 = (e4m3 copy of h, its scale), or None without it."""
+  if h8_like is None:
+    return None
+  return jnp.zeros(shape_BTD, h8_like[0].dtype), jnp.zeros_like(h8_like[1])
 
 
 head_cross_entropy.defvjp(_fwd, _bwd)

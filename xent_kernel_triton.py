@@ -16,37 +16,49 @@ def _cap(z, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _sweep(m_row, s_row, x_raw, SOFTCAP: tl.constexpr):
-  """The running (max, sum of exp(x - max)) of a row after one more block of its logits."""
+def _units(x_raw, xs, SOFTCAP: tl.constexpr):
+  """A block in the units the sweeps work in: the stored value itself (logit = u * xs) without a
+  cap, so xs rides in the exponent's FMA; the capped logit (u = logit) with one."""
   x = x_raw.to(tl.float32)
   if SOFTCAP > 0:
-    x, _ = _cap(x, SOFTCAP)
+    # The ragged block's missing lanes stay -inf (a cap would make them -SOFTCAP and count them).
+    x = tl.where(x == -float("inf"), x, _cap(x * xs, SOFTCAP)[0])
+  return x
+
+
+@triton.jit
+def _sweep(m_row, s_row, x_raw, xs, k2, SOFTCAP: tl.constexpr):
+  """The running (max, sum of exp(logit - max)) of a row after one more block, the max in _units and
+  k2 = log2(e) times the logits per unit (xs >= 0 keeps the max where the logits' max is)."""
+  x = _units(x_raw, xs, SOFTCAP)
   m_new = tl.maximum(m_row, tl.max(x, 0))
-  s_row = s_row * _exp2((m_row - m_new) * LOG2E) + tl.sum(_exp2(x * LOG2E - m_new * LOG2E), 0)
+  s_row = s_row * _exp2((m_row - m_new) * k2) + tl.sum(_exp2(x * k2 - m_new * k2), 0)
   return m_new, s_row
 
 
 @triton.jit
-def _grad(x_raw, offset, SOFTCAP: tl.constexpr):
-  """exp(x - lse) * SCALE for a block, as exp2(x log2(e) - offset), offset = lse log2(e) - log2(SCALE)."""
+def _grad(x_raw, xs, k2, offset, SOFTCAP: tl.constexpr):
+  """exp(logit - lse) * SCALE for a block, as exp2(u k2 - offset), offset = lse log2(e) - log2(SCALE)."""
   x = x_raw.to(tl.float32)
   if SOFTCAP > 0:
-    x, dcap = _cap(x, SOFTCAP)
-    return _exp2(x * LOG2E - offset) * dcap
-  return _exp2(x * LOG2E - offset)
+    x, dcap = _cap(x * xs, SOFTCAP)
+    return _exp2(x * k2 - offset) * dcap
+  return _exp2(x * k2 - offset)
 
 
 @triton.jit
-def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, V_PAD: tl.constexpr, SCALE: tl.constexpr,
-                    SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr, TAIL: tl.constexpr, GRAD_TAIL: tl.constexpr,
-                    WRITE_GRAD: tl.constexpr):
+def xent_fwd_kernel(LOGITS, TARGETS, XSCALE, LOSS, DLOGITS, V: tl.constexpr, V_PAD: tl.constexpr,
+                    SCALE: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr, TAIL: tl.constexpr,
+                    GRAD_TAIL: tl.constexpr, WRITE_GRAD: tl.constexpr):
   """One row: LOSS = logsumexp(x) - x[target]; DLOGITS = (softmax(x) - onehot(target)) * SCALE.
 
   Rows are V_PAD >= V wide: columns V.. are the padded head's (xent_kernel.py) and are never read;
   their gradient is written as 0, so the backward matmuls can take the padded gradient as it is.
 
-  x = the logits, soft-capped first when SOFTCAP > 0 (then DLOGITS is with respect to the raw
-  logits: the tanh derivative is applied).
+  x = the logits: LOGITS times the one fp32 number at XSCALE (1 for a bf16 head; an FP8 head's
+  dequantization scale, fp8_mlp.head_logits), soft-capped when SOFTCAP > 0. DLOGITS is with respect
+  to the logits before the cap (the tanh derivative is applied), not to the stored values: what
+  the head's bf16 backward matmuls take.
 
   The row (V logits in the compute dtype) is read twice: the second read, for the gradient, hits
   L2 (a 10k-vocab bf16 row is 20 KB), so DRAM sees one read of the logits and one write of the
@@ -63,6 +75,11 @@ def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, V_PAD: tl.c
   """
   row = tl.program_id(0).to(tl.int64)
   x_ptr = LOGITS + row * V_PAD
+  xs = tl.load(XSCALE)
+  c = xs   # logits per unit of _units
+  if SOFTCAP > 0:
+    c = 1.0
+  k2 = c * LOG2E
   cols = tl.arange(0, BLOCK_V)
   V_FULL: tl.constexpr = V - V % BLOCK_V   # logits in whole blocks
   if TAIL > 0:  # the ragged block's load is issued first and lands while the whole blocks run
@@ -79,12 +96,12 @@ def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, V_PAD: tl.c
       x_raw = x_next
       # Issue the next block's load before this block's math: two loads in flight per row.
       x_next = tl.load(x_ptr + v0 + BLOCK_V + cols, mask=v0 + BLOCK_V < V_FULL, other=0.0)
-      m_row, s_row = _sweep(m_row, s_row, x_raw, SOFTCAP)
+      m_row, s_row = _sweep(m_row, s_row, x_raw, xs, k2, SOFTCAP)
   if TAIL > 0:
-    m_row, s_row = _sweep(m_row, s_row, x_tail, SOFTCAP)
-  lse = m_row + tl.log(s_row)
+    m_row, s_row = _sweep(m_row, s_row, x_tail, xs, k2, SOFTCAP)
+  lse = m_row * c + tl.log(s_row)
   target = tl.load(TARGETS + row)
-  x_t = tl.load(x_ptr + target).to(tl.float32)
+  x_t = tl.load(x_ptr + target).to(tl.float32) * xs
   dcap_t = 1.0
   if SOFTCAP > 0:
     x_t, dcap_t = _cap(x_t, SOFTCAP)
@@ -93,12 +110,12 @@ def xent_fwd_kernel(LOGITS, TARGETS, LOSS, DLOGITS, V: tl.constexpr, V_PAD: tl.c
     d_ptr = DLOGITS + row * V_PAD
     offset = lse * LOG2E - tl.math.log2(tl.full([], SCALE, tl.float32))
     for v0 in range(0, V_FULL, BLOCK_V):
-      d = _grad(tl.load(x_ptr + v0 + cols), offset, SOFTCAP)
+      d = _grad(tl.load(x_ptr + v0 + cols), xs, k2, offset, SOFTCAP)
       tl.store(d_ptr + v0 + cols, d.to(DLOGITS.dtype.element_ty))
     if GRAD_TAIL > 0:  # the ragged block and the padding (gradient 0)
       tail_cols = tl.arange(0, GRAD_TAIL)
       x = tl.load(x_ptr + V_FULL + tail_cols, mask=tail_cols < V - V_FULL, other=-float("inf"))
-      d = _grad(x, offset, SOFTCAP)
+      d = _grad(x, xs, k2, offset, SOFTCAP)
       tl.store(d_ptr + V_FULL + tail_cols, d.to(DLOGITS.dtype.element_ty), mask=tail_cols < V_PAD - V_FULL)
     # The one-hot part: the target's gradient again, now with the -1. The barrier orders this store
     # after the block store above that wrote the same element from another thread.

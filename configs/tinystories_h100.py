@@ -56,6 +56,11 @@ def get_config():
   # backward drops its bf16 dH13. B128 8.04 / 8.03 vs 8.17 / 8.14 ms a step (H200, interleaved); val
   # loss at 200 steps 3.023 / 2.991 vs 3.028 / 2.988 (2 seeds). bench/results/h200_session20/.
   m.mlp_fp8_wgrad = True
+  # The LM head's forward logits from an e4m3 dot (fp8_mlp.head_logits): the last fused norm writes
+  # the head's e4m3 input, the loss kernel applies the scale as it reads the logits; the head's two
+  # gradient dots stay bf16. Off until its step time and val loss are measured on a GPU (built in the
+  # twenty-first session, which got no device machine; docs/model.md, "Twenty-first session").
+  m.head_fp8 = False
   # The residual stream between blocks in bf16 (each add summed in fp32, rounded once): -0.3 ms a
   # step; val loss equal within seed noise over 300 steps at two recipes (docs/model.md). "float32"
   # is the conservative choice for runs much longer than those checks.

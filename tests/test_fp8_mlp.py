@@ -266,6 +266,72 @@ def test_model_with_fp8_attention_tracks_the_bf16_model(mlp_fp8):
   assert _rel(g8["embed"], g16["embed"]) < 0.3
 
 
+def test_head_logits_are_the_documented_recipe():
+  """raw * xs against a NumPy float64 emulation: e4m3(h * q) with the final norm's static scale, w
+  in e4m3 with one scale for the tensor, exact products, bf16 out. raw * xs sits FP8's few percent
+  from h w^T (told apart from no quantization), and an all-zero w gives zero logits, not NaN."""
+  h, h8, q, w_DV, _ = _qkv_inputs(n=64, d=64, e=300)
+  w_VD = w_DV.T.astype(jnp.bfloat16)
+  raw, xs = fp8_mlp.head_logits(h8, q, w_VD)
+  a = np.clip(np.asarray(h, np.float64) * float(q[0]), -448, 448).astype(np.float32).astype(E4M3).astype(np.float64)
+  b, sb = _q_tensor(np.asarray(w_VD, np.float64))
+  assert raw.dtype == jnp.bfloat16 and raw.shape == (64, 300) and xs.shape == (1,)
+  np.testing.assert_allclose(float(xs[0]), sb / float(q[0]), rtol=1e-6)
+  assert _rel(raw, a @ b.T) < 3e-3
+  hw = np.asarray(h, np.float64) @ np.asarray(w_VD, np.float64).T
+  assert 1e-3 < _rel(np.asarray(raw, np.float64) * float(xs[0]), hw) < 0.06
+  raw0, xs0 = fp8_mlp.head_logits(h8, q, jnp.zeros_like(w_VD))
+  assert float(xs0[0]) > 0 and not np.any(np.asarray(raw0, np.float32))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_fp8_head_loss_and_gradients_are_the_documented_recipe(tied):
+  """model.py's XLA head with head_fp8 against NumPy: the loss is the cross-entropy of the e4m3
+  dot's logits (raw * xs, from fp8_mlp.head_logits); the gradients are the bf16 head's formula
+  applied to them, (softmax - onehot) / N rounded to bf16, times the bf16 h and w (nothing flows
+  through the e4m3 copies). The same loss with bf16 logits is FP8 noise away."""
+  h, h8, q, w_DV, _ = _qkv_inputs(n=64, d=64, e=300)
+  h, h8 = h.reshape(2, 32, 64), h8.reshape(2, 32, 64)
+  w = (w_DV.T * 40.0).astype(jnp.bfloat16)   # logits of a few units, so the softmax is not flat
+  spec = "btd,vd->btv"
+  if not tied:
+    spec, w = "btd,dv->btv", w.T
+  tgt = jax.random.randint(jax.random.PRNGKey(5), (2, 32), 0, 300)
+  f = lambda h, w: model._head_cross_entropy(spec, h, w, tgt, 0.0, (h8, q))  # pylint: disable=protected-access
+  loss, (dh, dw) = jax.value_and_grad(f, argnums=(0, 1))(h, w)
+  w_VD = np.asarray(w if tied else w.T, np.float64)
+  raw, xs = fp8_mlp.head_logits(h8.reshape(64, 64), q, jnp.asarray(w_VD, jnp.bfloat16))
+  z = np.asarray(raw, np.float64) * float(xs[0])
+  lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+  t = np.asarray(tgt).reshape(-1)
+  np.testing.assert_allclose(float(loss), np.mean(lse - z[np.arange(64), t]), rtol=1e-5)
+  d = np.exp(z - lse[:, None])
+  d[np.arange(64), t] -= 1
+  d = _bf16(d / 64)
+  h64 = np.asarray(h, np.float64).reshape(64, 64)
+  assert _rel(dh.reshape(64, 64), d @ w_VD) < 1e-2
+  assert _rel(dw if tied else dw.T, d.T @ h64) < 1e-2
+  z16 = h64 @ w_VD.T
+  lse16 = np.log(np.exp(z16 - z16.max(1, keepdims=True)).sum(1)) + z16.max(1)
+  assert 1e-4 < abs(float(loss) - np.mean(lse16 - z16[np.arange(64), t])) < 0.05
+
+
+def test_model_with_fp8_head_tracks_the_bf16_model():
+  """head_fp8 through the whole model (XLA path): the loss moves by well under 1% and every
+  gradient by FP8's percents, and it composes with the FP8 MLP and attention (the last fused norm
+  writes the head's e4m3 copy on a GPU; here XLA quantizes the final norm's output)."""
+  cfg = _cfg(mlp_fp8=True, attn_fp8=True)
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
+  l16, g16 = _loss_and_grads(cfg, params, tok)
+  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True, attn_fp8=True, head_fp8=True), params, tok)
+  assert abs(float(l8) - float(l16)) < 0.01 * float(l16)
+  for k in ("wqkv", "wo", "w13", "w2", "mlp_norm"):
+    assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.15, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
+  assert 1e-4 < _rel(g8["embed"], g16["embed"]) < 0.15
+  assert 1e-4 < _rel(g8["final_norm"], g16["final_norm"]) < 0.15
+
+
 @pytest.mark.parametrize("kw", [dict(qk_norm=True), dict(attention="mla", kv_lora_rank=16, rope_head_dim=8)])
 def test_fp8_attention_needs_plain_mha(kw):
   from errors import UserError  # pylint: disable=import-outside-toplevel
@@ -344,8 +410,9 @@ def test_last_fused_sublayer_returns_no_stream_and_the_gradients_of_a_zero_one(s
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fp8_w2,wgrad", [(False, False), (True, False), (True, True)])
-def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad):
+@pytest.mark.parametrize("fp8_w2,wgrad,head", [(False, False, False), (True, False, False), (True, True, False),
+                                               (True, True, True)])
+def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad, head):
   """model.py picks the fused sublayer with norm_backend='triton': the same loss as the XLA norms
   with the reference MLP, and every block gradient closer to it than the bf16 model's is.
 
@@ -353,8 +420,9 @@ def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad):
   formula, kernel vs autodiff), which flips some e4m3 roundings downstream, so they sit FP8 noise
   apart. On the H200, over 4 seeds (bench/dev_fp8_model_grads.py), fused vs XLA FP8 was 0.5-0.7
   times bf16 vs XLA FP8 in every parameter (the MLP norm's gain: 4e-2 vs 6e-2); a misapplied
-  scale or a wrong operand is O(1)."""
-  kw = dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad, d_model=128, d_ff=320)
+  scale or a wrong operand is O(1). With head, the last sublayer's norm kernel writes the head's
+  e4m3 input (head_fp8), where the XLA path quantizes the final norm's output."""
+  kw = dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad, head_fp8=head, d_model=128, d_ff=320)
   cfg = _cfg(**kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
@@ -370,13 +438,14 @@ def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fp8_w2", [False, True])
-def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2):
+@pytest.mark.parametrize("fp8_w2,head", [(False, False), (True, False), (True, True)])
+def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2, head):
   """attn_fp8 on the GPU config's path (the norm kernels write the e4m3 copy, the Triton attention
   gets the scaled RoPE tables) against the XLA path of the same recipe: the same loss, and every
   block gradient closer to it than the bf16 model's is. With fp8_w2 the norm kernel that writes
-  the next attention's e4m3 input also applies the W2 dot's row scales."""
-  kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=fp8_w2, d_model=128, d_ff=320)
+  the next attention's e4m3 input also applies the W2 dot's row scales. With head (the speedrun
+  config), the loss kernel takes the head's e4m3 dot and its scale (xent_kernel, head_fp8)."""
+  kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=fp8_w2, head_fp8=head, d_model=128, d_ff=320)
   cfg = _cfg(**kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
@@ -398,7 +467,7 @@ def test_kernels_in_triton_interpreter_match_numpy_and_the_reference(triton_inte
   assert "jax side worst" in triton_interpreter("dev_interpret_fp8_mlp.py")
 
 
-@pytest.mark.parametrize("flag", ["mlp_fp8", "attn_fp8"])
+@pytest.mark.parametrize("flag", ["mlp_fp8", "attn_fp8", "head_fp8"])
 @pytest.mark.parametrize("cc,older", [("8.0", "80"), ("8.6", "86"), ("8.9", None), ("9.0", None), ("12.0", None)])
 def test_fp8_on_a_gpu_without_e4m3_names_the_fix(monkeypatch, cc, older, flag):
   """An A100 (sm_80) or RTX 30xx has no e4m3 path: the config check says so and names the flag that

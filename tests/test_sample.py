@@ -201,7 +201,7 @@ def test_no_cache_generation_of_an_fp8_checkpoint_runs_on_a_gpu_without_fp8(work
   prompts = [[5, 7, 11], [3] * 9]
   cached, _, _ = sample.Generator(params, config.model, "mha", temperature=0.0, eos_id=0).generate(prompts, 12)
   fp8_cfg = config.model.copy_and_resolve_references()
-  fp8_cfg.mlp_fp8 = fp8_cfg.attn_fp8 = fp8_cfg.mlp_fp8_w2 = True
+  fp8_cfg.mlp_fp8 = fp8_cfg.attn_fp8 = fp8_cfg.mlp_fp8_w2 = fp8_cfg.head_fp8 = True
   monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", compute_capability="8.0")])
   assert sample.RecomputeGenerator(params, fp8_cfg, "xla", eos_id=0).generate(prompts, 12)[0] == cached
 

@@ -370,17 +370,19 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   base = model.default_model_config().to_dict()
   ident = train._model_identity(base)  # pylint: disable=protected-access
   assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "mlp_fp8_w2": True,  # pylint: disable=protected-access
-                                "mlp_fp8_wgrad": True, "norm_backend": "triton",
+                                "mlp_fp8_wgrad": True, "head_fp8": True, "norm_backend": "triton",
                                 "scan_layers": True}) == ident
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad", [
-    ("speedrun", False, False, True, True), ("speedrun", True, False, False, False),
-    ("speedrun", True, True, False, False), ("speedrun", True, True, True, False), ("speedrun", True, True, True, True),
-    ("small", False, False, False, False)])
+@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad,head", [
+    ("speedrun", False, False, True, True, False), ("speedrun", True, False, False, False, False),
+    ("speedrun", True, True, False, False, False), ("speedrun", True, True, True, False, False),
+    ("speedrun", True, True, True, True, False), ("speedrun", True, True, True, True, True),
+    ("speedrun", True, False, False, False, True), ("speedrun", False, False, False, False, True),
+    ("small", False, False, False, False, False)])
 def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8, attn_fp8, fp8_w2,
-                                                                    wgrad):
+                                                                    wgrad, head):
   """The train step of a GPU config, traced on this machine with each Triton launch replaced by a
   compile for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles,
   within the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU.
@@ -391,7 +393,7 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   config = (tinystories_h100 if name == "speedrun" else small).get_config()
   assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
   config.model.mlp_fp8, config.model.attn_fp8, config.model.mlp_fp8_w2 = mlp_fp8, attn_fp8, fp8_w2
-  config.model.mlp_fp8_wgrad = wgrad
+  config.model.mlp_fp8_wgrad, config.model.head_fp8 = wgrad, head
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
@@ -404,7 +406,13 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel",
               "adamw_kernel"}
   # mlp_fp8_w2 without mlp_fp8 does nothing (the bf16 MLP).
-  expected |= {"swiglu_fwd_fp8_kernel", "add_norm_fwd_scaled_kernel"} if fp8_w2 and mlp_fp8 else {"add_norm_fwd_kernel"}
+  expected |= {"swiglu_fwd_fp8_kernel"} if fp8_w2 and mlp_fp8 else set()
+  # The add + norm after each MLP: with the FP8 MLP it writes the next e4m3 input where one is
+  # wanted (the next attention's with attn_fp8; after the last layer the head's with head_fp8),
+  # else it only takes the W2 dot's row scales (fp8_w2) or is the plain add + norm.
+  without_copy = "add_norm_fwd_scaled_kernel" if fp8_w2 and mlp_fp8 else "add_norm_fwd_kernel"
+  for wants_copy in (attn_fp8, head):   # the layers before the last (the configs have several), the last
+    expected |= {"add_norm_fwd_fp8_kernel" if wants_copy and mlp_fp8 else without_copy}
   expected |= ({"add_norm_fwd_fp8_kernel", "add_norm_bwd_fp8_kernel", "swiglu_bwd_fp8_kernel"} if mlp_fp8
                else {"add_norm_bwd_kernel", "swiglu_bwd_kernel"})
   # W13's e4m3 weight gradient transposes its two operands token-last (nothing without mlp_fp8).

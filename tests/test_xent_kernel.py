@@ -75,6 +75,37 @@ def test_model_loss_and_grads_equal_with_either_xent_backend():
     assert _err(g1, g2) < 1e-2
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,t,d,v,tied,softcap", [CASES[2], CASES[3], (4, 256, 512, 10_000, True, 0.0)])
+def test_fp8_head_matches_the_xla_reference(b, t, d, v, tied, softcap):
+  """head_fp8: the kernel takes the e4m3 dot's raw logits and their scale (on the padded vocabulary)
+  and gives the loss and gradients of model.py's XLA head with the same h8, which the CPU tests
+  check against NumPy (tests/test_fp8_mlp.py); and the loss sits FP8 noise, not O(1), from the bf16
+  head's, so the scale is applied."""
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  import model  # pylint: disable=import-outside-toplevel
+  import xent_kernel  # pylint: disable=import-outside-toplevel
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(v + t), 4)
+  g = 1 + 0.3 * jax.random.normal(k4, (d,))
+  h = model.rms_norm(jax.random.normal(k1, (b, t, d), jnp.float32), g, jnp.bfloat16)
+  q = fp8_mlp.static_scale(g)
+  h8 = (fp8_mlp.quantize_static(h, q), q)
+  spec, shape = ("btd,vd->btv", (v, d)) if tied else ("btd,dv->btv", (d, v))
+  w = (jax.random.normal(k2, shape, jnp.float32) * 2.0 / np.sqrt(d)).astype(jnp.bfloat16)
+  targets = jax.random.randint(k3, (b, t), 0, v)
+  grad = lambda f: jax.jit(jax.value_and_grad(lambda h, w: 3 * f(spec, h, w, targets, softcap, h8), argnums=(0, 1)))
+  got = grad(xent_kernel.head_cross_entropy)(h, w)
+  ref = grad(model._head_cross_entropy)(h, w)  # pylint: disable=protected-access
+  np.testing.assert_allclose(float(got[0]), float(ref[0]), rtol=2e-3)
+  assert got[1][0].shape == h.shape and got[1][1].shape == w.shape and got[1][1].dtype == w.dtype
+  assert _err(got[1][0], ref[1][0]) < 1e-2
+  assert _err(got[1][1], ref[1][1]) < 1e-2
+  plain = jax.jit(lambda h, w: xent_kernel.head_cross_entropy(spec, h, w, targets, softcap, h8))(h, w)
+  np.testing.assert_allclose(float(plain), float(got[0]) / 3, rtol=1e-6)   # loss-only path
+  bf16 = jax.jit(lambda h, w: 3 * xent_kernel.head_cross_entropy(spec, h, w, targets, softcap))(h, w)
+  assert 1e-5 < abs(float(bf16) - float(got[0])) / float(bf16) < 2e-2
+
+
 def test_without_gpu_the_error_says_what_to_do():
   if jax.default_backend() == "gpu":
     pytest.skip("this machine has a GPU")
