@@ -167,15 +167,23 @@ def test_model_with_fp8_mlp_tracks_the_bf16_model(fp8_w2, wgrad):
   """Through the whole model (XLA path, any machine) the FP8 MLP changes the loss by well under
   1% and the gradients by FP8's few percent, in every block parameter (also with W13's weight
   gradient in e4m3, mlp_fp8_wgrad)."""
-  cfg = _cfg()
+  g8, g16 = _tracks({}, dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad),
+                     ("w13", "w2", "wqkv", "wo", "mlp_norm"), 0.15)
+  assert _rel(g8["embed"], g16["embed"]) < 0.15
+
+
+def _tracks(base_kw, kw, block_keys, bound):
+  """The model with kw against the same model with base_kw only, on the same params and tokens: the
+  loss within 1%, each named block gradient between 1e-4 (changed at all) and bound; the gradients."""
+  cfg = _cfg(**base_kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
   l16, g16 = _loss_and_grads(cfg, params, tok)
-  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad), params, tok)
+  l8, g8 = _loss_and_grads(_cfg(**base_kw, **kw), params, tok)
   assert abs(float(l8) - float(l16)) < 0.01 * float(l16)
-  for k in ("w13", "w2", "wqkv", "wo", "mlp_norm"):
-    assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.15, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
-  assert _rel(g8["embed"], g16["embed"]) < 0.15
+  for k in block_keys:
+    assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < bound, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
+  return g8, g16
 
 
 def test_static_scale_is_the_tight_bound_of_a_normed_row():
@@ -255,14 +263,7 @@ def test_model_with_fp8_attention_tracks_the_bf16_model(mlp_fp8):
   out changes the attention's output by 1 / s ~ 1e5. At this random init the qkv dot in e4m3
   moves the gradients by ~15% (a scale per row instead of static_scale: the same; bench-free
   check in docs/model.md), which the bounds allow."""
-  cfg = _cfg(mlp_fp8=mlp_fp8)
-  params = model.init_params(jax.random.PRNGKey(0), cfg)
-  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
-  l16, g16 = _loss_and_grads(cfg, params, tok)
-  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=mlp_fp8, attn_fp8=True), params, tok)
-  assert abs(float(l8) - float(l16)) < 0.01 * float(l16)
-  for k in ("wqkv", "wo", "attn_norm", "w13", "w2"):
-    assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.3, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
+  g8, g16 = _tracks(dict(mlp_fp8=mlp_fp8), dict(attn_fp8=True), ("wqkv", "wo", "attn_norm", "w13", "w2"), 0.3)
   assert _rel(g8["embed"], g16["embed"]) < 0.3
 
 
@@ -320,14 +321,8 @@ def test_model_with_fp8_head_tracks_the_bf16_model():
   """head_fp8 through the whole model (XLA path): the loss moves by well under 1% and every
   gradient by FP8's percents, and it composes with the FP8 MLP and attention (the last fused norm
   writes the head's e4m3 copy on a GPU; here XLA quantizes the final norm's output)."""
-  cfg = _cfg(mlp_fp8=True, attn_fp8=True)
-  params = model.init_params(jax.random.PRNGKey(0), cfg)
-  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
-  l16, g16 = _loss_and_grads(cfg, params, tok)
-  l8, g8 = _loss_and_grads(_cfg(mlp_fp8=True, attn_fp8=True, head_fp8=True), params, tok)
-  assert abs(float(l8) - float(l16)) < 0.01 * float(l16)
-  for k in ("wqkv", "wo", "w13", "w2", "mlp_norm"):
-    assert 1e-4 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.15, (k, _rel(g8["blocks"][k], g16["blocks"][k]))
+  g8, g16 = _tracks(dict(mlp_fp8=True, attn_fp8=True), dict(head_fp8=True), ("wqkv", "wo", "w13", "w2", "mlp_norm"),
+                     0.15)
   assert 1e-4 < _rel(g8["embed"], g16["embed"]) < 0.15
   assert 1e-4 < _rel(g8["final_norm"], g16["final_norm"]) < 0.15
 
