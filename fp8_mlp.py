@@ -1,5 +1,5 @@
 """The SwiGLU MLP with three of its six matmuls in FP8 (model.py's mlp_fp8=True), four with fp8_w2,
-five with fp8_wgrad as well.
+five with fp8_wgrad as well, all six with fp8_wgrad_w2.
 
 x W13 in the forward and both input gradients, dY W2^T and dH13 W13^T, take e4m3 operands on
 cuBLASLt's FP8 path (fp32 accumulation, bf16 out). Activations and gradients get one scale per
@@ -7,10 +7,12 @@ row (the token: a row's scale factors out of every dot it enters, so it is appli
 output), weights one per tensor, each from the current values (no scale history to carry). The
 forward's act W2 is bf16 too unless fp8_w2 (model.mlp_fp8_w2): its e4m3 operand is then written by
 a Triton SwiGLU forward, and its row scale applied by the add+norm kernel that reads the dot's
-output. The weight gradients are bf16, except W13's with fp8_wgrad (model.mlp_fp8_wgrad): a sum
-over tokens, so dH13's row scale moves into h's copy (wgrad_w13), and both operands need the token
-axis last (cuBLASLt's FP8 dots want the summed axis contiguous): one Triton pass writes each copy
-(swiglu_kernel.transpose_fp8), where XLA's transposes of e4m3 arrays cost more than the dot saves.
+output. The weight gradients are bf16, except W13's with fp8_wgrad (model.mlp_fp8_wgrad) and W2's with
+fp8_wgrad_w2 (model.mlp_fp8_wgrad_w2, with fp8_w2): each is a sum over tokens, so one operand's row
+scale moves into the other's copy (wgrad_fp8: dH13's into h's, act's into dY's), and both operands
+need the token axis last (cuBLASLt's FP8 dots want the summed axis contiguous): one Triton pass
+writes each copy (swiglu_kernel.transpose_fp8), where XLA's transposes of e4m3 arrays cost more than
+the dot saves. W2's then reads the forward's e4m3 act, so no bf16 act is written or kept.
 
 Two implementations of the same arithmetic:
 - `mlp_sublayer` (GPU, norm_backend='triton'): residual add + RMSNorm -> MLP -> residual add +
@@ -85,13 +87,14 @@ def dot8(a8_NK, b8, b_contract, out=jnp.bfloat16):
   return jax.lax.dot_general(a8_NK, b8, (((1,), (b_contract,)), ((), ())), preferred_element_type=out)
 
 
-def wgrad_w13(h_ND, r_N, dh8_NE):
-  """h^T dH in fp32 [D, E] from e4m3 operands, where dH = dh8 * r[token] (r: dh8's per-row scale).
-  The sum over tokens cannot take a per-token scale on its output, so r moves into h's copy,
-  e4m3(h * r * Q), with one Q for the tensor: 448 / max over tokens of max|h[t]| r[t], the tightest
-  that cannot overflow. Both copies have the token axis last, as cuBLASLt's FP8 dots want for a
-  sum over it. XLA's transposes here; mlp_sublayer makes the same copies in Triton passes
-  (swiglu_kernel.transpose_fp8; wgrad_w13_kernels) and takes max|h[t]| from the forward's row scales."""
+def wgrad_fp8(h_ND, r_N, dh8_NE):
+  """h^T dH in fp32 [D, E] from e4m3 operands, where dH = dh8 * r[token] (r: dh8's per-row scale):
+  W13's weight gradient (h, dH13) and, transposed, W2's (dY, act). The sum over tokens cannot take a
+  per-token scale on its output, so r moves into h's copy, e4m3(h * r * Q), with one Q for the
+  tensor: 448 / max over tokens of max|h[t]| r[t], the tightest that cannot overflow. Both copies
+  have the token axis last, as cuBLASLt's FP8 dots want for a sum over it. XLA's transposes here;
+  mlp_sublayer makes the same copies in Triton passes (swiglu_kernel.transpose_fp8; wgrad_kernels)
+  and takes max|h[t]| from row scales its kernels already wrote."""
   h_ND = jax.lax.stop_gradient(h_ND).astype(jnp.float32)
   r_N = jax.lax.stop_gradient(r_N.astype(jnp.float32))
   q = F8_MAX / jnp.maximum(jnp.max(jnp.max(jnp.abs(h_ND), -1) * r_N), 1e-30)
@@ -109,14 +112,16 @@ def silu_mul_scaled(h13_N2F, scale_N, dtype):
 # ----------------------------------------------------------------------------- the XLA reference
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def swiglu(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def swiglu(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False):
   """W2(SiLU(h W1) * (h W3)), w13 = [W1 | W3] as D x 2 x F (fp32 masters), with the module's FP8 dots
-  (act W2 among them with fp8_w2, W13's weight gradient with fp8_wgrad: wgrad_w13); outputs in dtype."""
+  (act W2 among them with fp8_w2, W13's weight gradient with fp8_wgrad, W2's with fp8_wgrad_w2 and
+  fp8_w2: wgrad_fp8); outputs in dtype."""
   return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2)[0]
 
 
-def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False):  # pylint: disable=unused-argument
+def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False,  # pylint: disable=unused-argument
+             fp8_wgrad_w2=False):
   B, T, D = h_BTD.shape
   h_ND = h_BTD.reshape(B * T, D).astype(dtype)
   h8, hs = quantize_rows(h_ND)
@@ -132,21 +137,25 @@ def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False):  # py
   return y_ND.reshape(B, T, D), (h_ND, h13_N2F, hs * s13, act_NF, w13_8, s13, w13_D2F, w2_FD)
 
 
-def _ref_bwd(dtype, fp8_w2, fp8_wgrad, res, dy_BTD):  # pylint: disable=unused-argument  (fp8_w2: the same)
+def _ref_bwd(dtype, fp8_w2, fp8_wgrad, fp8_wgrad_w2, res, dy_BTD):  # pylint: disable=unused-argument
   h_ND, h13_N2F, hs, act_NF, w13_8, s13, w13_D2F, w2_FD = res
   B, T, D = dy_BTD.shape
   dy_ND = dy_BTD.reshape(B * T, D).astype(dtype)
   w2_8, s2 = quantize_tensor(w2_FD)
   dy8, dys = quantize_rows(dy_ND)
   da_NF = dot8(dy8, w2_8, 1).astype(jnp.float32) * (dys * s2)[:, None]
-  dw2 = jnp.dot(act_NF.T, dy_ND, preferred_element_type=jnp.float32)
+  if fp8_w2 and fp8_wgrad_w2:   # act = a8 * as[token]: as moves into dY's copy
+    a8, as_ = quantize_rows(act_NF)
+    dw2 = wgrad_fp8(dy_ND, as_, a8).T
+  else:
+    dw2 = jnp.dot(act_NF.T, dy_ND, preferred_element_type=jnp.float32)
   _, vjp = jax.vjp(lambda h: silu_mul_scaled(h, jnp.ones_like(hs), jnp.float32),
                    h13_N2F.astype(jnp.float32) * hs[:, None])
   dh13_N2F = vjp(da_NF)[0].astype(dtype)
   dh8, dhs = quantize_rows(dh13_N2F)
   dx_ND = (dot8(dh8, w13_8, 1).astype(jnp.float32) * (dhs * s13)[:, None]).astype(dtype)
   if fp8_wgrad:
-    dw13 = wgrad_w13(h_ND, dhs, dh8)
+    dw13 = wgrad_fp8(h_ND, dhs, dh8)
   else:
     dw13 = jnp.dot(h_ND.T, dh13_N2F, preferred_element_type=jnp.float32)
   return (dx_ND.reshape(B, T, D), dw13.reshape(w13_D2F.shape).astype(w13_D2F.dtype), dw2.astype(w2_FD.dtype))
@@ -213,9 +222,9 @@ def head_logits(h8_ND, qh, w_VD):
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10, 11))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10, 11, 12))
 def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None,
-                 keep_x=True, fp8_wgrad=False):
+                 keep_x=True, fp8_wgrad=False, fp8_wgrad_w2=False):
   """(x', h') with s = x + attn, x' = s + MLP(RMSNorm(s) * g_mlp), h' = RMSNorm(x') * g_next: the
   values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots (act W2
   among them with fp8_w2). With q_next (static_scale(g_next)), a third output:
@@ -223,13 +232,15 @@ def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=F
   (for all layers at once); else they are made here. keep_x=False (the last layer, whose stream
   only the final norm reads): x' comes out as None, so its gradient is no B x T x D of zeros that
   XLA writes (21 us a B128 step on the H200) and the norm backward reads. fp8_wgrad: W13's weight
-  gradient as an e4m3 dot (wgrad_w13), its token-last operands written by swiglu_kernel.transpose_fp8,
-  and the SwiGLU backward without its bf16 dH13."""
-  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2, q_next, w8, keep_x)[0]
+  gradient as an e4m3 dot (wgrad_fp8), its token-last operands written by swiglu_kernel.transpose_fp8,
+  and the SwiGLU backward without its bf16 dH13. fp8_wgrad_w2 (with fp8_w2): W2's the same way, from
+  the forward's e4m3 act, and the SwiGLU forward without its bf16 act."""
+  return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2, q_next, w8, keep_x, fp8_wgrad,
+              fp8_wgrad_w2)[0]
 
 
 def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None, keep_x=True,
-         fp8_wgrad=False):  # pylint: disable=unused-argument  (the forward is the same)
+         fp8_wgrad=False, fp8_wgrad_w2=False):  # pylint: disable=unused-argument  (fp8_wgrad: the same forward)
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
   w13_8, w13_8T, s13, w2_8, s2, w2_8T = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
@@ -237,8 +248,9 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
   h13_N2F = dot8(h8, w13_8T, 1)   # cuBLASLt's FP8 dots want both operands K-major
   if fp8_w2:
     import swiglu_kernel  # pylint: disable=import-outside-toplevel
-    act_NF, a8, y_scale = swiglu_kernel.forward_fp8(h13_N2F, hs, s2)
+    act_NF, a8, y_scale = swiglu_kernel.forward_fp8(h13_N2F, hs, s2, write_act=not fp8_wgrad_w2)
     y_BTD = dot8(a8, w2_8T, 1).reshape(B, T, D)   # unscaled: the norm kernel applies y_scale
+    act_NF = (a8, y_scale) if fp8_wgrad_w2 else act_NF   # what W2's weight gradient reads
   else:
     act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
     y_BTD, y_scale = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D), None
@@ -251,7 +263,7 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
   return (outs if q_next is None else (*outs, fp8[0].reshape(x_out.shape))), res
 
 
-def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, res, cotangents):  # pylint: disable=unused-argument  (fp8_w2: the same)
+def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next, attn_like, w13_like,
@@ -262,10 +274,13 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, res, cotangents):  # pylint: disable=
   dx_out = cotangents[0] if keep_x else None
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype, fp8_qmul=s2)
   da_NF = dot8(d8, w2_8, 1)
-  dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
+  if fp8_w2 and fp8_wgrad_w2:   # act_NF is the forward's (a8, its row scales times s2)
+    dw2 = wgrad_kernels(d_y.reshape(B * T, D), ds, *act_NF, s2).T
+  else:
+    dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
   if fp8_wgrad:
-    dw13 = wgrad_w13_kernels(h_BTD.reshape(B * T, D), hs, dh8, dhs, s13)
+    dw13 = wgrad_kernels(h_BTD.reshape(B * T, D), hs, dh8, dhs, s13)
   else:
     dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   dh_ND = dot8(dh8, w13_8, 1)
@@ -277,11 +292,12 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, res, cotangents):  # pylint: disable=
 mlp_sublayer.defvjp(_fwd, _bwd)
 
 
-def wgrad_w13_kernels(h_ND, hs_N, dh8_NE, dhs_N, s13):
-  """wgrad_w13's arithmetic from the fused path's kernels (GPU): h [N, D] bf16, its forward row scales
-  hs = s13 max|h[t]| / 448, dH13's e4m3 copy and its row scales dhs = s13 r. So Q = s13^2 / max(hs
-  dhs), and qmul = Q / s13 gives h * dhs * qmul = h * r * Q; swiglu_kernel.transpose_fp8 makes both
-  token-last copies."""
+def wgrad_kernels(h_ND, hs_N, dh8_NE, dhs_N, s13):
+  """wgrad_fp8's arithmetic from the fused path's kernels (GPU): h [N, D] bf16, its row scales
+  hs = s13 max|h[t]| / 448, dH's e4m3 copy and its row scales dhs = s13 r, s13 the scale both
+  carry (W13's: h and dH13, the norm kernel's and the SwiGLU backward's; W2's: dY and act, the
+  norm backward's and the SwiGLU forward's, with s2). So Q = s13^2 / max(hs dhs), and qmul = Q / s13
+  gives h * dhs * qmul = h * r * Q; swiglu_kernel.transpose_fp8 makes both token-last copies."""
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   qmul = s13 / jnp.maximum(jnp.max(hs_N * dhs_N), 1e-30)
   h8_DN = swiglu_kernel.transpose_fp8(h_ND, dhs_N, qmul)

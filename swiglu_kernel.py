@@ -8,7 +8,7 @@ kernel does the same single pass over the same bytes (docs/model.md has the meas
 
 `backward_fp8` and `forward_fp8` are fp8_mlp.py's variants: unscaled FP8-dot inputs with their
 row scales, and an e4m3 copy of the result for the next FP8 dot; `transpose_fp8` writes the
-token-last e4m3 operands of its W13 weight gradient (mlp_fp8_wgrad).
+token-last e4m3 operands of its weight gradients in e4m3 (mlp_fp8_wgrad, mlp_fp8_wgrad_w2).
 
 triton and jax_triton are imported when the kernel is launched, so this module imports anywhere.
 """
@@ -117,14 +117,17 @@ def transpose_fp8(x_NC, row_scale_N=None, qmul=None):
 FWD_FP8_ROWS, FWD_FP8_WARPS = 1, 2
 
 
-def forward_fp8(h13_N2F, hs_N, qmul):
+def forward_fp8(h13_N2F, hs_N, qmul, write_act=True):
   """fp8_mlp.py's gate with mlp_fp8_w2, from an FP8 dot's unscaled output: gate, up = h13 * hs[row].
-  Returns (silu(gate) * up [N, F] in h13's dtype, the same in e4m3, its per-row scale times qmul [N])."""
+  Returns (silu(gate) * up [N, F] in h13's dtype, the same in e4m3, its per-row scale times qmul [N]):
+  a bf16 weight gradient's operand (None when write_act is False: W2's gradient then takes the
+  e4m3 copy, mlp_fp8_wgrad_w2) and the forward dot's."""
   jt, kern = _triton()
   N, F = h13_N2F.shape[0], h13_N2F.shape[1] // 2
-  return jt.triton_call(
+  act, a8, as_ = jt.triton_call(
       h13_N2F, hs_N, qmul, kernel=kern.swiglu_fwd_fp8_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, F), h13_N2F.dtype), jax.ShapeDtypeStruct((N, F), jnp.float8_e4m3fn),
-                 jax.ShapeDtypeStruct((N,), jnp.float32)),
+      out_shape=(jax.ShapeDtypeStruct((N, F) if write_act else (1,), h13_N2F.dtype),
+                 jax.ShapeDtypeStruct((N, F), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((N,), jnp.float32)),
       grid=(-(-N // FWD_FP8_ROWS),), num_warps=FWD_FP8_WARPS, num_stages=1, N=N, F=F, ROWS=FWD_FP8_ROWS,
-      **_row_tiles(F))
+      WRITE_ACT=bool(write_act), **_row_tiles(F))
+  return (act if write_act else None), a8, as_

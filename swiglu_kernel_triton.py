@@ -100,23 +100,25 @@ def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexp
 
 
 @triton.jit
-def _fwd_fp8_tile(H13, ACT, hs, r64, cols, mask, F: tl.constexpr):
-  """silu(gate) * up of one tile, stored in ACT's dtype; returns (offsets, act as stored in fp32, its
-  largest magnitude per row)."""
+def _fwd_fp8_tile(H13, ACT, hs, r64, cols, mask, F: tl.constexpr, WRITE_ACT: tl.constexpr):
+  """silu(gate) * up of one tile, rounded to ACT's dtype (and stored there if WRITE_ACT); returns
+  (offsets, act as rounded in fp32, its largest magnitude per row)."""
   _, gate, up = _scaled_gate_tile(H13, hs, r64, cols, mask, F)
   act = cast(gate * sigmoid(gate) * up, ACT.dtype.element_ty)
   offs = r64 * F + cols[None, :]
-  tl.store(ACT + offs, act, mask=mask)
-  # Quantized from ACT as stored, as fp8_mlp.swiglu quantizes its bf16 activation.
+  if WRITE_ACT:
+    tl.store(ACT + offs, act, mask=mask)
+  # Quantized from act as rounded to ACT's dtype, as fp8_mlp.swiglu quantizes its bf16 activation.
   act = act.to(tl.float32)
   return offs, act, tl.max(tl.abs(act), 1)
 
 
 @triton.jit
 def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.constexpr, BLOCK_F: tl.constexpr,
-                          BLOCK_T: tl.constexpr, ROWS: tl.constexpr):
+                          BLOCK_T: tl.constexpr, ROWS: tl.constexpr, WRITE_ACT: tl.constexpr):
   """fp8_mlp.py's forward gate with mlp_fp8_w2: gate, up = H13 * HS[row] (an FP8 dot's unscaled
-  output); ACT = silu(gate) * up in H13's dtype (the weight gradient's operand) and in e4m3 with one
+  output); ACT = silu(gate) * up in H13's dtype (a bf16 weight gradient's operand; not written when
+  WRITE_ACT is False, and ACT is then a 1-element placeholder of that dtype) and in e4m3 with one
   scale per row (ACT8; AS = QMUL * max|row| / 448), the operand of the FP8 dot with W2. Rows as
   in swiglu_bwd_fp8_kernel."""
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -125,11 +127,11 @@ def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.c
   hs = tl.load(HS + rows, mask=rmask, other=0.0)[:, None]
   cols = tl.arange(0, BLOCK_F)
   mask = rmask[:, None] & (cols[None, :] < F)
-  offs, act, amax = _fwd_fp8_tile(H13, ACT, hs, r64, cols, mask, F)
+  offs, act, amax = _fwd_fp8_tile(H13, ACT, hs, r64, cols, mask, F, WRITE_ACT)
   if BLOCK_T > 0:
     cols_t = BLOCK_F + tl.arange(0, BLOCK_T)
     mask_t = rmask[:, None] & (cols_t[None, :] < F)
-    offs_t, act_t, amax_t = _fwd_fp8_tile(H13, ACT, hs, r64, cols_t, mask_t, F)
+    offs_t, act_t, amax_t = _fwd_fp8_tile(H13, ACT, hs, r64, cols_t, mask_t, F, WRITE_ACT)
     amax = tl.maximum(amax, amax_t)
   q = (448.0 / tl.maximum(amax, 1e-30))[:, None]   # 448: the largest finite e4m3 value
   tl.store(ACT8 + offs, (act * q).to(ACT8.dtype.element_ty), mask=mask)

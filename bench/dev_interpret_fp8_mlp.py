@@ -2,8 +2,9 @@
 tensors, against NumPy float64 and torch's own e4m3 rounding: the add+norm forward's FP8 copy of
 its output, the add+norm backward with a per-row scale on DH and an FP8 copy of its gradient, the
 SwiGLU backward on unscaled inputs with its FP8 copy (with and without its 16-bit output), for
-mlp_fp8_w2 the SwiGLU forward with its FP8 copy and the add+norm forward on a row-scaled Y, and for
-mlp_fp8_wgrad the token-last e4m3 copies (transpose_fp8_kernel).
+mlp_fp8_w2 the SwiGLU forward with its FP8 copy (with and without its 16-bit output, the latter
+for mlp_fp8_wgrad_w2) and the add+norm forward on a row-scaled Y, and for mlp_fp8_wgrad and
+mlp_fp8_wgrad_w2 the token-last e4m3 copies (transpose_fp8_kernel).
 
   TRITON_INTERPRET=1 python bench/dev_interpret_fp8_mlp.py
 
@@ -185,8 +186,14 @@ def swiglu_fwd(n, f, rng):
   qmul = torch.tensor([0.02])
   act, act8, as_ = torch.empty((n, f), dtype=torch.float16), torch.empty((n, f), dtype=E4M3), torch.empty(n)
   rows = swiglu_kernel.FWD_FP8_ROWS
-  SK.swiglu_fwd_fp8_kernel[(-(-n // rows),)](h13, hs, qmul, act, act8, as_, N=n, F=f, ROWS=rows,
+  SK.swiglu_fwd_fp8_kernel[(-(-n // rows),)](h13, hs, qmul, act, act8, as_, N=n, F=f, ROWS=rows, WRITE_ACT=True,
                                             **swiglu_kernel._row_tiles(f))  # pylint: disable=protected-access
+  # WRITE_ACT=False (mlp_fp8_wgrad_w2): the same e4m3 copy and scales, and no 16-bit act.
+  none_act, act8_only, as_only = torch.full((1,), float("nan"), dtype=torch.float16), torch.empty_like(act8), torch.empty(n)
+  SK.swiglu_fwd_fp8_kernel[(-(-n // rows),)](h13, hs, qmul, none_act, act8_only, as_only, N=n, F=f, ROWS=rows,
+                                            WRITE_ACT=False, **swiglu_kernel._row_tiles(f))  # pylint: disable=protected-access
+  assert torch.isnan(none_act).all(), "WRITE_ACT=False must leave ACT alone"
+  assert torch.equal(act8_only.view(torch.uint8), act8.view(torch.uint8)) and torch.equal(as_only, as_), "WRITE_ACT"
   hsn = hs.double().numpy()[:, None]
   g, u = h13.double().numpy()[:, :f] * hsn, h13.double().numpy()[:, f:] * hsn
   ref = g / (1 + np.exp(-g)) * u
@@ -269,9 +276,9 @@ def jax_side():
   errors.triton_kernels = lambda name, option: (InterpretedJaxTriton, importlib.import_module(name))
   rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32)))  # pylint: disable=unnecessary-lambda-assignment
 
-  def ref(x, attn, g_mlp, w13, w2, g_next, fp8_w2, wgrad=False):
+  def ref(x, attn, g_mlp, w13, w2, g_next, fp8_w2, wgrad=False, wgrad_w2=False):
     s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
-    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2, wgrad)
+    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2, wgrad, wgrad_w2)
     x_out = (s.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
     return x_out, model.rms_norm(x_out, g_next, jnp.bfloat16)
 
@@ -309,24 +316,28 @@ def jax_side():
     step = jnp.maximum(jnp.abs(want8), 2.0 ** -6) * 2.0 ** -3
     assert h8.dtype == jnp.float8_e4m3fn and bool(jnp.all(jnp.abs(h8.astype(jnp.float32) - want8) <= step)), "h8_next"
     errs[f"h8_next ({jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''})"] = rel(h8.astype(jnp.float32), want8)
-    # fp8_wgrad: W13's weight gradient from the transposed e4m3 copies, as the reference's wgrad_w13.
-    _, vjp = jax.vjp(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2, None, None, True, True), *args)
-    _, vjp_ref = jax.vjp(lambda *a: ref(*a, fp8_w2, True), *args)
-    tag = f"{jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''}, fp8 wgrad"
-    for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), vjp(cot), vjp_ref(cot)):
-      assert g.dtype == w.dtype and g.shape == w.shape, (name, tag)
-      errs[f"{name} ({tag})"] = rel(g, w)
+    # fp8_wgrad: W13's weight gradient from the transposed e4m3 copies, as the reference's wgrad_fp8;
+    # with fp8_w2, fp8_wgrad_w2 too: W2's from the forward's e4m3 act and dY's scaled copy.
+    for wgrad_w2 in ((False, True) if fp8_w2 else (False,)):
+      _, vjp = jax.vjp(lambda *a, w=wgrad_w2: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2, None, None, True, True, w),
+                       *args)
+      _, vjp_ref = jax.vjp(lambda *a, w=wgrad_w2: ref(*a, fp8_w2, True, w), *args)
+      tag = f"{jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''}, fp8 wgrad{' W13+W2' if wgrad_w2 else ''}"
+      for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), vjp(cot), vjp_ref(cot)):
+        assert g.dtype == w.dtype and g.shape == w.shape, (name, tag)
+        errs[f"{name} ({tag})"] = rel(g, w)
   # An all-zero W13 (its e4m3 scale is 0): the e4m3 weight gradient is zero too, not 0 / 0.
   zero_args = (*args[:3], jnp.zeros_like(args[3]), *args[4:])
   _, vjp = jax.vjp(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True), *zero_args)
   grads = vjp(cot)
   assert all(bool(jnp.all(jnp.isfinite(g.astype(jnp.float32)))) for g in grads), "zero W13: non-finite gradient"
   assert not bool(jnp.any(grads[3])), "zero W13: its gradient must be 0 (h's copy is scaled by dH13's zero rows)"
-  for fp8_w2, wgrad in ((False, False), (True, False), (True, True)):
-    tag = (", fp8 W2" if fp8_w2 else "") + (", fp8 wgrad" if wgrad else "")
+  for fp8_w2, wgrad, wgrad_w2 in ((False, False, False), (True, False, False), (True, True, False), (True, True, True)):
+    tag = (", fp8 W2" if fp8_w2 else "") + (", fp8 wgrad" if wgrad else "") + (" W13+W2" if wgrad_w2 else "")
     cfg = model.default_model_config()
     cfg.update(dict(vocab_size=300, context_length=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
-                    residual_dtype="bfloat16", mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad))
+                    residual_dtype="bfloat16", mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad,
+                    mlp_fp8_wgrad_w2=wgrad_w2))
     params = model.init_params(jax.random.PRNGKey(0), cfg)
     tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
     grads = lambda c: jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c))(params)  # pylint: disable=unnecessary-lambda-assignment,cell-var-from-loop
@@ -341,7 +352,7 @@ def jax_side():
     for name in ("w13", "wqkv", "wo", "attn_norm"):
       errs[f"model d{name}, attn_fp8{tag}"] = rel(g["blocks"][name], g_ref["blocks"][name])
   # attn_fp8 with the bf16 MLP: the fused path's later layers then get their e4m3 input from XLA.
-  cfg8 = _with(cfg, attn_fp8=True, mlp_fp8=False, mlp_fp8_w2=False, mlp_fp8_wgrad=False)
+  cfg8 = _with(cfg, attn_fp8=True, mlp_fp8=False, mlp_fp8_w2=False, mlp_fp8_wgrad=False, mlp_fp8_wgrad_w2=False)
   (l_ref, g_ref), (l, g) = grads(cfg8), grads(_with(cfg8, norm_backend="triton"))
   errs["model loss, attn_fp8 alone"] = abs(float(l) - float(l_ref)) / float(l_ref)
   for name in ("wqkv", "wo", "attn_norm"):

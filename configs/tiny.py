@@ -33,6 +33,7 @@ def get_config():
   m.attn_fp8 = False  # the attention's x Wqkv in the compute dtype, as the MLP's.
   m.mlp_fp8_w2 = False  # with mlp_fp8: act x W2 in e4m3 too (unused without it)
   m.mlp_fp8_wgrad = False  # with mlp_fp8: W13's weight gradient in e4m3 too (unused without it)
+  m.mlp_fp8_wgrad_w2 = False  # with mlp_fp8 and mlp_fp8_w2: W2's weight gradient in e4m3 too
   m.head_fp8 = False  # the LM head's forward logits in the compute dtype too (an e4m3 dot with True).
   m.residual_dtype = "float32"  # the residual stream; "bfloat16" is faster on the GPU (docs/model.md).
   m.scan_layers = True

@@ -50,12 +50,16 @@ def get_config():
   # kernels at full clock within +-0.04 ms: the FP8 dot spends less of the 700 W cap. Val loss at
   # 200 steps 3.026 / 2.988 vs 3.003 / 2.995 (2 seeds, within their spread). bench/results/h200_session15/.
   m.mlp_fp8_w2 = True
-  # W13's weight gradient h^T dH13 as an e4m3 dot as well (fp8_mlp.wgrad_w13): each token's gradient
+  # W13's weight gradient h^T dH13 as an e4m3 dot as well (fp8_mlp.wgrad_fp8): each token's gradient
   # scale moves into h's copy, both operands are written token-last by a Triton pass
   # (swiglu_kernel.transpose_fp8), as cuBLASLt's FP8 path needs for a sum over tokens, and the SwiGLU
   # backward drops its bf16 dH13. B128 8.04 / 8.03 vs 8.17 / 8.14 ms a step (H200, interleaved); val
   # loss at 200 steps 3.023 / 2.991 vs 3.028 / 2.988 (2 seeds). bench/results/h200_session20/.
   m.mlp_fp8_wgrad = True
+  # W2's weight gradient act^T dY as an e4m3 dot too (fp8_mlp.wgrad_fp8): it reads the forward's e4m3
+  # act (whose row scale moves into dY's token-last copy), so the SwiGLU forward writes no bf16 act.
+  # Off until its step time and val loss are measured on a GPU (docs/model.md, "Twenty-second session").
+  m.mlp_fp8_wgrad_w2 = False
   # The LM head's forward logits from an e4m3 dot (fp8_mlp.head_logits): the last fused norm writes
   # the head's e4m3 input, the loss kernel applies the scale as it reads the logits; the head's two
   # gradient dots stay bf16. B128 8.50 / 8.49 vs 8.69 / 8.63 ms a step (H100, interleaved); val loss

@@ -82,9 +82,10 @@ def test_stacked_weights_quantize_each_layer_alone():
     np.testing.assert_allclose([got[2][0], got[4][0]], [s13, s2], rtol=1e-6)
 
 
-def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False):
+def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False):
   """The module docstring's recipe in float64, rounding to bf16 / e4m3 where the dots' outputs do;
-  fp8_wgrad: W13's gradient from e4m3 operands as fp8_mlp.wgrad_w13 documents."""
+  fp8_wgrad: W13's gradient from e4m3 operands as fp8_mlp.wgrad_fp8 documents; fp8_wgrad_w2 (with
+  fp8_w2): W2's, from the forward's e4m3 act and a copy of dY carrying act's row scales."""
   h, dy = np.asarray(h, np.float64)[0], np.asarray(dy, np.float64)[0]
   d, _, f = w13.shape
   w13, w2 = np.asarray(w13, np.float64).reshape(d, 2 * f), np.asarray(w2, np.float64)
@@ -95,8 +96,8 @@ def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False):
   sg = 1 / (1 + np.exp(-g))
   act = _bf16(g * sg * u)
   w2_8, s2 = _q_tensor(w2)
+  act8, acts = _q_rows(act)
   if fp8_w2:
-    act8, acts = _q_rows(act)
     y = _bf16(_bf16(act8 @ w2_8) * (acts * s2)[:, None])
   else:
     y = _bf16(act @ _bf16(w2))
@@ -109,7 +110,11 @@ def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False):
   if fp8_wgrad:   # dH13 = dh8 * dhs[row]: each row's scale goes into h's copy, one Q for the tensor
     q = 448.0 / (np.abs(h).max(1) * dhs).max()
     dw13 = (h * (dhs * q)[:, None]).astype(np.float32).astype(E4M3).astype(np.float64).T @ dh8 / q
-  return y, dx, dw13.reshape(d, 2, f), act.T @ dy
+  dw2 = act.T @ dy
+  if fp8_w2 and fp8_wgrad_w2:   # act = act8 * acts[row]: the row scales go into dY's copy
+    q = 448.0 / (np.abs(dy).max(1) * acts).max()
+    dw2 = act8.T @ (dy * (acts * q)[:, None]).astype(np.float32).astype(E4M3).astype(np.float64) / q
+  return y, dx, dw13.reshape(d, 2, f), dw2
 
 
 @pytest.mark.parametrize("fp8_w2", [False, True])
@@ -131,23 +136,31 @@ def test_reference_mlp_is_the_documented_recipe(fp8_w2):
   assert _rel(y[0], other) > 1e-2, _rel(y[0], other)
 
 
-def test_fp8_weight_gradient_is_the_documented_recipe():
-  """fp8_wgrad: W13's gradient from e4m3 copies of h (times each token's gradient scale) and of dH13
-  matches the NumPy emulation (<= 3e-3) and sits FP8 noise from the exact h^T dH13 (1e-2..5e-2: told
+@pytest.mark.parametrize("which", ["w13", "w2"])
+def test_fp8_weight_gradient_is_the_documented_recipe(which):
+  """fp8_wgrad: W13's gradient from e4m3 copies of h (times each token's gradient scale) and of dH13;
+  fp8_wgrad_w2: W2's from the forward's e4m3 act and a copy of dY (times act's row scales). Each
+  matches the NumPy emulation (<= 3e-3) and sits FP8 noise from the exact product (1e-2..5e-2: told
   apart from no quantization and from a misapplied scale, O(1)); the other outputs are those without
-  the option, bit for bit. Rows of dy spread over three decades, so the per-token scales matter."""
+  the option, bit for bit. Rows of dy spread over three decades, so the per-token scales matter;
+  for W2 rows of h over 2^6 too, so act's row scales do (by powers of two: h's e4m3 copy keeps its
+  bytes, so no f32-vs-f64 tie flip, a 6% change of one value, enters the forward)."""
   h, w13, w2, dy = _inputs()
   dy = dy * jnp.logspace(-2, 1, h.shape[1], dtype=jnp.float32)[None, :, None].astype(dy.dtype)
+  fp8_w2, i = (False, 2) if which == "w13" else (True, 3)   # i: the output the option changes
+  if which == "w2":
+    h = h * jnp.exp2(jnp.round(jnp.linspace(3.0, -3.0, h.shape[1])))[None, :, None].astype(h.dtype)
   outs = {}
-  for wgrad in (False, True):
-    y, vjp = jax.vjp(lambda h, a, b, w=wgrad: fp8_mlp.swiglu(h, a, b, jnp.bfloat16, False, w), h, w13, w2)
-    outs[wgrad] = (y,) + vjp(dy)
-  want = _numpy_recipe(h, w13, w2, dy, fp8_wgrad=True)
-  assert outs[True][2].dtype == jnp.float32
-  assert _rel(outs[True][2], want[2]) < 3e-3, _rel(outs[True][2], want[2])
-  assert 1e-2 < _rel(outs[True][2], outs[False][2]) < 5e-2, _rel(outs[True][2], outs[False][2])
-  for i in (0, 1, 3):   # y, dh, dw2
-    np.testing.assert_array_equal(np.asarray(outs[False][i], np.float32), np.asarray(outs[True][i], np.float32))
+  for on in (False, True):
+    opts = (fp8_w2, on, False) if which == "w13" else (fp8_w2, False, on)
+    y, vjp = jax.vjp(lambda h, a, b, o=opts: fp8_mlp.swiglu(h, a, b, jnp.bfloat16, *o), h, w13, w2)
+    outs[on] = (y,) + vjp(dy)
+  want = _numpy_recipe(h, w13, w2, dy, fp8_w2, fp8_wgrad=which == "w13", fp8_wgrad_w2=which == "w2")
+  assert outs[True][i].dtype == jnp.float32
+  assert _rel(outs[True][i], want[i]) < 3e-3, _rel(outs[True][i], want[i])
+  assert 1e-2 < _rel(outs[True][i], outs[False][i]) < 5e-2, _rel(outs[True][i], outs[False][i])
+  for j in {0, 1, 2, 3} - {i}:   # y, dh and the other weight's gradient
+    np.testing.assert_array_equal(np.asarray(outs[False][j], np.float32), np.asarray(outs[True][j], np.float32))
 
 
 def _cfg(**kw):
@@ -162,12 +175,13 @@ def _loss_and_grads(cfg, params, tok):
   return jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], cfg)))(params)
 
 
-@pytest.mark.parametrize("fp8_w2,wgrad", [(False, False), (True, False), (True, True)])
-def test_model_with_fp8_mlp_tracks_the_bf16_model(fp8_w2, wgrad):
+@pytest.mark.parametrize("fp8_w2,wgrad,wgrad_w2", [(False, False, False), (True, False, False), (True, True, False),
+                                                   (True, True, True)])
+def test_model_with_fp8_mlp_tracks_the_bf16_model(fp8_w2, wgrad, wgrad_w2):
   """Through the whole model (XLA path, any machine) the FP8 MLP changes the loss by well under
-  1% and the gradients by FP8's few percent, in every block parameter (also with W13's weight
-  gradient in e4m3, mlp_fp8_wgrad)."""
-  g8, g16 = _tracks({}, dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad),
+  1% and the gradients by FP8's few percent, in every block parameter (also with W13's and W2's
+  weight gradients in e4m3, mlp_fp8_wgrad and mlp_fp8_wgrad_w2)."""
+  g8, g16 = _tracks({}, dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad, mlp_fp8_wgrad_w2=wgrad_w2),
                      ("w13", "w2", "wqkv", "wo", "mlp_norm"), 0.15)
   assert _rel(g8["embed"], g16["embed"]) < 0.15
 
@@ -405,9 +419,10 @@ def test_last_fused_sublayer_returns_no_stream_and_the_gradients_of_a_zero_one(s
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fp8_w2,wgrad,head", [(False, False, False), (True, False, False), (True, True, False),
-                                               (True, True, True)])
-def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad, head):
+@pytest.mark.parametrize("fp8_w2,wgrad,head,wgrad_w2", [(False, False, False, False), (True, False, False, False),
+                                                        (True, True, False, False), (True, True, True, False),
+                                                        (True, True, True, True)])
+def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad, head, wgrad_w2):
   """model.py picks the fused sublayer with norm_backend='triton': the same loss as the XLA norms
   with the reference MLP, and every block gradient closer to it than the bf16 model's is.
 
@@ -416,8 +431,10 @@ def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad, head):
   apart. On the H200, over 4 seeds (bench/dev_fp8_model_grads.py), fused vs XLA FP8 was 0.5-0.7
   times bf16 vs XLA FP8 in every parameter (the MLP norm's gain: 4e-2 vs 6e-2); a misapplied
   scale or a wrong operand is O(1). With head, the last sublayer's norm kernel writes the head's
-  e4m3 input (head_fp8), where the XLA path quantizes the final norm's output."""
-  kw = dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad, head_fp8=head, d_model=128, d_ff=320)
+  e4m3 input (head_fp8), where the XLA path quantizes the final norm's output. With wgrad_w2, W2's
+  weight gradient reads the SwiGLU forward's e4m3 act (mlp_fp8_wgrad_w2)."""
+  kw = dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad, head_fp8=head, mlp_fp8_wgrad_w2=wgrad_w2,
+            d_model=128, d_ff=320)
   cfg = _cfg(**kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
@@ -482,13 +499,13 @@ def test_fp8_on_a_gpu_without_e4m3_names_the_fix(monkeypatch, cc, older, flag):
 
 
 def test_fp8_refinements_without_the_fp8_mlp_are_the_bf16_model():
-  """mlp_fp8_w2 and mlp_fp8_wgrad refine mlp_fp8 and do nothing alone, so turning mlp_fp8 off on the
+  """mlp_fp8_w2, mlp_fp8_wgrad and mlp_fp8_wgrad_w2 refine mlp_fp8 and do nothing alone, so turning mlp_fp8 off on the
   speedrun config (the plain-JAX reference, an older GPU) gives the bf16 MLP: the same loss and
   gradients, bit for bit."""
   cfg = _cfg()
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
-  refined = _cfg(mlp_fp8_w2=True, mlp_fp8_wgrad=True)
+  refined = _cfg(mlp_fp8_w2=True, mlp_fp8_wgrad=True, mlp_fp8_wgrad_w2=True)
   (l16, g16), (l, g) = _loss_and_grads(cfg, params, tok), _loss_and_grads(refined, params, tok)
   assert float(l) == float(l16)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g16)):

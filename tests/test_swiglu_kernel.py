@@ -115,6 +115,21 @@ def test_fp8_backward_without_its_bf16_output_writes_the_same_e4m3_copy():
   np.testing.assert_array_equal(np.asarray(dhs_only), np.asarray(dhs))
 
 
+@pytest.mark.gpu
+def test_fp8_forward_without_its_bf16_output_writes_the_same_e4m3_copy():
+  """write_act=False (mlp_fp8_wgrad_w2): no bf16 act, and the e4m3 copy and its scales unchanged."""
+  k = jax.random.split(jax.random.PRNGKey(8), 2)
+  N, F = 300, 1344
+  h13 = (300 * jax.random.normal(k[0], (N, 2 * F))).astype(jnp.bfloat16)
+  hs, qmul = jax.random.uniform(k[1], (N,)) / 100, jnp.array([0.02], jnp.float32)
+  act, a8, as_ = jax.jit(swiglu_kernel.forward_fp8)(h13, hs, qmul)
+  none, a8_only, as_only = jax.jit(lambda *a: swiglu_kernel.forward_fp8(*a, write_act=False))(h13, hs, qmul)
+  assert act.shape == (N, F) and none is None
+  np.testing.assert_array_equal(np.asarray(jax.lax.bitcast_convert_type(a8_only, jnp.uint8)),
+                                np.asarray(jax.lax.bitcast_convert_type(a8, jnp.uint8)))
+  np.testing.assert_array_equal(np.asarray(as_only), np.asarray(as_))
+
+
 @pytest.mark.slow
 def test_kernel_in_triton_interpreter_matches_numpy(triton_interpreter):
   """The Triton kernel itself, on CPU via TRITON_INTERPRET=1, against NumPy float64."""

@@ -370,19 +370,21 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   base = model.default_model_config().to_dict()
   ident = train._model_identity(base)  # pylint: disable=protected-access
   assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "mlp_fp8_w2": True,  # pylint: disable=protected-access
-                                "mlp_fp8_wgrad": True, "head_fp8": True, "norm_backend": "triton",
+                                "mlp_fp8_wgrad": True, "mlp_fp8_wgrad_w2": True, "head_fp8": True,
+                                "norm_backend": "triton",
                                 "scan_layers": True}) == ident
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad,head", [
-    ("speedrun", False, False, True, True, False), ("speedrun", True, False, False, False, False),
-    ("speedrun", True, True, False, False, False), ("speedrun", True, True, True, False, False),
-    ("speedrun", True, True, True, True, False), ("speedrun", True, True, True, True, True),
-    ("speedrun", True, False, False, False, True), ("speedrun", False, False, False, False, True),
-    ("small", False, False, False, False, False)])
+@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad,head,wgrad_w2", [
+    ("speedrun", False, False, True, True, False, True), ("speedrun", True, False, False, False, False, False),
+    ("speedrun", True, True, False, False, False, False), ("speedrun", True, True, True, False, False, False),
+    ("speedrun", True, True, True, True, False, False), ("speedrun", True, True, True, True, True, False),
+    ("speedrun", True, True, True, False, True, True), ("speedrun", True, True, True, True, True, True),
+    ("speedrun", True, False, False, False, True, True), ("speedrun", False, False, False, False, True, False),
+    ("small", False, False, False, False, False, False)])
 def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8, attn_fp8, fp8_w2,
-                                                                    wgrad, head):
+                                                                    wgrad, head, wgrad_w2):
   """The train step of a GPU config, traced on this machine with each Triton launch replaced by a
   compile for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles,
   within the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU.
@@ -393,7 +395,7 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   config = (tinystories_h100 if name == "speedrun" else small).get_config()
   assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
   config.model.mlp_fp8, config.model.attn_fp8, config.model.mlp_fp8_w2 = mlp_fp8, attn_fp8, fp8_w2
-  config.model.mlp_fp8_wgrad, config.model.head_fp8 = wgrad, head
+  config.model.mlp_fp8_wgrad, config.model.head_fp8, config.model.mlp_fp8_wgrad_w2 = wgrad, head, wgrad_w2
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
@@ -415,8 +417,9 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
     expected |= {"add_norm_fwd_fp8_kernel" if wants_copy and mlp_fp8 else without_copy}
   expected |= ({"add_norm_fwd_fp8_kernel", "add_norm_bwd_fp8_kernel", "swiglu_bwd_fp8_kernel"} if mlp_fp8
                else {"add_norm_bwd_kernel", "swiglu_bwd_kernel"})
-  # W13's e4m3 weight gradient transposes its two operands token-last (nothing without mlp_fp8).
-  expected |= {"transpose_fp8_kernel"} if wgrad and mlp_fp8 else set()
+  # W13's e4m3 weight gradient transposes its two operands token-last (nothing without mlp_fp8), and
+  # so does W2's (nothing without mlp_fp8_w2 either: it reads the SwiGLU forward's e4m3 act).
+  expected |= {"transpose_fp8_kernel"} if (wgrad or (wgrad_w2 and fp8_w2)) and mlp_fp8 else set()
   # The first layer's norm (no add before it) runs the no-add forward, e4m3 copy included with
   # attn_fp8, and the plain backward.
   expected |= {"add_norm_bwd_kernel"} | ({"add_norm_fwd_fp8_kernel"} if attn_fp8 else {"add_norm_fwd_kernel"})
