@@ -30,11 +30,14 @@ the final norm's output; the loss kernel applies the product's scale as it reads
 """
 import functools
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 
 E4M3 = jnp.float8_e4m3fn
 F8_MAX = 448.0   # the largest finite e4m3fn value
+_ONE = np.ones((1,), np.float32)   # a kernel's qmul when a row scale must not carry a weight's
 # model.py quantizes all layers' MLP weights (and with attn_fp8 their Wqkv) in one go before the
 # layer loop (mlp_weights, qkv_weights on the stacked blocks); False: each mlp_sublayer and qkv_dot
 # quantizes its own (the measured alternative, docs/model.md).
@@ -248,9 +251,13 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
   h13_N2F = dot8(h8, w13_8T, 1)   # cuBLASLt's FP8 dots want both operands K-major
   if fp8_w2:
     import swiglu_kernel  # pylint: disable=import-outside-toplevel
-    act_NF, a8, y_scale = swiglu_kernel.forward_fp8(h13_N2F, hs, s2, write_act=not fp8_wgrad_w2)
+    # With fp8_wgrad_w2, act's own row scales (max|act[t]| / 448) are kept for W2's gradient, so
+    # they must not carry s2: zero for a zero W2 (zero_init_out), which would zero that gradient.
+    act_NF, a8, a_scale = swiglu_kernel.forward_fp8(h13_N2F, hs, _ONE if fp8_wgrad_w2 else s2,
+                                                    write_act=not fp8_wgrad_w2)
+    y_scale = a_scale * s2 if fp8_wgrad_w2 else a_scale
     y_BTD = dot8(a8, w2_8T, 1).reshape(B, T, D)   # unscaled: the norm kernel applies y_scale
-    act_NF = (a8, y_scale) if fp8_wgrad_w2 else act_NF   # what W2's weight gradient reads
+    act_NF = (a8, a_scale) if fp8_wgrad_w2 else act_NF   # what W2's weight gradient reads
   else:
     act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
     y_BTD, y_scale = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D), None
@@ -272,10 +279,14 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   B, T, D = x_out.shape
   F = w2_8.shape[0]
   dx_out = cotangents[0] if keep_x else None
-  d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype, fp8_qmul=s2)
+  w2_wgrad8 = fp8_w2 and fp8_wgrad_w2   # act_NF is then the forward's (a8, max|act[t]| / 448)
+  # dY's row scales without s2 for W2's gradient too (as act's above); dA's take s2 here.
+  d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype,
+                                                     fp8_qmul=_ONE if w2_wgrad8 else s2)
   da_NF = dot8(d8, w2_8, 1)
-  if fp8_w2 and fp8_wgrad_w2:   # act_NF is the forward's (a8, its row scales times s2)
-    dw2 = wgrad_kernels(d_y.reshape(B * T, D), ds, *act_NF, s2).T
+  if w2_wgrad8:
+    dw2 = wgrad_kernels(d_y.reshape(B * T, D), ds, *act_NF, _ONE).T
+    ds = ds * s2
   else:
     dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
@@ -295,9 +306,11 @@ mlp_sublayer.defvjp(_fwd, _bwd)
 def wgrad_kernels(h_ND, hs_N, dh8_NE, dhs_N, s13):
   """wgrad_fp8's arithmetic from the fused path's kernels (GPU): h [N, D] bf16, its row scales
   hs = s13 max|h[t]| / 448, dH's e4m3 copy and its row scales dhs = s13 r, s13 the scale both
-  carry (W13's: h and dH13, the norm kernel's and the SwiGLU backward's; W2's: dY and act, the
-  norm backward's and the SwiGLU forward's, with s2). So Q = s13^2 / max(hs dhs), and qmul = Q / s13
-  gives h * dhs * qmul = h * r * Q; swiglu_kernel.transpose_fp8 makes both token-last copies."""
+  carry (W13's: h and dH13 from the norm kernel and the SwiGLU backward, with W13's weight scale,
+  zero only where the gradient is; W2's: dY and act from the norm backward and the SwiGLU forward,
+  with 1, as W2's weight scale is zero for a zero W2 whose gradient is not). So Q = s13^2 / max(hs
+  dhs), and qmul = Q / s13 gives h * dhs * qmul = h * r * Q; swiglu_kernel.transpose_fp8 makes both
+  token-last copies."""
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   qmul = s13 / jnp.maximum(jnp.max(hs_N * dhs_N), 1e-30)
   h8_DN = swiglu_kernel.transpose_fp8(h_ND, dhs_N, qmul)

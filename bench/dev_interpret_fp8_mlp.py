@@ -332,6 +332,18 @@ def jax_side():
   grads = vjp(cot)
   assert all(bool(jnp.all(jnp.isfinite(g.astype(jnp.float32)))) for g in grads), "zero W13: non-finite gradient"
   assert not bool(jnp.any(grads[3])), "zero W13: its gradient must be 0 (h's copy is scaled by dH13's zero rows)"
+  # An all-zero W2 (zero_init_out: the speedrun config starts so) with its gradient in e4m3: that
+  # gradient, act^T dY, is not zero, and the row scales it uses must not carry W2's zero scale.
+  zero_args = (*args[:4], jnp.zeros_like(args[4]), args[5])
+  _, vjp = jax.vjp(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True, True), *zero_args)
+  _, vjp_ref = jax.vjp(lambda *a: ref(*a, True, True, True), *zero_args)
+  got, want = vjp(cot), vjp_ref(cot)
+  assert bool(jnp.any(want[4])) and bool(jnp.any(got[4])), "zero W2: its gradient must not be 0"
+  for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), got, want):
+    if bool(jnp.any(w)):
+      errs[f"{name} (zero W2, fp8 W2, fp8 wgrad W13+W2)"] = rel(g, w)
+    else:   # no gradient reaches the MLP's input side through a zero W2
+      assert not bool(jnp.any(g)), f"zero W2: {name} must be 0 as the reference's"
   for fp8_w2, wgrad, wgrad_w2 in ((False, False, False), (True, False, False), (True, True, False), (True, True, True)):
     tag = (", fp8 W2" if fp8_w2 else "") + (", fp8 wgrad" if wgrad else "") + (" W13+W2" if wgrad_w2 else "")
     cfg = model.default_model_config()
