@@ -303,16 +303,16 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
 mlp_sublayer.defvjp(_fwd, _bwd)
 
 
-def wgrad_kernels(h_ND, hs_N, dh8_NE, dhs_N, s13):
-  """wgrad_fp8's arithmetic from the fused path's kernels (GPU): h [N, D] bf16, its row scales
-  hs = s13 max|h[t]| / 448, dH's e4m3 copy and its row scales dhs = s13 r, s13 the scale both
-  carry (W13's: h and dH13 from the norm kernel and the SwiGLU backward, with W13's weight scale,
-  zero only where the gradient is; W2's: dY and act from the norm backward and the SwiGLU forward,
-  with 1, as W2's weight scale is zero for a zero W2 whose gradient is not). So Q = s13^2 / max(hs
-  dhs), and qmul = Q / s13 gives h * dhs * qmul = h * r * Q; swiglu_kernel.transpose_fp8 makes both
-  token-last copies."""
+def wgrad_kernels(h_ND, hs_N, dh8_NE, dhs_N, s):
+  """wgrad_fp8's arithmetic from the fused path's kernels (GPU): h [N, D] bf16 with its row scales
+  hs = s max|h[t]| / 448, and dH's e4m3 copy with its row scales dhs = s r, s the factor both
+  carry. W13's: h and dH13 from the norm kernel and the SwiGLU backward, s = W13's weight scale,
+  zero only where the gradient is too; W2's: dY and act from the norm backward and the SwiGLU
+  forward, s = 1 (W2's weight scale is zero for a zero W2, whose gradient is not). So Q = s^2 /
+  max(hs dhs), and qmul = Q / s gives h * dhs * qmul = h * r * Q; swiglu_kernel.transpose_fp8
+  makes both token-last copies."""
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
-  qmul = s13 / jnp.maximum(jnp.max(hs_N * dhs_N), 1e-30)
+  qmul = s / jnp.maximum(jnp.max(hs_N * dhs_N), 1e-30)
   h8_DN = swiglu_kernel.transpose_fp8(h_ND, dhs_N, qmul)
-  # (The floor: an all-zero W13 has s13 = 0, so qmul = 0 too, and the dot is 0.)
-  return dot8(h8_DN, swiglu_kernel.transpose_fp8(dh8_NE), 1, out=jnp.float32) / jnp.maximum(qmul * s13, 1e-30)
+  # (The floor: an all-zero W13 has s = 0, so qmul = 0 too, and the dot is 0.)
+  return dot8(h8_DN, swiglu_kernel.transpose_fp8(dh8_NE), 1, out=jnp.float32) / jnp.maximum(qmul * s, 1e-30)

@@ -105,7 +105,7 @@ def main():
 
   def fp8_path(h, h13, hs, da, das):
     _, dh8, dhs = swiglu_kernel.backward_fp8(h13, hs, da, das, s13, write_dh13=False)
-    return fp8_mlp.wgrad_w13_kernels(h, hs, dh8, dhs, s13), dh8, dhs
+    return fp8_mlp.wgrad_kernels(h, hs, dh8, dhs, s13), dh8, dhs
 
   outs = []
   for name, f in (("whole path, bf16 weight gradient", bf16_path), ("whole path, e4m3 weight gradient", fp8_path)):
