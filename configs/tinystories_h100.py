@@ -58,10 +58,10 @@ def get_config():
   m.mlp_fp8_wgrad = True
   # W2's weight gradient act^T dY as an e4m3 dot too (fp8_mlp.wgrad_fp8): it reads the forward's e4m3
   # act (whose row scale moves into dY's token-last copy), so the SwiGLU forward writes no bf16 act.
-  # H100: 8.48 vs 8.54 ms a step (one interleaved pair); val loss at 200 steps 3.018 / 3.015 vs
-  # 3.030 / 2.985 (2 seeds, within their spread). Off until more pairs and seeds say more
-  # (docs/model.md, "Twenty-second session"; bench/results/h100_session22/).
-  m.mlp_fp8_wgrad_w2 = False
+  # H100, interleaved: 8.53 / 8.56 vs 8.58 / 8.60 ms a step (twenty-third session), 8.48 vs 8.54
+  # (twenty-second); val loss at 200 steps 3.018 / 2.986 vs 3.032 / 2.982 and 3.018 / 3.015 vs
+  # 3.030 / 2.985 (2 seeds each, within their spread). bench/results/h100_session23/, docs/model.md.
+  m.mlp_fp8_wgrad_w2 = True
   # The LM head's forward logits from an e4m3 dot (fp8_mlp.head_logits): the last fused norm writes
   # the head's e4m3 input, the loss kernel applies the scale as it reads the logits; the head's two
   # gradient dots stay bf16. B128 8.50 / 8.49 vs 8.69 / 8.63 ms a step (H100, interleaved); val loss

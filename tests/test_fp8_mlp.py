@@ -454,7 +454,11 @@ def test_fused_w2_gradient_in_e4m3_from_a_zero_w2():
   """The speedrun config starts W2 at zero (zero_init_out), where W2's e4m3 scale is 0 but its
   gradient act^T dY is not: with mlp_fp8_wgrad_w2 the fused path's gradient matches the XLA path's
   (whose act scales never carry W2's), instead of staying zero and W2 with it (the first GPU run of
-  the option: +0.2 val loss at 200 steps)."""
+  the option: +0.2 val loss at 200 steps). Both paths round act and dY to e4m3 per term of a
+  132-token sum, from bf16 inputs that the norm kernel and XLA round a little differently, so they
+  agree to the e4m3 step (~6%), not bit for bit: 4.4% apart on an H100 (bench/results/
+  h100_session23/); a zero gradient is 100% off, and a wrong scale (the bug's class) shows in the
+  norms' ratio."""
   kw = dict(mlp_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True, mlp_fp8_wgrad_w2=True, zero_init_out=True,
             d_model=128, d_ff=320)
   cfg = _cfg(**kw)
@@ -464,7 +468,9 @@ def test_fused_w2_gradient_in_e4m3_from_a_zero_w2():
   _, g_ref = _loss_and_grads(cfg, params, tok)
   _, g = _loss_and_grads(_cfg(**kw, norm_backend="triton"), params, tok)
   assert bool(jnp.any(g_ref["blocks"]["w2"]))
-  assert _rel(g["blocks"]["w2"], g_ref["blocks"]["w2"]) < 4e-2, _rel(g["blocks"]["w2"], g_ref["blocks"]["w2"])
+  got, want = np.asarray(g["blocks"]["w2"], np.float64), np.asarray(g_ref["blocks"]["w2"], np.float64)
+  assert _rel(got, want) < 0.1, _rel(got, want)
+  assert abs(np.linalg.norm(got) / np.linalg.norm(want) - 1) < 0.03, np.linalg.norm(got) / np.linalg.norm(want)
 
 
 @pytest.mark.gpu
