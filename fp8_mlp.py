@@ -42,6 +42,10 @@ _ONE = np.ones((1,), np.float32)   # a kernel's qmul when a row scale must not c
 # layer loop (mlp_weights, qkv_weights on the stacked blocks); False: each mlp_sublayer and qkv_dot
 # quantizes its own (the measured alternative, docs/model.md).
 STACKED_WEIGHTS = True
+# With fp8_wgrad, mlp_sublayer's norm writes no bf16 h (only its e4m3 copy), and W13's weight
+# gradient remakes h from the stream as it writes h's token-last copy (transpose_fp8's norm=);
+# False: the norm writes h and the copy reads it (the measured alternative, docs/model.md).
+NORM_IN_WGRAD = True
 
 
 def quantize_rows(x):
@@ -247,7 +251,9 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
   w13_8, w13_8T, s13, w2_8, s2, w2_8T = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
-  s_BTD, h_BTD, rstd1, (h8, hs) = norm_kernel.forward(x_BTD, attn_BTD, g_mlp, dtype, fp8_qmul=s13)
+  # h itself is read again only by W13's weight gradient, which can remake it (NORM_IN_WGRAD).
+  s_BTD, h_BTD, rstd1, (h8, hs) = norm_kernel.forward(x_BTD, attn_BTD, g_mlp, dtype, fp8_qmul=s13,
+                                                      write_h=not (fp8_wgrad and NORM_IN_WGRAD))
   h13_N2F = dot8(h8, w13_8T, 1)   # cuBLASLt's FP8 dots want both operands K-major
   if fp8_w2:
     import swiglu_kernel  # pylint: disable=import-outside-toplevel
@@ -290,7 +296,9 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   else:
     dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
-  if fp8_wgrad:
+  if fp8_wgrad and h_BTD is None:   # NORM_IN_WGRAD: h's copy from the stream, its rstd and the gain
+    dw13 = wgrad_kernels(s_BTD.reshape(B * T, D), hs, dh8, dhs, s13, norm=(rstd1, g_mlp, dtype))
+  elif fp8_wgrad:
     dw13 = wgrad_kernels(h_BTD.reshape(B * T, D), hs, dh8, dhs, s13)
   else:
     dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
@@ -303,16 +311,17 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
 mlp_sublayer.defvjp(_fwd, _bwd)
 
 
-def wgrad_kernels(h_ND, hs_N, dh8_NE, dhs_N, s):
+def wgrad_kernels(h_ND, hs_N, dh8_NE, dhs_N, s, norm=None):
   """wgrad_fp8's arithmetic from the fused path's kernels (GPU): h [N, D] bf16 with its row scales
   hs = s max|h[t]| / 448, and dH's e4m3 copy with its row scales dhs = s r, s the factor both
   carry. W13's: h and dH13 from the norm kernel and the SwiGLU backward, s = W13's weight scale,
   zero only where the gradient is too; W2's: dY and act from the norm backward and the SwiGLU
   forward, s = 1 (W2's weight scale is zero for a zero W2, whose gradient is not). So Q = s^2 /
   max(hs dhs), and qmul = Q / s gives h * dhs * qmul = h * r * Q; swiglu_kernel.transpose_fp8
-  makes both token-last copies."""
+  makes both token-last copies. norm = (rstd, gain, dtype): h_ND is the residual stream that h is
+  the RMSNorm of, and h is remade from it (transpose_fp8's norm=)."""
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   qmul = s / jnp.maximum(jnp.max(hs_N * dhs_N), 1e-30)
-  h8_DN = swiglu_kernel.transpose_fp8(h_ND, dhs_N, qmul)
+  h8_DN = swiglu_kernel.transpose_fp8(h_ND, dhs_N, qmul, norm=norm)
   # (The floor: an all-zero W13 has s = 0, so qmul = 0 too, and the dot is 0.)
   return dot8(h8_DN, swiglu_kernel.transpose_fp8(dh8_NE), 1, out=jnp.float32) / jnp.maximum(qmul * s, 1e-30)

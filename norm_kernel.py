@@ -40,21 +40,25 @@ def _consts(D):
   return dict(D=D, BLOCK_D=block_d, ROWS=max(1, min(MAX_ROWS, TILE // block_d)))
 
 
-def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True, y_scale=None):
+def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True, y_scale=None, write_h=True):
   """(x + y, RMSNorm(x + y) * gain in dtype, rstd [N], fp8) where fp8 is None, or with fp8_qmul (a
   1-element fp32 array) that output also in e4m3 with its scale per row times fp8_qmul:
   (h8 [N, D], hs [N]); with fp8_rows=False, (e4m3(h * fp8_qmul) [N, D], None). y_scale [N]
   multiplies y's rows first: y is then an FP8 dot's unscaled output. y_BTD None: no add (the first
-  layer's norm), and the first item is x itself, not a copy."""
+  layer's norm), and the first item is x itself, not a copy. write_h=False (with fp8_qmul): the
+  second item is None and the B x T x D normalized copy is not written, for a caller that needs
+  only the e4m3 one (swiglu_kernel.transpose_fp8's norm= remakes h where it is needed again)."""
   jt, kern = _triton()
   D = x_BTD.shape[-1]
   N = x_BTD.size // D
   consts = _consts(D)
   has_y = y_BTD is not None
   assert has_y or y_scale is None, "y_scale scales y, and there is no y"
+  assert write_h or fp8_qmul is not None, "write_h=False leaves only the e4m3 copy: give fp8_qmul"
   # Without y, Y and XOUT are 1-element dummies the kernel never touches.
   ins = (x_BTD.reshape(N, D), y_BTD.reshape(N, D) if has_y else jnp.zeros((1,), x_BTD.dtype), gain_D)
-  outs = (jax.ShapeDtypeStruct((N, D) if has_y else (1,), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
+  outs = (jax.ShapeDtypeStruct((N, D) if has_y else (1,), x_BTD.dtype),
+          jax.ShapeDtypeStruct((N, D) if write_h else (1,), dtype),
           jax.ShapeDtypeStruct((N,), jnp.float32))
   launch = dict(grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, **consts)
   if fp8_qmul is None and y_scale is not None:
@@ -69,10 +73,11 @@ def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True, y_scale=N
         kernel=kern.add_norm_fwd_fp8_kernel,
         out_shape=(*outs, jax.ShapeDtypeStruct((N, D), jnp.float8_e4m3fn),
                    jax.ShapeDtypeStruct((N,) if fp8_rows else (1,), jnp.float32)),
-        ROW_SCALE=bool(fp8_rows), Y_SCALED=y_scale is not None, HAS_Y=has_y, **launch)
+        ROW_SCALE=bool(fp8_rows), Y_SCALED=y_scale is not None, HAS_Y=has_y, WRITE_H=bool(write_h), **launch)
     if not fp8_rows:
       fp8 = (fp8[0], None)
-  return x_out.reshape(x_BTD.shape) if has_y else x_BTD, h.reshape(x_BTD.shape), rstd, fp8
+  return (x_out.reshape(x_BTD.shape) if has_y else x_BTD, h.reshape(x_BTD.shape) if write_h else None, rstd,
+          fp8)
 
 
 def _fwd(x_BTD, y_BTD, gain_D, dtype):

@@ -25,11 +25,13 @@ def _store_fp8_rows(v, mask, offs, rows, N, V8, VS, QMUL):
 @triton.jit
 def _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                        ROWS: tl.constexpr, EPS: tl.constexpr, YS=None, Y_SCALED: tl.constexpr = False,
-                       HAS_Y: tl.constexpr = True):
+                       HAS_Y: tl.constexpr = True, WRITE_H: tl.constexpr = True):
   """add_norm_fwd_kernel's body; returns (h in fp32, mask, offsets, rows) of this program's rows.
   With Y_SCALED, Y's rows are multiplied by YS[row] first (Y is then an FP8 dot's unscaled output).
   HAS_Y=False normalizes X itself (the first layer's norm, no add before it): Y and XOUT are
-  dummies, never read or written."""
+  dummies, never read or written. WRITE_H=False: H is not stored (a caller that needs only the
+  e4m3 copy, and remakes h from XOUT and RSTD where it needs it again); H is then a 1-element
+  dummy of its dtype."""
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   cols = tl.arange(0, BLOCK_D)
   mask = (rows[:, None] < N) & (cols[None, :] < D)
@@ -47,8 +49,9 @@ def _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr,
     s = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
   rstd = tl.math.rsqrt(tl.sum(s * s, 1) / D + EPS)
   g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
-  h = s * rstd[:, None] * g[None, :]
-  tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
+  h = s * rstd[:, None] * g[None, :]   # swiglu_kernel_triton.transpose_fp8_kernel's NORMED repeats this
+  if WRITE_H:
+    tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
   tl.store(RSTD + rows, rstd, mask=rows < N)
   return h, mask, offs, rows
 
@@ -75,11 +78,13 @@ def add_norm_fwd_scaled_kernel(X, Y, G, YS, XOUT, H, RSTD, N: tl.constexpr, D: t
 @triton.jit
 def add_norm_fwd_fp8_kernel(X, Y, G, QMUL, YS, XOUT, H, RSTD, H8, HS, N: tl.constexpr, D: tl.constexpr,
                             BLOCK_D: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr, ROW_SCALE: tl.constexpr,
-                            Y_SCALED: tl.constexpr, HAS_Y: tl.constexpr = True):
+                            Y_SCALED: tl.constexpr, HAS_Y: tl.constexpr = True, WRITE_H: tl.constexpr = True):
   """add_norm_fwd_kernel, and H also in e4m3 (H8): with ROW_SCALE, with its scale per row times QMUL
   (HS); without, as e4m3(H * QMUL) with QMUL the whole tensor's (fp8_mlp.static_scale; HS unused).
-  Y_SCALED as in add_norm_fwd_scaled_kernel (YS unused without it); HAS_Y as in add_norm_fwd_kernel."""
-  h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, YS, Y_SCALED, HAS_Y)
+  Y_SCALED as in add_norm_fwd_scaled_kernel (YS unused without it); HAS_Y, WRITE_H as in
+  _add_norm_fwd_rows."""
+  h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, YS, Y_SCALED, HAS_Y,
+                                           WRITE_H)
   # Quantized from H as stored: the e4m3 copy is then that of the bf16 tensor (fp8_mlp.swiglu's).
   h = h.to(H.dtype.element_ty).to(tl.float32)
   if ROW_SCALE:

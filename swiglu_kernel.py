@@ -91,23 +91,30 @@ def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul, write_dh13=True):
 TRANSPOSE = {"bytes": (64, 128, 4, True), "scaled": (64, 64, 4, False)}
 
 
-def transpose_fp8(x_NC, row_scale_N=None, qmul=None):
+def transpose_fp8(x_NC, row_scale_N=None, qmul=None, norm=None):
   """[C, N] e4m3 from x [N, C], in one Triton pass: x's own bytes transposed (x in e4m3), or with
   row_scale and qmul (a 1-element fp32 array) e4m3(x * row_scale[row] * qmul) from any float x.
-  The operands of an FP8 dot that sums over the N tokens (fp8_mlp.py's W13 weight gradient)."""
+  The operands of an FP8 dot that sums over the N tokens (fp8_mlp.py's weight gradients). norm =
+  (rstd [N], gain [C], dtype), with row_scale: x is a residual stream s and the copy is that of
+  h = RMSNorm(s) * gain in dtype, remade from s and the rstd norm_kernel.forward saved, as that
+  kernel computes it, so its forward need not write h (write_h=False)."""
   jt, kern = _triton()
   N, C = x_NC.shape
   scaled = row_scale_N is not None
+  assert scaled or norm is None, "norm= needs row_scale_N and qmul"
   if scaled:
     src, out_dtype = x_NC, jnp.float8_e4m3fn
   else:
     src, out_dtype = jax.lax.bitcast_convert_type(x_NC, jnp.uint8), jnp.uint8
     row_scale_N = qmul = jnp.zeros((1,), jnp.float32)   # unread placeholders
+  unread = jnp.zeros((1,), jnp.float32)
+  rstd, gain, h_like = (norm[0], norm[1], jnp.zeros((1,), norm[2])) if norm is not None else (unread,) * 3
   bn, bc, warps, wide = TRANSPOSE["scaled" if scaled else "bytes"]
   out = jt.triton_call(
-      src, row_scale_N.astype(jnp.float32), jnp.asarray(qmul, jnp.float32).reshape(1), kernel=kern.transpose_fp8_kernel,
-      out_shape=jax.ShapeDtypeStruct((C, N), out_dtype), grid=(-(-N // bn), -(-C // bc)), num_warps=warps,
-      num_stages=1, N=N, C=C, BLOCK_N=bn, BLOCK_C=bc, SCALED=scaled, WIDE=wide)
+      src, row_scale_N.astype(jnp.float32), jnp.asarray(qmul, jnp.float32).reshape(1), rstd, gain, h_like,
+      kernel=kern.transpose_fp8_kernel, out_shape=jax.ShapeDtypeStruct((C, N), out_dtype),
+      grid=(-(-N // bn), -(-C // bc)), num_warps=warps, num_stages=1, N=N, C=C, BLOCK_N=bn, BLOCK_C=bc,
+      SCALED=scaled, WIDE=wide, NORMED=norm is not None)
   return out if scaled else jax.lax.bitcast_convert_type(out, x_NC.dtype)
 
 

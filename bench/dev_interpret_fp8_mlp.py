@@ -208,7 +208,8 @@ def transpose(n, c, rng, wide):
   x8 = torch.from_numpy(rng.integers(0, 256, (n, c), dtype=np.uint8))
   out = torch.zeros((c, n), dtype=torch.uint8)
   bn, bc = swiglu_kernel.TRANSPOSE["bytes"][:2]
-  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](x8, torch.zeros(1), torch.zeros(1), out, N=n, C=c, BLOCK_N=bn,
+  z = torch.zeros(1)   # RSTD, G, HL: read only when NORMED
+  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](x8, z, z, z, z, z, out, N=n, C=c, BLOCK_N=bn,
                                                       BLOCK_C=bc, SCALED=False, WIDE=wide)
   assert torch.equal(out, x8.T.contiguous()), "transpose_fp8: bytes"
   x = torch.from_numpy((rng.standard_normal((n, c)) * 3).astype(np.float32)).to(torch.float16)
@@ -216,11 +217,38 @@ def transpose(n, c, rng, wide):
   qmul = torch.tensor([20.0])
   out8 = torch.empty((c, n), dtype=E4M3)
   bn, bc = swiglu_kernel.TRANSPOSE["scaled"][:2]
-  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](x, rs, qmul, out8, N=n, C=c, BLOCK_N=bn, BLOCK_C=bc,
+  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](x, rs, qmul, z, z, z, out8, N=n, C=c, BLOCK_N=bn, BLOCK_C=bc,
                                                       SCALED=True, WIDE=wide)
   scaled = x.float().numpy() * (rs.numpy() * np.float32(20.0))[:, None]   # fp32 products, as the kernel's
   want = np.clip(scaled, -F8_MAX, F8_MAX).astype(ml_dtypes.float8_e4m3fn).astype(np.float64).T
   np.testing.assert_array_equal(out8.double().numpy(), want, err_msg="transpose_fp8: scaled")
+  # NORMED: the copy of h = RMSNorm(s) * g remade from the stream s and its rstd must be the copy of
+  # the h that the norm kernel writes (NumPy's fp32 products in the kernels' order, too), and the
+  # norm kernel with WRITE_H=False must write everything else as it does with H.
+  y = torch.from_numpy(rng.standard_normal((n, c)).astype(np.float32)).to(torch.float16)
+  g = torch.from_numpy((1 + 0.3 * rng.standard_normal(c)).astype(np.float32))
+  k = norm_kernel._consts(c)  # pylint: disable=protected-access
+  outs = [[torch.empty((n, c), dtype=torch.float16), torch.empty((n, c) if write_h else (1,), dtype=torch.float16),
+           torch.empty(n), torch.empty((n, c), dtype=E4M3), torch.empty(n)] for write_h in (True, False)]
+  for o, write_h in zip(outs, (True, False)):
+    o[1].fill_(float("nan"))
+    NK.add_norm_fwd_fp8_kernel[(-(-n // k["ROWS"]),)](x, y, g, qmul, torch.empty(1), *o, n, EPS=EPS, ROW_SCALE=True,
+                                                      Y_SCALED=False, WRITE_H=write_h, **k)
+  (xo, h, r, h8, hs), (xo2, h_none, r2, h82, hs2) = outs
+  assert torch.isnan(h_none).all(), "WRITE_H=False must leave H alone"
+  assert torch.equal(xo, xo2) and torch.equal(r, r2) and torch.equal(hs, hs2), "WRITE_H=False: XO/RSTD/HS differ"
+  assert torch.equal(h8.view(torch.uint8), h82.view(torch.uint8)), "WRITE_H=False: H8 differs"
+  from_h, from_s = torch.empty((c, n), dtype=E4M3), torch.empty((c, n), dtype=E4M3)
+  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](h, rs, qmul, z, z, z, from_h, N=n, C=c, BLOCK_N=bn, BLOCK_C=bc,
+                                                      SCALED=True, WIDE=wide)
+  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](xo, rs, qmul, r, g, torch.empty(1, dtype=torch.float16), from_s,
+                                                      N=n, C=c, BLOCK_N=bn, BLOCK_C=bc, SCALED=True, WIDE=wide,
+                                                      NORMED=True)
+  assert torch.equal(from_s.view(torch.uint8), from_h.view(torch.uint8)), "transpose_fp8: normed != from H"
+  h_np = (xo.float().numpy() * r.numpy()[:, None] * g.numpy()[None, :]).astype(np.float16).astype(np.float32)
+  want = np.clip(h_np * (rs.numpy() * np.float32(20.0))[:, None], -F8_MAX, F8_MAX)
+  np.testing.assert_array_equal(from_s.double().numpy(), want.astype(ml_dtypes.float8_e4m3fn).astype(np.float64).T,
+                                err_msg="transpose_fp8: normed")
 
 
 # ----------------------------------------------------------------------------- the jax side
@@ -323,9 +351,19 @@ def jax_side():
                        *args)
       _, vjp_ref = jax.vjp(lambda *a, w=wgrad_w2: ref(*a, fp8_w2, True, w), *args)
       tag = f"{jnp.dtype(stream).name} stream{', fp8 W2' if fp8_w2 else ''}, fp8 wgrad{' W13+W2' if wgrad_w2 else ''}"
-      for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), vjp(cot), vjp_ref(cot)):
+      got = vjp(cot)
+      for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), got, vjp_ref(cot)):
         assert g.dtype == w.dtype and g.shape == w.shape, (name, tag)
         errs[f"{name} ({tag})"] = rel(g, w)
+      # NORM_IN_WGRAD (h remade from the stream for W13's gradient) against the norm writing h.
+      fp8_mlp.NORM_IN_WGRAD = False
+      try:
+        _, vjp_h = jax.vjp(lambda *a, w=wgrad_w2: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2, None, None, True, True,
+                                                                        w), *args)
+        for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), got, vjp_h(cot)):
+          assert bool(jnp.array_equal(g, w)), f"NORM_IN_WGRAD changed {name} ({tag})"
+      finally:
+        fp8_mlp.NORM_IN_WGRAD = True
   # An all-zero W13 (its e4m3 scale is 0): the e4m3 weight gradient is zero too, not 0 / 0.
   zero_args = (*args[:3], jnp.zeros_like(args[3]), *args[4:])
   _, vjp = jax.vjp(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True), *zero_args)
@@ -399,7 +437,8 @@ def main():
   for n, c in [(1, 1), (21, 200), (130, 64), (64, 513)]:
     for wide in (False, True):
       transpose(n, c, rng, wide)
-  print("transpose_fp8: bytes and scaled e4m3 exact", flush=True)
+  print("transpose_fp8: bytes, scaled and normed e4m3 exact; the norm without H writes the rest as with it",
+        flush=True)
   print(f"worst error: fp16 outputs {worst:.2e}, e4m3 outputs (of the row max) {worst8:.2e}")
   assert worst < 2e-3, worst
   assert worst8 <= 2.0 ** -4 * 1.01, worst8   # half an e4m3 step at the row's top binade

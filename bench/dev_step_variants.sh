@@ -13,6 +13,8 @@
 #   attn8perlayer - attn8 with STACKED_WEIGHTS=False (Wqkv's e4m3 copy per layer, as in the tenth session)
 #   percast - model.STACKED_CASTS=False (each layer casts its own matrices to bf16 instead of all
 #           layers in one go; only in the tree of commit 9a682d8, removed for no gain)
+#   hwrite - fp8_mlp.NORM_IN_WGRAD=False (the MLP's norm writes its bf16 h for W13's e4m3 weight
+#           gradient, as before the twenty-third session, instead of that gradient remaking h)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
@@ -34,6 +36,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     percast) pre="import model; model.STACKED_CASTS = False; " ;;
     nogemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
     cublaslt) flags="--xla_gpu_enable_cublaslt=true" ;;
+    hwrite) pre="import fp8_mlp; fp8_mlp.NORM_IN_WGRAD = False; " ;;
     lane) pre="import xent_kernel; xent_kernel.LANE_STATS = True; " ;;
   esac
   XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1

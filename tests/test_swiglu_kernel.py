@@ -99,6 +99,39 @@ def test_transpose_fp8_matches_numpy(n, c):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n,d", [(32768, 512), (300, 64)])
+def test_transpose_fp8_remakes_the_norm_kernels_h_from_the_stream(n, d):
+  """norm= (fp8_mlp.NORM_IN_WGRAD): h's token-last copy from the stream and its rstd is, byte for
+  byte, the copy of the h that norm_kernel.forward writes, and that forward with write_h=False
+  writes everything else unchanged; both against NumPy's bf16 h as well."""
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+  import norm_kernel  # pylint: disable=import-outside-toplevel
+  k = jax.random.split(jax.random.PRNGKey(n), 4)
+  x = jax.random.normal(k[0], (n, d)).astype(jnp.bfloat16)
+  y = (0.5 * jax.random.normal(k[1], (n, d))).astype(jnp.bfloat16)
+  g = 1 + 0.3 * jax.random.normal(k[2], (d,))
+  rs, qmul = jax.random.uniform(k[3], (n,), maxval=2.0), jnp.array([20.0], jnp.float32)
+  q8 = jnp.array([0.5], jnp.float32)
+  s, h, rstd, (h8, hs) = jax.jit(lambda *a: norm_kernel.forward(*a, jnp.bfloat16, fp8_qmul=q8))(x, y, g)
+  s2, none, rstd2, (h82, hs2) = jax.jit(lambda *a: norm_kernel.forward(*a, jnp.bfloat16, fp8_qmul=q8, write_h=False))(
+      x, y, g)
+  assert none is None
+  for a, b in ((s, s2), (rstd, rstd2), (hs, hs2)):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  np.testing.assert_array_equal(np.asarray(jax.lax.bitcast_convert_type(h8, jnp.uint8)),
+                                np.asarray(jax.lax.bitcast_convert_type(h82, jnp.uint8)))
+  from_h = jax.jit(swiglu_kernel.transpose_fp8)(h, rs, qmul)
+  from_s = jax.jit(lambda a, b, c, r, gg: swiglu_kernel.transpose_fp8(a, b, c, norm=(r, gg, jnp.bfloat16)))(
+      s, rs, qmul, rstd, g)
+  np.testing.assert_array_equal(np.asarray(jax.lax.bitcast_convert_type(from_s, jnp.uint8)),
+                                np.asarray(jax.lax.bitcast_convert_type(from_h, jnp.uint8)))
+  h_np = (np.asarray(s, np.float32) * np.asarray(rstd)[:, None] * np.asarray(g, np.float32)[None, :])
+  h_np = h_np.astype(ml_dtypes.bfloat16).astype(np.float32)
+  want = np.clip(h_np * (np.asarray(rs) * np.float32(20.0))[:, None], -448, 448).astype(ml_dtypes.float8_e4m3fn)
+  np.testing.assert_array_equal(np.asarray(from_s.astype(jnp.float32)), want.astype(np.float32).T)
+
+
+@pytest.mark.gpu
 def test_fp8_backward_without_its_bf16_output_writes_the_same_e4m3_copy():
   """write_dh13=False (mlp_fp8_wgrad): no bf16 dH13, and the e4m3 copy and its scales unchanged."""
   k = jax.random.split(jax.random.PRNGKey(7), 4)
