@@ -296,10 +296,9 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   else:
     dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
-  if fp8_wgrad and h_BTD is None:   # NORM_IN_WGRAD: h's copy from the stream, its rstd and the gain
-    dw13 = wgrad_kernels(s_BTD.reshape(B * T, D), hs, dh8, dhs, s13, norm=(rstd1, g_mlp, dtype))
-  elif fp8_wgrad:
-    dw13 = wgrad_kernels(h_BTD.reshape(B * T, D), hs, dh8, dhs, s13)
+  if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
+    src, norm = (s_BTD, (rstd1, g_mlp, dtype)) if h_BTD is None else (h_BTD, None)
+    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, dh8, dhs, s13, norm=norm)
   else:
     dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   dh_ND = dot8(dh8, w13_8, 1)

@@ -102,12 +102,12 @@ def transpose_fp8(x_NC, row_scale_N=None, qmul=None, norm=None):
   N, C = x_NC.shape
   scaled = row_scale_N is not None
   assert scaled or norm is None, "norm= needs row_scale_N and qmul"
+  unread = jnp.zeros((1,), jnp.float32)   # the placeholder of each input the kernel's mode skips
   if scaled:
     src, out_dtype = x_NC, jnp.float8_e4m3fn
   else:
     src, out_dtype = jax.lax.bitcast_convert_type(x_NC, jnp.uint8), jnp.uint8
-    row_scale_N = qmul = jnp.zeros((1,), jnp.float32)   # unread placeholders
-  unread = jnp.zeros((1,), jnp.float32)
+    row_scale_N = qmul = unread
   rstd, gain, h_like = (norm[0], norm[1], jnp.zeros((1,), norm[2])) if norm is not None else (unread,) * 3
   bn, bc, warps, wide = TRANSPOSE["scaled" if scaled else "bytes"]
   out = jt.triton_call(
