@@ -122,3 +122,101 @@ def xent_fwd_kernel(LOGITS, TARGETS, XSCALE, LOSS, DLOGITS, V: tl.constexpr, V_P
     tl.debug_barrier()
     d_t = (tl.math.exp2(x_t * LOG2E - lse * LOG2E) - 1.0) * dcap_t * SCALE
     tl.store(d_ptr + target, d_t.to(DLOGITS.dtype.element_ty))
+
+
+@triton.jit
+def _sweep_rows(m_R, s_R, x_raw, xs, k2, SOFTCAP: tl.constexpr):
+  """_sweep for a [rows, block] tile: each row's running max and sum of exps."""
+  x = _units(x_raw, xs, SOFTCAP)
+  m_new = tl.maximum(m_R, tl.max(x, 1))
+  s_R = s_R * _exp2((m_R - m_new) * k2) + tl.sum(_exp2(x * k2 - m_new[:, None] * k2), 1)
+  return m_new, s_R
+
+
+@triton.jit
+def _store_fp8_grad(U8, U8T, p, rows, cols, col_mask, N: tl.constexpr, V_PAD: tl.constexpr,
+                    DW_PER_DH: tl.constexpr):
+  """A [rows, cols] tile of p * DH_SCALE as e4m3 into U8 [N, V_PAD] and, times DW_PER_DH, as e5m2 into
+  U8T [V_PAD, N]: the same tile twice, token-last for the second (Triton routes that store through
+  shared memory so each column's BT bytes go out together)."""
+  r = rows.to(tl.int64)
+  c = cols.to(tl.int64)
+  mask = col_mask[None, :] & (rows < N)[:, None]
+  tl.store(U8 + r[:, None] * V_PAD + c[None, :], p.to(tl.float8e4nv), mask=mask)
+  tl.store(U8T + c[None, :] * N + r[:, None], (p * DW_PER_DH).to(tl.float8e5), mask=mask)
+
+
+@triton.jit
+def xent_fp8_grad_kernel(LOGITS, TARGETS, XSCALE, LOSS, U8, U8T, N: tl.constexpr, V: tl.constexpr,
+                         V_PAD: tl.constexpr, SOFTCAP: tl.constexpr, DH_SCALE: tl.constexpr,
+                         DW_SCALE: tl.constexpr, BT: tl.constexpr, BLOCK_V: tl.constexpr, TAIL: tl.constexpr,
+                         GRAD_TAIL: tl.constexpr, PROGRAMS: tl.constexpr):
+  """xent_fwd_kernel for BT rows at a time, its gradient U = softmax - onehot (times the cap's
+  derivative) written as the two FP8 copies of model.head_fp8_bwd (fp8_mlp.head_grad_fp8):
+  U8 = e4m3(U * DH_SCALE) [N, V_PAD] and U8T = e5m2(U * DW_SCALE) [V_PAD, N], 0 in the padding.
+
+  The token-last copy is why a program takes BT rows: each column's BT bytes are one store. The
+  rows are read twice, the second time from L2 while the rows in flight fit there (BT x 20 KB a
+  program at V = 10k), which is why the grid is persistent: PROGRAMS programs, each looping over
+  row blocks, bound the rows in flight whatever the registers would let the GPU co-schedule. Both
+  copies are rounded from the same fp32 value, to nearest even and saturating, as XLA's conversions
+  of the clipped value are.
+  """
+  for blk in range(tl.program_id(0), tl.cdiv(N, BT), PROGRAMS):
+    _fp8_grad_rows(blk * BT + tl.arange(0, BT), LOGITS, TARGETS, XSCALE, LOSS, U8, U8T, N, V, V_PAD, SOFTCAP,
+                   DH_SCALE, DW_SCALE, BT, BLOCK_V, TAIL, GRAD_TAIL)
+
+
+@triton.jit
+def _fp8_grad_rows(rows, LOGITS, TARGETS, XSCALE, LOSS, U8, U8T, N: tl.constexpr, V: tl.constexpr,
+                   V_PAD: tl.constexpr, SOFTCAP: tl.constexpr, DH_SCALE: tl.constexpr, DW_SCALE: tl.constexpr,
+                   BT: tl.constexpr, BLOCK_V: tl.constexpr, TAIL: tl.constexpr, GRAD_TAIL: tl.constexpr):
+  """xent_fp8_grad_kernel's work for one block of BT rows."""
+  row_ok = rows < N
+  x_ptr = LOGITS + rows.to(tl.int64)[:, None] * V_PAD
+  xs = tl.load(XSCALE)
+  c = xs
+  if SOFTCAP > 0:
+    c = 1.0
+  k2 = c * LOG2E
+  cols = tl.arange(0, BLOCK_V)
+  V_FULL: tl.constexpr = V - V % BLOCK_V
+  m_R = tl.full([BT], -float("inf"), tl.float32)
+  s_R = tl.zeros([BT], tl.float32)
+  if V_FULL > 0:
+    x_next = tl.load(x_ptr + cols[None, :], mask=row_ok[:, None], other=0.0)
+    for v0 in range(0, V_FULL, BLOCK_V):
+      x_raw = x_next
+      x_next = tl.load(x_ptr + v0 + BLOCK_V + cols[None, :], mask=row_ok[:, None] & (v0 + BLOCK_V < V_FULL),
+                       other=0.0)
+      m_R, s_R = _sweep_rows(m_R, s_R, x_raw, xs, k2, SOFTCAP)
+  if TAIL > 0:
+    tail_cols = tl.arange(0, TAIL)
+    x_tail = tl.load(x_ptr + V_FULL + tail_cols[None, :], mask=row_ok[:, None] & (tail_cols < V - V_FULL)[None, :],
+                     other=-float("inf"))
+    m_R, s_R = _sweep_rows(m_R, s_R, x_tail, xs, k2, SOFTCAP)
+  lse_R = m_R * c + tl.log(s_R)
+  target_R = tl.load(TARGETS + rows, mask=row_ok, other=0)
+  x_t = tl.load(LOGITS + rows.to(tl.int64) * V_PAD + target_R, mask=row_ok, other=0.0).to(tl.float32) * xs
+  dcap_t = 1.0
+  if SOFTCAP > 0:
+    x_t, dcap_t = _cap(x_t, SOFTCAP)
+  tl.store(LOSS + rows, lse_R - x_t, mask=row_ok)
+  DW_PER_DH: tl.constexpr = DW_SCALE / DH_SCALE
+  offset_R = lse_R * LOG2E - tl.math.log2(tl.full([], DH_SCALE, tl.float32))
+  for v0 in range(0, V_FULL, BLOCK_V):
+    x = tl.load(x_ptr + v0 + cols[None, :], mask=row_ok[:, None], other=0.0)
+    p = _grad(x, xs, k2, offset_R[:, None], SOFTCAP)
+    _store_fp8_grad(U8, U8T, p, rows, v0 + cols, cols < BLOCK_V, N, V_PAD, DW_PER_DH)
+  if GRAD_TAIL > 0:  # the ragged block and the padding (gradient 0)
+    tail_cols = tl.arange(0, GRAD_TAIL)
+    x = tl.load(x_ptr + V_FULL + tail_cols[None, :], mask=row_ok[:, None] & (tail_cols < V - V_FULL)[None, :],
+                other=-float("inf"))
+    p = _grad(x, xs, k2, offset_R[:, None], SOFTCAP)
+    _store_fp8_grad(U8, U8T, p, rows, V_FULL + tail_cols, tail_cols < V_PAD - V_FULL, N, V_PAD, DW_PER_DH)
+  # The one-hot part, as in xent_fwd_kernel: each row's target entry again, now with the -1.
+  tl.debug_barrier()
+  u_t = (tl.math.exp2(x_t * LOG2E - lse_R * LOG2E) - 1.0) * dcap_t
+  t64 = target_R.to(tl.int64)
+  tl.store(U8 + rows.to(tl.int64) * V_PAD + t64, (u_t * DH_SCALE).to(tl.float8e4nv), mask=row_ok)
+  tl.store(U8T + t64 * N + rows, (u_t * DW_SCALE).to(tl.float8e5), mask=row_ok)

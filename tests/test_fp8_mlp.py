@@ -331,6 +331,71 @@ def test_fp8_head_loss_and_gradients_are_the_documented_recipe(tied):
   assert 1e-4 < abs(float(loss) - np.mean(lse16 - z16[np.arange(64), t])) < 0.05
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_fp8_head_backward_is_the_documented_recipe(tied):
+  """head_fp8_bwd in model.py's XLA head against NumPy: U = softmax - onehot of the same e4m3
+  logits, rounded by ml_dtypes to e4m3(U * 448) for dh = U w / N (w's e4m3 copy, one scale) and to
+  e5m2(U * 2^15) for dw = U^T h / N (h's e4m3 copy and its static scale), exact products. The loss
+  is head_fp8's own (the forward is unchanged); both gradients sit FP8 noise from the bf16 backward's."""
+  h, h8, q, w_DV, _ = _qkv_inputs(n=64, d=64, e=300)
+  h, h8 = h.reshape(2, 32, 64), h8.reshape(2, 32, 64)
+  w = (w_DV.T * 40.0).astype(jnp.bfloat16)
+  spec = "btd,vd->btv"
+  if not tied:
+    spec, w = "btd,dv->btv", w.T
+  tgt = jax.random.randint(jax.random.PRNGKey(5), (2, 32), 0, 300)
+  f = lambda fp8_bwd: jax.value_and_grad(lambda h, w: 2 * model._head_cross_entropy(  # pylint: disable=protected-access
+      spec, h, w, tgt, 0.0, (h8, q), fp8_bwd), argnums=(0, 1))(h, w)
+  (loss, (dh, dw)), (loss16, (dh16, dw16)) = f(True), f(False)
+  assert float(loss) == float(loss16)
+  assert dh.dtype == h.dtype and dw.dtype == w.dtype and dw.shape == w.shape
+  w_VD = np.asarray(w if tied else w.T, np.float64)
+  raw, xs = fp8_mlp.head_logits(h8.reshape(64, 64), q, jnp.asarray(w_VD, jnp.bfloat16))
+  z = np.asarray(raw, np.float64) * float(xs[0])
+  u = np.exp(z - z.max(1, keepdims=True))
+  u /= u.sum(1, keepdims=True)
+  u[np.arange(64), np.asarray(tgt).reshape(-1)] -= 1
+  u_dh = (u * 448).astype(np.float32).astype(E4M3).astype(np.float64) / 448
+  u_dw = (u * 2.0 ** 15).astype(np.float32).astype(ml_dtypes.float8_e5m2).astype(np.float64) / 2.0 ** 15
+  w8, sw = _q_tensor(w_VD)
+  h8_64 = np.asarray(h8, np.float64).reshape(64, 64) / float(q[0])
+  assert _rel(dh.reshape(64, 64), 2 * u_dh @ (w8 * sw) / 64) < 1e-2         # dh is stored in bf16
+  assert _rel(dw if tied else dw.T, 2 * u_dw.T @ h8_64 / 64) < 1e-2
+  assert 1e-3 < _rel(dh, dh16) < 0.1 and 1e-3 < _rel(dw, dw16) < 0.1
+
+
+def test_fp8_head_gradient_copies_keep_small_probabilities():
+  """The two FP8 copies of U (fp8_mlp.head_grad_fp8): the e5m2 one, which makes the weight gradient,
+  keeps probabilities down to 2^-31 (a rare token's whole gradient is such p) and saturates nowhere
+  (|U| <= 1 -> <= 2^15); the e4m3 one keeps the entries near 1 to e4m3's 6%. Both as ml_dtypes rounds."""
+  u = np.array([[1e-8, 3e-6, 0.25, -0.75, 0.5 - 1e-3, 2.0 ** -31], [-1.0, 1.0, 1e-3, 0.0, -2e-5, 0.1]], np.float32)
+  u8, u8t = fp8_mlp.head_grad_fp8(jnp.asarray(u))
+  assert u8.dtype == jnp.float8_e4m3fn and u8t.dtype == jnp.float8_e5m2 and u8t.shape == (6, 2)
+  np.testing.assert_array_equal(np.asarray(u8, np.float32), (u * 448).astype(E4M3).astype(np.float32))
+  got_t = np.asarray(u8t, np.float32).T
+  np.testing.assert_array_equal(got_t, (u * 2.0 ** 15).astype(ml_dtypes.float8_e5m2).astype(np.float32))
+  assert np.all(got_t[u != 0] != 0)   # nothing nonzero flushed
+  np.testing.assert_allclose(got_t / 2.0 ** 15, u, rtol=0.125)
+
+
+def test_model_with_fp8_head_backward_tracks_the_fp8_head():
+  """head_fp8_bwd through the whole model (XLA path): the same loss as head_fp8 alone (only the
+  backward changes), every gradient within FP8's percents of it, and nothing without head_fp8."""
+  base = dict(mlp_fp8=True, attn_fp8=True, head_fp8=True)
+  cfg = _cfg(**base)
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
+  l16, g16 = _loss_and_grads(cfg, params, tok)
+  l8, g8 = _loss_and_grads(_cfg(**base, head_fp8_bwd=True), params, tok)
+  assert float(l8) == float(l16)
+  for k in ("wqkv", "wo", "w13", "w2", "mlp_norm"):
+    assert 1e-3 < _rel(g8["blocks"][k], g16["blocks"][k]) < 0.15, k
+  assert 1e-3 < _rel(g8["embed"], g16["embed"]) < 0.15
+  _, g_off = _loss_and_grads(_cfg(mlp_fp8=True, attn_fp8=True, head_fp8_bwd=True), params, tok)
+  _, g_ref = _loss_and_grads(_cfg(mlp_fp8=True, attn_fp8=True), params, tok)
+  assert _rel(g_off["embed"], g_ref["embed"]) == 0.0
+
+
 def test_model_with_fp8_head_tracks_the_bf16_model():
   """head_fp8 through the whole model (XLA path): the loss moves by well under 1% and every
   gradient by FP8's percents, and it composes with the FP8 MLP and attention (the last fused norm
