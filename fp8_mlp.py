@@ -249,14 +249,15 @@ def head_grad_fp8(u_NV):
           jnp.clip(u * HEAD_DW_SCALE, -HEAD_DW_SCALE, HEAD_DW_SCALE).astype(E5M2).T)
 
 
-def head_grads(u8_NV, u8t_VN, h8_ND, qh, w_VD, scale):
-  """(dh [N, D] in w's dtype, dw [V, D] fp32) = (scale U w, scale U^T h) from head_grad_fp8's copies of
-  U, h8 = e4m3(h * qh) (the forward's copy, static_scale) and w's e4m3 copy (quantize_tensor, as
-  head_logits makes it: XLA makes it once for both). scale: the loss's 1/N times its cotangent."""
-  w8_VD, sw = quantize_tensor(jax.lax.stop_gradient(w_VD))
-  dh = dot8(u8_NV, w8_VD, 0, out=w_VD.dtype).astype(jnp.float32) * (sw.reshape(()) * scale / HEAD_DH_SCALE)
-  dw = dot8(u8t_VN, h8_ND, 0, out=jnp.float32) * (scale / (HEAD_DW_SCALE * qh.reshape(())))
-  return dh.astype(w_VD.dtype), dw
+def head_grads(u8_NV, u8t_VN, h8_DN, qh, w8_DV, sw, scale):
+  """(dh [N, D] bf16, dw [V, D] fp32) = (scale U w, scale U^T h) from head_grad_fp8's copies of U,
+  h's e4m3 copy e4m3(h * qh) (the forward's, static_scale) and w's e4m3 copy with its one scale sw
+  (quantize_tensor, as head_logits makes it), the last two token-last and vocabulary-last: each dot's
+  summed axis contiguous in both operands, as cuBLASLt's FP8 path wants (the caller transposes: XLA,
+  or on the GPU swiglu_kernel.transpose_fp8). scale: the loss's 1/N times its cotangent."""
+  dh = dot8(u8_NV, w8_DV, 1).astype(jnp.float32) * (sw.reshape(()) * scale / HEAD_DH_SCALE)
+  dw = dot8(u8t_VN, h8_DN, 1, out=jnp.float32) * (scale / (HEAD_DW_SCALE * qh.reshape(())))
+  return dh.astype(jnp.bfloat16), dw
 
 
 # ----------------------------------------------------------------------------- the fused GPU path

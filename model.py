@@ -575,10 +575,11 @@ def _head_cross_entropy_bwd(spec, cap, fp8_bwd, res, g):
     import fp8_mlp  # pylint: disable=import-outside-toplevel
     w_VD = w if spec.endswith("vd->btv") else w.T
     u8_NV, u8t_VN = fp8_mlp.head_grad_fp8(u_BTV.reshape(-1, V))
-    dh_ND, dw_VD = fp8_mlp.head_grads(u8_NV, u8t_VN, h8_res[2].reshape(-1, h_BTD.shape[-1]), h8_res[1], w_VD,
+    w8_VD, sw = fp8_mlp.quantize_tensor(jax.lax.stop_gradient(w_VD))
+    dh_ND, dw_VD = fp8_mlp.head_grads(u8_NV, u8t_VN, h8_res[2].reshape(-1, h_BTD.shape[-1]).T, h8_res[1], w8_VD.T, sw,
                                       g / targets_BT.size)
     dw_VD = dw_VD.astype(w.dtype)
-    return dh_ND.reshape(h_BTD.shape), dw_VD if spec.endswith("vd->btv") else dw_VD.T, None, d_h8
+    return dh_ND.astype(h_BTD.dtype).reshape(h_BTD.shape), dw_VD if spec.endswith("vd->btv") else dw_VD.T, None, d_h8
   d_BTV = (u_BTV * (g / targets_BT.size)).astype(h_BTD.dtype)
   _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w)
   return (*vjp(d_BTV), None, d_h8)

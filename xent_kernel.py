@@ -160,9 +160,14 @@ def _bwd(spec, softcap, fp8_bwd, res, g):  # pylint: disable=unused-argument
   axis = _vocab_axis(spec)
   if fp8_bwd:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
+    import swiglu_kernel  # pylint: disable=import-outside-toplevel
     u8_NV, u8t_VN, h8_ND, w_VD = grads
-    dh_ND, dw_VD = fp8_mlp.head_grads(u8_NV, u8t_VN, h8_ND, h8_like[1], w_VD, g / h8_ND.shape[0])
-    dh_BTD = dh_ND.reshape(*bt_like.shape[:-1], -1)
+    # The dots' token-last h and vocabulary-last w copies, by a Triton pass each (16 and 5 MB): XLA's
+    # transposes of e4m3 arrays run far below the copy rate (docs/model.md, "Eleventh and twelfth sessions").
+    w8_VD, sw = fp8_mlp.quantize_tensor(jax.lax.stop_gradient(w_VD))
+    dh_ND, dw_VD = fp8_mlp.head_grads(u8_NV, u8t_VN, swiglu_kernel.transpose_fp8(h8_ND), h8_like[1],
+                                      swiglu_kernel.transpose_fp8(w8_VD), sw, g / h8_ND.shape[0])
+    dh_BTD = dh_ND.astype(bt_like.dtype).reshape(*bt_like.shape[:-1], -1)
     dw = dw_VD.astype(w_VD.dtype)[:v_like.shape[1]]
     dw = dw if axis == 0 else dw.T
     return (dh_BTD, dw, None, _zero_cotangents(h8_like, dh_BTD.shape))

@@ -424,6 +424,8 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # W13's e4m3 weight gradient transposes its two operands token-last (nothing without mlp_fp8), and
   # so does W2's (nothing without mlp_fp8_w2 either: it reads the SwiGLU forward's e4m3 act).
   expected |= {"transpose_fp8_kernel"} if (wgrad or (wgrad_w2 and fp8_w2)) and mlp_fp8 else set()
+  # So do the head's FP8 backward dots (h's and w's e4m3 copies), with or without the FP8 MLP.
+  expected |= {"transpose_fp8_kernel"} if head and head_bwd else set()
   # The first layer's norm (no add before it) runs the no-add forward, e4m3 copy included with
   # attn_fp8, and the plain backward.
   expected |= {"add_norm_bwd_kernel"} | ({"add_norm_fwd_fp8_kernel"} if attn_fp8 else {"add_norm_fwd_kernel"})
