@@ -26,9 +26,7 @@ its activation too: `static_scale` bounds RMSNorm(x) * g from the gain alone, so
 scale is one number, which model.py folds into the RoPE tables (q, k) and into Wo (v), the places
 that already read those values: no kernel in the attention changes, and no pass rescales qkv.
 The LM head's forward logits (model.py's head_fp8=True, `head_logits`) use the same static scale on
-the final norm's output; the loss kernel applies the product's scale as it reads the logits. With
-head_fp8_bwd its two backward dots take FP8 copies of d(loss)/d(logits) too (`head_grad_fp8`,
-`head_grads`; the GPU's loss kernel writes the copies itself).
+the final norm's output; the loss kernel applies the product's scale as it reads the logits.
 """
 import functools
 
@@ -226,38 +224,6 @@ def head_logits(h8_ND, qh, w_VD):
   w8_VD, sw = quantize_tensor(jax.lax.stop_gradient(w_VD))
   raw_NV = dot8(jax.lax.stop_gradient(h8_ND), w8_VD, 1)
   return raw_NV, jax.lax.stop_gradient(jnp.maximum(sw.reshape(1) / qh, 1e-30))
-
-
-# The head's backward in FP8 (model.head_fp8_bwd) takes U = softmax - onehot, the per-token gradient
-# of the loss with respect to the logits (times the soft cap's derivative), |U| <= 1, in two copies:
-# - for dh = U w (a sum over the vocabulary): e4m3(U * 448). Every row has an entry of magnitude >= 1/2
-#   (the target's p - 1, or else a p >= 1/2), so one fixed scale is within 2x of the row's best;
-#   entries below ~4e-6 flush to 0, a part of dh that the large entries dwarf.
-# - for dw = U^T h (a sum over tokens): e5m2(U * 2^15), its range (2^-16 .. 57344) kept to probabilities
-#   down to 2^-31: a rare token's weight gradient is made of small p only, and a flush of p < 3e-5
-#   (the fourteenth session's e5m2 scale) cost 0.1 in val loss. Token-last, as cuBLASLt's FP8 dots
-#   want for a sum over tokens.
-E5M2 = jnp.float8_e5m2
-HEAD_DH_SCALE, HEAD_DW_SCALE = F8_MAX, 2.0 ** 15
-
-
-def head_grad_fp8(u_NV):
-  """U [N, V] (|U| <= 1) -> (e4m3(U * HEAD_DH_SCALE) [N, V], e5m2(U * HEAD_DW_SCALE) transposed [V, N]):
-  XLA's form of what the loss kernel writes with fp8_grad (xent_kernel.py)."""
-  u = u_NV.astype(jnp.float32)
-  return (jnp.clip(u * HEAD_DH_SCALE, -F8_MAX, F8_MAX).astype(E4M3),
-          jnp.clip(u * HEAD_DW_SCALE, -HEAD_DW_SCALE, HEAD_DW_SCALE).astype(E5M2).T)
-
-
-def head_grads(u8_NV, u8t_VN, h8_DN, qh, w8_DV, sw, scale):
-  """(dh [N, D] bf16, dw [V, D] fp32) = (scale U w, scale U^T h) from head_grad_fp8's copies of U,
-  h's e4m3 copy e4m3(h * qh) (the forward's, static_scale) and w's e4m3 copy with its one scale sw
-  (quantize_tensor, as head_logits makes it), the last two token-last and vocabulary-last: each dot's
-  summed axis contiguous in both operands, as cuBLASLt's FP8 path wants (the caller transposes: XLA,
-  or on the GPU swiglu_kernel.transpose_fp8). scale: the loss's 1/N times its cotangent."""
-  dh = dot8(u8_NV, w8_DV, 1).astype(jnp.float32) * (sw.reshape(()) * scale / HEAD_DH_SCALE)
-  dw = dot8(u8t_VN, h8_DN, 1, out=jnp.float32) * (scale / (HEAD_DW_SCALE * qh.reshape(())))
-  return dh.astype(jnp.bfloat16), dw
 
 
 # ----------------------------------------------------------------------------- the fused GPU path

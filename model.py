@@ -45,7 +45,6 @@ def default_model_config():
       mlp_fp8_wgrad=False,     # with mlp_fp8: W13's weight gradient in e4m3 too (fp8_mlp.wgrad_fp8); else unused
       mlp_fp8_wgrad_w2=False,  # with mlp_fp8 and mlp_fp8_w2: W2's weight gradient in e4m3 too; else unused
       head_fp8=False,          # the LM head's forward logits from an e4m3 dot (fp8_mlp.head_logits); gradients bf16
-      head_fp8_bwd=False,      # with head_fp8: its two backward dots in FP8 too (fp8_mlp.head_grads); else unused
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
       residual_dtype="float32",  # the residual stream between blocks; 'bfloat16' halves its traffic
@@ -515,19 +514,17 @@ def loss_fn(params, tokens_BT, targets_BT, cfg):
   """Mean next-token cross-entropy, in fp32 via logsumexp."""
   spec, w = _head(params, cfg)
   (h_BTD, h8), cap = _hidden(params, tokens_BT, cfg), float(_option(cfg, "logit_softcap"))
-  fp8_bwd = h8 is not None and bool(_option(cfg, "head_fp8_bwd"))
   if _option(cfg, "xent_backend") == "triton":
     import xent_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
-    return xent_kernel.head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, h8, fp8_bwd)
-  return _head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, h8, fp8_bwd)
+    return xent_kernel.head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, h8)
+  return _head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, h8)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 6))
-def _head_cross_entropy(spec, h_BTD, w, targets_BT, cap=0.0, h8=None, fp8_bwd=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def _head_cross_entropy(spec, h_BTD, w, targets_BT, cap=0.0, h8=None):
   """mean(logsumexp(z) - z[target]), z = softcap(einsum(spec, h, w), cap); reductions in fp32.
-  With h8 = (e4m3 copy of h, its static scale) (head_fp8), the logits come from fp8_mlp.head_logits,
-  and with fp8_bwd (head_fp8_bwd) the gradients from fp8_mlp.head_grads."""
-  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap, h8, fp8_bwd)[0]
+  With h8 = (e4m3 copy of h, its static scale) (head_fp8), the logits come from fp8_mlp.head_logits."""
+  return _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap, h8)[0]
 
 
 def _head_logits(spec, h_BTD, w, h8):
@@ -540,7 +537,7 @@ def _head_logits(spec, h_BTD, w, h8):
   return raw_NV.reshape(*h_BTD.shape[:-1], -1), xs
 
 
-def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0, h8=None, fp8_bwd=False):
+def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0, h8=None):
   # The logits are stored in the compute dtype (bf16 on GPU, as under PyTorch AMP): they are the
   # largest tensor of the step and are read three times; fp32 storage cost 0.7 ms/step (5.5%) on
   # the H100. The logsumexp and the loss are still computed in fp32 (docs/model.md). With a
@@ -549,11 +546,11 @@ def _head_cross_entropy_fwd(spec, h_BTD, w, targets_BT, cap=0.0, h8=None, fp8_bw
   logits32_BTV = softcap(logits_BTV.astype(jnp.float32) * xs, cap)
   lse_BT = jax.nn.logsumexp(logits32_BTV, axis=-1)
   target_BT = jnp.take_along_axis(logits32_BTV, targets_BT[..., None], axis=-1)[..., 0]
-  h8_res = None if h8 is None else (xs, h8[1], h8[0] if fp8_bwd else None)
+  h8_res = None if h8 is None else (xs, h8[1])
   return jnp.mean(lse_BT - target_BT), (h_BTD, w, targets_BT, logits_BTV, lse_BT, h8_res)
 
 
-def _head_cross_entropy_bwd(spec, cap, fp8_bwd, res, g):
+def _head_cross_entropy_bwd(spec, cap, res, g):
   # Written by hand for speed (the B x T x V logits are the largest tensor of the step): one fused
   # pass makes d(loss)/d(logits) = (softmax - onehot) * g/N directly in the compute dtype, so both
   # head matmuls of the backward run in bf16. Plain autodiff would make it in fp32 over several
@@ -564,24 +561,15 @@ def _head_cross_entropy_bwd(spec, cap, fp8_bwd, res, g):
   z_BTV = softcap(logits_BTV.astype(jnp.float32) * (1.0 if h8_res is None else h8_res[0]), cap)
   p_BTV = jnp.exp(z_BTV - lse_BT[..., None])
   onehot_BTV = targets_BT[..., None] == jnp.arange(V, dtype=jnp.int32)
-  u_BTV = (p_BTV - onehot_BTV).astype(jnp.float32)
+  d_BTV = (p_BTV - onehot_BTV) * (g / targets_BT.size)
   if cap:
     # Chain rule through z = cap * tanh(x / cap): dz/dx = 1 - (z / cap)^2, from the fp32 z just
     # recomputed in this same pass. Storing the capped logits in bf16 instead would lose most of
     # this factor's precision where tanh saturates, and would save no memory traffic.
-    u_BTV = u_BTV * (1.0 - jnp.square(z_BTV / cap))
-  d_h8 = None if h8_res is None else (jnp.zeros(h_BTD.shape, jnp.float8_e4m3fn), jnp.zeros_like(h8_res[1]))
-  if fp8_bwd:
-    import fp8_mlp  # pylint: disable=import-outside-toplevel
-    w_VD = w if spec.endswith("vd->btv") else w.T
-    u8_NV, u8t_VN = fp8_mlp.head_grad_fp8(u_BTV.reshape(-1, V))
-    w8_VD, sw = fp8_mlp.quantize_tensor(jax.lax.stop_gradient(w_VD))
-    dh_ND, dw_VD = fp8_mlp.head_grads(u8_NV, u8t_VN, h8_res[2].reshape(-1, h_BTD.shape[-1]).T, h8_res[1], w8_VD.T, sw,
-                                      g / targets_BT.size)
-    dw_VD = dw_VD.astype(w.dtype)
-    return dh_ND.astype(h_BTD.dtype).reshape(h_BTD.shape), dw_VD if spec.endswith("vd->btv") else dw_VD.T, None, d_h8
-  d_BTV = (u_BTV * (g / targets_BT.size)).astype(h_BTD.dtype)
+    d_BTV = d_BTV * (1.0 - jnp.square(z_BTV / cap))
+  d_BTV = d_BTV.astype(h_BTD.dtype)
   _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w)
+  d_h8 = None if h8_res is None else (jnp.zeros(h_BTD.shape, jnp.float8_e4m3fn), jnp.zeros_like(h8_res[1]))
   return (*vjp(d_BTV), None, d_h8)
 
 

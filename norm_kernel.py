@@ -121,9 +121,8 @@ def _first_bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
 _first.defvjp(_first_fwd, _first_bwd)
 
 
-def sm_count():
-  """Multiprocessors of the GPU (132 on an H100/H200 SXM): the size of persistent grids (this
-  module's backward, xent_kernel's FP8-gradient loss kernel)."""
+def _sm_count():
+  """Multiprocessors of the GPU (132 on an H100/H200 SXM): the persistent backward's grid."""
   return int(getattr(jax.devices()[0], "core_count", 0) or 132)
 
 
@@ -137,7 +136,7 @@ def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=N
   N = x_out.size // D
   consts = _consts(D)
   consts["ROWS"] = max(1, min(BWD_ROWS, TILE // consts["BLOCK_D"]))
-  programs = max(1, min(-(-N // consts["ROWS"]), BWD_PROGRAMS_PER_SM * sm_count()))
+  programs = max(1, min(-(-N // consts["ROWS"]), BWD_PROGRAMS_PER_SM * _sm_count()))
   # The residual add hands one gradient to both of its inputs: with one dtype (the bf16 stream) it
   # is written once and returned twice; DY is then a 1-element dummy the kernel never writes.
   two = x_out.dtype != y_dtype

@@ -2,7 +2,7 @@
 a sweep of each kernel's block/warp/grid constants, at the speedrun shape (B128 x T256, D512,
 F1344, V10k, 16 heads of 32).
 
-  python bench/dev_memory_kernels.py [--only=norm,swiglu,swiglu_fp8,swiglu_fwd_fp8,xent,xent_fp8,rope,head,head_fp8,attn] [--out=FILE]
+  python bench/dev_memory_kernels.py [--only=norm,swiglu,swiglu_fp8,swiglu_fwd_fp8,xent,rope,head,attn] [--out=FILE]
 
 Device time per call comes from a jax.profiler trace (kernel durations summed, launch gaps
 excluded), with the bytes each call must move and the bandwidth that implies. Prints a table and
@@ -26,7 +26,6 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 import attention_kernel  # pylint: disable=wrong-import-position
-import fp8_mlp  # pylint: disable=wrong-import-position
 import model  # pylint: disable=wrong-import-position
 import norm_kernel  # pylint: disable=wrong-import-position
 import swiglu_kernel  # pylint: disable=wrong-import-position
@@ -141,46 +140,6 @@ def xent_cases():
     yield "triton", dict(block_v=block, warps=warps, setup=setup), kern, (logits, targets), moved
 
 
-def xent_fp8_cases():
-  """model.head_fp8_bwd's loss kernel (xent_kernel._fp8_rows: loss and U's e4m3 and token-last e5m2
-  copies; one bf16 read and two 1-byte writes of the padded logits), against the row kernel's bf16
-  U plus XLA's copies of it, at BT rows x BLOCK_V x warps."""
-  vp = V + (-V % xent_kernel.VOCAB_ALIGN)
-  logits, targets = rand(0, (N, vp), scale=2.0), jax.random.randint(jax.random.PRNGKey(1), (N,), 0, V)
-  xs = jnp.ones((1,), jnp.float32)
-  moved = N * vp * (2 + 1 + 1)
-
-  def xla(z, t):
-    loss, u = xent_kernel._rows(z, t, 0.0, True, scale=1.0, vocab=V, xscale=xs)  # pylint: disable=protected-access
-    return loss, *fp8_mlp.head_grad_fp8(u)
-
-  yield "xla", {}, xla, (logits, targets), moved
-  kern = lambda z, t: xent_kernel._fp8_rows(z, t, 0.0, V, xs)  # pylint: disable=protected-access,unnecessary-lambda-assignment
-  # (BT, BLOCK_V, warps, programs per SM; 1000: one program per row block, as many as the registers let run)
-  for bt, block, warps, per_sm in ((8, 1024, 4, 1), (8, 1024, 4, 2), (8, 1024, 4, 1000), (8, 2048, 8, 1),
-                                   (4, 1024, 4, 2), (4, 2048, 4, 2), (16, 1024, 8, 1), (16, 512, 4, 1),
-                                   (32, 256, 4, 1), (32, 512, 8, 1), (8, 512, 2, 2), (4, 1024, 2, 4)):
-    def setup(bt=bt, block=block, warps=warps, per_sm=per_sm):
-      xent_kernel.FP8_BT, xent_kernel.FP8_BLOCK_V, xent_kernel.FP8_WARPS = bt, block, warps
-      xent_kernel.FP8_PROGRAMS_PER_SM = per_sm
-    yield "triton", dict(bt=bt, block_v=block, warps=warps, per_sm=per_sm, setup=setup), kern, (logits, targets), moved
-
-
-def head_fp8_cases():
-  """The whole LM head + loss, forward and backward, with head_fp8 (e4m3 forward dot): bf16 backward
-  dots against head_fp8_bwd's FP8 ones (xent_kernel.head_cross_entropy). Figure: the forward dot's
-  and the two backward dots' FLOPs."""
-  g = jnp.ones((D,), jnp.float32)
-  h = model.rms_norm(rand(0, (B, T, D), jnp.float32), g, jnp.bfloat16)
-  q = fp8_mlp.static_scale(g)
-  h8 = (fp8_mlp.quantize_static(h, q), q)
-  w, t = rand(1, (V, D), scale=0.05), jax.random.randint(jax.random.PRNGKey(2), (B, T), 0, V)
-  for fp8_bwd in (False, True):
-    f = lambda h, w, h8, fp8_bwd=fp8_bwd: jax.grad(  # pylint: disable=unnecessary-lambda-assignment
-        lambda h, w: xent_kernel.head_cross_entropy("btd,vd->btv", h, w, t, 0.0, h8, fp8_bwd), (0, 1))(h, w)
-    yield f"fp8_bwd={fp8_bwd}", {}, f, (h, w, h8), 3 * 2 * N * D * V
-
-
 def head_cases():
   """The LM head's three cuBLAS matmuls at V = 10000 and at vocabularies padded to tile multiples
   (is the forward's 10k-wide output slow because 10000 is no multiple of 128?)."""
@@ -226,8 +185,7 @@ def attn_cases():
 
 
 CASES = {"norm": norm_cases, "attn": attn_cases, "swiglu": swiglu_cases, "swiglu_fp8": swiglu_fp8_cases,
-         "swiglu_fwd_fp8": swiglu_fwd_fp8_cases, "xent": xent_cases, "rope": rope_cases, "head": head_cases,
-         "xent_fp8": xent_fp8_cases, "head_fp8": head_fp8_cases}
+         "swiglu_fwd_fp8": swiglu_fwd_fp8_cases, "xent": xent_cases, "rope": rope_cases, "head": head_cases}
 
 
 def main():
@@ -254,7 +212,7 @@ def main():
       except Exception as e:  # pylint: disable=broad-except  (a config that does not compile)
         print(f"{name:7s} {impl:7s} {cfg} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
         continue
-      if name in ("head", "attn", "head_fp8"):   # matmuls: the last figure is FLOPs, not bytes
+      if name in ("head", "attn"):   # matmuls: the last figure is FLOPs, not bytes
         row = {"kernel": name, "impl": impl, "config": cfg, "ms": ms, "TFLOP_per_s": moved / ms / 1e9,
                "kernels_ms": by}
         print(f"{name:7s} {impl:12s} {ms * 1e3:8.1f} us  {row['TFLOP_per_s']:5.0f} TFLOP/s  {cfg} "

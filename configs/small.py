@@ -23,7 +23,6 @@ def get_config():
   m.mlp_fp8_wgrad_w2 = False  # (likewise)
   m.attn_fp8 = False  # the attention's x Wqkv in the compute dtype, as the MLP's.
   m.head_fp8 = False  # the LM head's forward logits too.
-  m.head_fp8_bwd = False  # with head_fp8: its two backward dots in FP8 too (fp8_mlp.head_grads).
   config.train.lr = 6e-4  # wider models want a lower peak learning rate.
   config.train.min_lr = 6e-5
   config.train.target_val_loss = 0.0

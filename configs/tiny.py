@@ -35,7 +35,6 @@ def get_config():
   m.mlp_fp8_wgrad = False  # with mlp_fp8: W13's weight gradient in e4m3 too (unused without it)
   m.mlp_fp8_wgrad_w2 = False  # with mlp_fp8 and mlp_fp8_w2: W2's weight gradient in e4m3 too
   m.head_fp8 = False  # the LM head's forward logits in the compute dtype too (an e4m3 dot with True).
-  m.head_fp8_bwd = False  # with head_fp8: its two backward dots in FP8 too (fp8_mlp.head_grads).
   m.residual_dtype = "float32"  # the residual stream; "bfloat16" is faster on the GPU (docs/model.md).
   m.scan_layers = True
   m.kv_lora_rank = 0  # MLA only.

@@ -67,7 +67,6 @@ def get_config():
   # gradient dots stay bf16. B128 8.50 / 8.49 vs 8.69 / 8.63 ms a step (H100, interleaved); val loss
   # at 200 steps 3.013 / 2.979 vs 3.014 / 2.995 (2 seeds). bench/results/h100_session22/.
   m.head_fp8 = True
-  m.head_fp8_bwd = False  # with head_fp8: its two backward dots in FP8 too (fp8_mlp.head_grads).
   # The residual stream between blocks in bf16 (each add summed in fp32, rounded once): -0.3 ms a
   # step; val loss equal within seed noise over 300 steps at two recipes (docs/model.md). "float32"
   # is the conservative choice for runs much longer than those checks.

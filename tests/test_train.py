@@ -370,22 +370,21 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   base = model.default_model_config().to_dict()
   ident = train._model_identity(base)  # pylint: disable=protected-access
   assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "mlp_fp8_w2": True,  # pylint: disable=protected-access
-                                "mlp_fp8_wgrad": True, "mlp_fp8_wgrad_w2": True, "head_fp8": True, "head_fp8_bwd": True,
+                                "mlp_fp8_wgrad": True, "mlp_fp8_wgrad_w2": True, "head_fp8": True,
                                 "norm_backend": "triton",
                                 "scan_layers": True}) == ident
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad,head,wgrad_w2,head_bwd", [
-    ("speedrun", False, False, True, True, False, True, False), ("speedrun", True, False, False, False, False, False, False),
-    ("speedrun", True, True, False, False, False, False, False), ("speedrun", True, True, True, False, False, False, False),
-    ("speedrun", True, True, True, True, False, False, False), ("speedrun", True, True, True, True, True, False, False),
-    ("speedrun", True, True, True, False, True, True, False), ("speedrun", True, True, True, True, True, True, False),
-    ("speedrun", True, True, True, True, True, True, True), ("speedrun", True, True, True, True, False, True, True),
-    ("speedrun", True, False, False, False, True, True, False), ("speedrun", False, False, False, False, True, False, True),
-    ("small", False, False, False, False, False, False, False)])
+@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad,head,wgrad_w2", [
+    ("speedrun", False, False, True, True, False, True), ("speedrun", True, False, False, False, False, False),
+    ("speedrun", True, True, False, False, False, False), ("speedrun", True, True, True, False, False, False),
+    ("speedrun", True, True, True, True, False, False), ("speedrun", True, True, True, True, True, False),
+    ("speedrun", True, True, True, False, True, True), ("speedrun", True, True, True, True, True, True),
+    ("speedrun", True, False, False, False, True, True), ("speedrun", False, False, False, False, True, False),
+    ("small", False, False, False, False, False, False)])
 def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8, attn_fp8, fp8_w2,
-                                                                    wgrad, head, wgrad_w2, head_bwd):
+                                                                    wgrad, head, wgrad_w2):
   """The train step of a GPU config, traced on this machine with each Triton launch replaced by a
   compile for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles,
   within the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU.
@@ -397,7 +396,6 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
   config.model.mlp_fp8, config.model.attn_fp8, config.model.mlp_fp8_w2 = mlp_fp8, attn_fp8, fp8_w2
   config.model.mlp_fp8_wgrad, config.model.head_fp8, config.model.mlp_fp8_wgrad_w2 = wgrad, head, wgrad_w2
-  config.model.head_fp8_bwd = head_bwd
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
@@ -407,10 +405,8 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # The FP8 MLP's backward takes every add+norm backward to the FP8 entry point (flags off or on).
   # With act x W2 in FP8, the MLP's gate runs in Triton and its output meets the stream row-scaled.
   # (and AdamW's update, train.adamw_backend='triton' in both configs)
-  # The loss: the row kernel with its bf16 gradient, or with head_fp8_bwd (and head_fp8) the one that
-  # writes the gradient's two FP8 copies.
-  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "adamw_kernel",
-              "xent_fp8_grad_kernel" if head and head_bwd else "xent_fwd_kernel"}
+  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel",
+              "adamw_kernel"}
   # mlp_fp8_w2 without mlp_fp8 does nothing (the bf16 MLP).
   expected |= {"swiglu_fwd_fp8_kernel"} if fp8_w2 and mlp_fp8 else set()
   # The add + norm after each MLP: with the FP8 MLP it writes the next e4m3 input where one is
@@ -424,8 +420,6 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # W13's e4m3 weight gradient transposes its two operands token-last (nothing without mlp_fp8), and
   # so does W2's (nothing without mlp_fp8_w2 either: it reads the SwiGLU forward's e4m3 act).
   expected |= {"transpose_fp8_kernel"} if (wgrad or (wgrad_w2 and fp8_w2)) and mlp_fp8 else set()
-  # So do the head's FP8 backward dots (h's and w's e4m3 copies), with or without the FP8 MLP.
-  expected |= {"transpose_fp8_kernel"} if head and head_bwd else set()
   # The first layer's norm (no add before it) runs the no-add forward, e4m3 copy included with
   # attn_fp8, and the plain backward.
   expected |= {"add_norm_bwd_kernel"} | ({"add_norm_fwd_fp8_kernel"} if attn_fp8 else {"add_norm_fwd_kernel"})
