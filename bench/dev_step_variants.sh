@@ -3,6 +3,8 @@
 #   base  - the tree as it is
 #   nogemm - XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (every dot to cuBLAS, none to XLA's Triton GEMMs)
 #   cublaslt - XLA_FLAGS=--xla_gpu_enable_cublaslt=true (the bf16 dots through cuBLASLt too)
+#   concurrent - XLA_FLAGS=--xla_gpu_command_buffer_scheduling_mode=CONCURRENT (the step's command buffer
+#           as a graph of its data dependencies, so independent kernels may run at once; default LHS)
 #   nopad - xent_kernel.VOCAB_ALIGN=1 (the LM head's matmuls at the real 10,000 columns, as before
 #           the tenth session's padding to 10,112)
 #   attn8 - --set=model.attn_fp8=True (the attention's x Wqkv in e4m3)
@@ -13,12 +15,15 @@
 #   attn8perlayer - attn8 with STACKED_WEIGHTS=False (Wqkv's e4m3 copy per layer, as in the tenth session)
 #   percast - model.STACKED_CASTS=False (each layer casts its own matrices to bf16 instead of all
 #           layers in one go; only in the tree of commit 9a682d8, removed for no gain)
+#   streams - streams.STREAM=1 (the weight gradients as async calls on XLA's stream 1, streams.py)
+#   streamsconc - streams and concurrent together
 #   hwrite - fp8_mlp.NORM_IN_WGRAD=False (the MLP's norm writes its bf16 h for W13's e4m3 weight
 #           gradient, as before the twenty-third session, instead of that gradient remaking h)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
 # and followed by a profiled step of each of PROFILE_VARIANTS (default: base; PROFILE=0 skips them).
+# ROUNDS (default 2) sets how many times the variants are interleaved.
 #   OUT=dir VARIANTS="base nogemm lane" bash bench/dev_step_variants.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/step_variants}; mkdir -p "$OUT"
@@ -36,12 +41,15 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     percast) pre="import model; model.STACKED_CASTS = False; " ;;
     nogemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
     cublaslt) flags="--xla_gpu_enable_cublaslt=true" ;;
+    concurrent) flags="--xla_gpu_command_buffer_scheduling_mode=CONCURRENT" ;;
+    streams) pre="import streams; streams.STREAM = 1; " ;;
+    streamsconc) pre="import streams; streams.STREAM = 1; "; flags="--xla_gpu_command_buffer_scheduling_mode=CONCURRENT" ;;
     hwrite) pre="import fp8_mlp; fp8_mlp.NORM_IN_WGRAD = False; " ;;
     lane) pre="import xent_kernel; xent_kernel.LANE_STATS = True; " ;;
   esac
   XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1
 }
-for i in 1 2; do
+for i in $(seq "${ROUNDS:-2}"); do
   for v in $VARIANTS; do echo "$v $i"; run "$v" "$OUT/step_${v}_$i.json"; done
 done
 if [ "${PROFILE:-1}" = 1 ]; then
