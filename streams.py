@@ -14,15 +14,26 @@ import jax
 STREAM = 0
 
 
+def _stream_call(fn, compute_type):
+  """fn as one call for compute_type, through whichever compute_on this jax has: the function form
+  (jax >= 0.11, and compute_on2 before it) or the older context manager."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  from jax.experimental import compute_on as co  # pylint: disable=import-outside-toplevel
+  param = inspect.signature(co.compute_on).parameters.get("compute_type")
+  wrap = co.compute_on if param is not None and param.kind == param.KEYWORD_ONLY else getattr(co, "compute_on2", None)
+  if wrap is not None:
+    return wrap(fn, compute_type=compute_type, out_memory_spaces=jax.memory.Space.Device)
+  jitted = jax.jit(fn)
+
+  def in_context(*args):
+    with co.compute_on(compute_type):
+      return jitted(*args)
+
+  return in_context
+
+
 def side(fn):
   """fn itself, or with STREAM set, fn jitted as its own computation on stream STREAM."""
   if not STREAM:
     return fn
-  from jax.experimental.compute_on import compute_on  # pylint: disable=import-outside-toplevel
-  jitted = jax.jit(fn)
-
-  def on_stream(*args):
-    with compute_on(f"gpu_stream:{STREAM}"):
-      return jitted(*args)
-
-  return on_stream
+  return _stream_call(fn, f"gpu_stream:{STREAM}")
