@@ -15,25 +15,18 @@ STREAM = 0
 
 
 def _stream_call(fn, compute_type):
-  """fn as one call for compute_type, through whichever compute_on this jax has: the function form
-  (jax >= 0.11, and compute_on2 before it) or the older context manager."""
+  """fn as one call for compute_type through compute_on's function form: jax 0.11's compute_on
+  (compute_type keyword-only), which jax 0.10 names compute_on2 (its compute_on is a context
+  manager)."""
   import inspect  # pylint: disable=import-outside-toplevel
   from jax.experimental import compute_on as co  # pylint: disable=import-outside-toplevel
   param = inspect.signature(co.compute_on).parameters.get("compute_type")
-  wrap = co.compute_on if param is not None and param.kind == param.KEYWORD_ONLY else getattr(co, "compute_on2", None)
-  if wrap is not None:
-    return wrap(fn, compute_type=compute_type, out_memory_spaces=jax.memory.Space.Device)
-  jitted = jax.jit(fn)
-
-  def in_context(*args):
-    with co.compute_on(compute_type):
-      return jitted(*args)
-
-  return in_context
+  wrap = co.compute_on if param is not None and param.kind == param.KEYWORD_ONLY else co.compute_on2
+  return wrap(fn, compute_type=compute_type, out_memory_spaces=jax.memory.Space.Device)
 
 
 def side(fn):
-  """fn itself, or with STREAM set, fn jitted as its own computation on stream STREAM."""
+  """fn itself, or with STREAM set, fn traced as its own computation (one call) on stream STREAM."""
   if not STREAM:
     return fn
   return _stream_call(fn, f"gpu_stream:{STREAM}")
