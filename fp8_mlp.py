@@ -301,12 +301,11 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
     dw2 = streams.side(lambda a, dy: jnp.dot(a.T, dy, preferred_element_type=jnp.float32))(
         act_NF, d_y.reshape(B * T, D))
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
-  if fp8_wgrad and h_BTD is None:   # (NORM_IN_WGRAD) h's copy is remade from the stream, its rstd and the gain
-    dw13 = streams.side(lambda src, hs, dh8, dhs, s13, rstd, g: wgrad_kernels(src, hs, dh8, dhs, s13,
-                                                                              norm=(rstd, g, dtype)))(
-        s_BTD.reshape(B * T, D), hs, dh8, dhs, s13, rstd1, g_mlp)
-  elif fp8_wgrad:
-    dw13 = streams.side(wgrad_kernels)(h_BTD.reshape(B * T, D), hs, dh8, dhs, s13)
+  if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
+    src, norm = (s_BTD, (rstd1, g_mlp)) if h_BTD is None else (h_BTD, None)
+    dw13 = streams.side(lambda src, hs, dh8, dhs, s13, norm: wgrad_kernels(
+        src, hs, dh8, dhs, s13, norm=None if norm is None else (*norm, dtype)))(src.reshape(B * T, D), hs, dh8, dhs,
+                                                                                s13, norm)
   else:
     dw13 = streams.side(lambda h, d: jnp.dot(h.T, d, preferred_element_type=jnp.float32))(
         h_BTD.reshape(B * T, D), dh13_N2F)

@@ -1,6 +1,6 @@
 """Dev tool: where XLA scheduled the async calls of streams.py (model's weight gradients on a second
 stream) in a compiled train step, from an XLA dump: for each call-start, the instructions the
-schedule puts between it and its call-done (what can overlap it), and the kernels it contains.
+schedule puts between it and its call-done: what can overlap it (none means no overlap).
 
   XLA_FLAGS=--xla_dump_to=/tmp/dump python -c "import streams; streams.STREAM = 1; ..." (bench_train.py)
   python bench/dev_stream_schedule.py /tmp/dump
