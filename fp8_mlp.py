@@ -35,8 +35,6 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-import streams
-
 E4M3 = jnp.float8_e4m3fn
 F8_MAX = 448.0   # the largest finite e4m3fn value
 _ONE = np.ones((1,), np.float32)   # a kernel's qmul when a row scale must not carry a weight's
@@ -206,7 +204,7 @@ def _qkv_bwd(res, cotangents):
   # d_raw = s dL/d(h w): the true gradients are these products divided by s (~1e-5; the division
   # rides on the bf16 cast of w and on the small fp32 dw).
   dh_ND = jnp.dot(d_raw, (w_DE / s).astype(d_raw.dtype).T)
-  dw_DE = streams.side(lambda h, d, s: jnp.dot(h.T, d, preferred_element_type=jnp.float32) / s)(h_ND, d_raw, s)
+  dw_DE = jnp.dot(h_ND.T, d_raw, preferred_element_type=jnp.float32) / s
   return (dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype),
           None if w8_mark is None else (None, None))
 
@@ -292,23 +290,17 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype,
                                                      fp8_qmul=_ONE if w2_wgrad8 else s2)
   da_NF = dot8(d8, w2_8, 1)
-  # The weight gradients feed only the optimizer: they may run beside the input gradients (streams.py).
   if w2_wgrad8:
-    dw2 = streams.side(lambda dy, ds, a8, a_s: wgrad_kernels(dy, ds, a8, a_s, _ONE).T)(
-        d_y.reshape(B * T, D), ds, *act_NF)
+    dw2 = wgrad_kernels(d_y.reshape(B * T, D), ds, *act_NF, _ONE).T
     ds = ds * s2
   else:
-    dw2 = streams.side(lambda a, dy: jnp.dot(a.T, dy, preferred_element_type=jnp.float32))(
-        act_NF, d_y.reshape(B * T, D))
+    dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
   if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
-    src, norm = (s_BTD, (rstd1, g_mlp)) if h_BTD is None else (h_BTD, None)
-    dw13 = streams.side(lambda src, hs, dh8, dhs, s13, norm: wgrad_kernels(
-        src, hs, dh8, dhs, s13, norm=None if norm is None else (*norm, dtype)))(src.reshape(B * T, D), hs, dh8, dhs,
-                                                                                s13, norm)
+    src, norm = (s_BTD, (rstd1, g_mlp, dtype)) if h_BTD is None else (h_BTD, None)
+    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, dh8, dhs, s13, norm=norm)
   else:
-    dw13 = streams.side(lambda h, d: jnp.dot(h.T, d, preferred_element_type=jnp.float32))(
-        h_BTD.reshape(B * T, D), dh13_N2F)
+    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   dh_ND = dot8(dh8, w13_8, 1)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,

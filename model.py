@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from errors import UserError
-import streams
 
 NORM_EPS = 1e-5
 BACKENDS = ("xla", "cudnn", "triton", "cuda")
@@ -309,8 +308,7 @@ def _out_proj_fwd(o_BTHK, wo_HKD):
 
 def _out_proj_bwd(res, dy_BTD):
   o_BTHK, wo_HKD = res
-  dwo = streams.side(lambda o, dy: jnp.einsum("bthk,btd->hkd", o, dy))(o_BTHK, dy_BTD)
-  return jnp.einsum("btd,hkd->bthk", dy_BTD, wo_HKD), dwo
+  return jnp.einsum("btd,hkd->bthk", dy_BTD, wo_HKD), jnp.einsum("bthk,btd->hkd", o_BTHK, dy_BTD)
 
 
 out_proj.defvjp(_out_proj_fwd, _out_proj_bwd)

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 import errors
-import streams
 
 # Logits per loop step (3 steps for a 10k vocab) and warps: the best of 7 on the H200
 # (bench/dev_memory_kernels.py): 351 us at 32k x 10k, against 362-472 us for the other six. The
@@ -107,10 +106,8 @@ def _bwd(spec, softcap, res, g):  # pylint: disable=unused-argument
   # d_BTV already holds (softmax - onehot) / N, 0 in the padded columns; the cotangent g (1 for a
   # plain loss) scales the small results rather than the B x T x V gradient.
   h_BTD, w_pad, d_BTV, v_like, h8_like = res
-  dh_BTD = jax.vjp(lambda h: jnp.einsum(spec, h, w_pad), h_BTD)[1](d_BTV)[0]
-  # The weight's gradient feeds only the optimizer: it may run beside the layers' backward (streams.py).
-  dw = streams.side(lambda d, h, w: jax.vjp(lambda w_: jnp.einsum(spec, h, w_), w)[1](d)[0])(
-      d_BTV, h_BTD, w_pad)
+  _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w_pad)
+  dh_BTD, dw = vjp(d_BTV)
   dw = jax.lax.slice_in_dim(dw, 0, v_like.shape[1], axis=_vocab_axis(spec))
   return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None, _zero_cotangents(h8_like, h_BTD.shape))
 
