@@ -196,7 +196,8 @@ def make_train_step(config, mesh, on_device):
   else:
     def step_fn(state, batch_MBT1):
       return update(state, batch_MBT1.astype(jnp.int32))
-  return jax.jit(step_fn, donate_argnums=0, out_shardings=replicated)
+  return jax.jit(step_fn, donate_argnums=0, out_shardings=replicated,
+                 compiler_options=_compiler_options(t))
 
 
 def make_eval_fn(config):
@@ -344,6 +345,15 @@ OPTIMIZERS = ("adamw", "muon")
 MUON_KEYS = ("muon_momentum", "muon_nesterov", "muon_lr_scale")
 # muon_ns_dtype is optional (configs older than it run fp32, as before).
 MUON_NS_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# How XLA orders the kernels of the step's CUDA graph (command buffer) on a GPU: 'lhs', its default,
+# in the one scheduled order; 'concurrent', from their data dependencies, so kernels that do not
+# depend on each other may run at once. Optional (configs older than it run 'lhs'); the CPU ignores it.
+COMMAND_BUFFER_MODES = ("lhs", "concurrent")
+
+
+def _compiler_options(t):
+  """XLA options for the train step's jit, from config.train."""
+  return {"xla_gpu_command_buffer_scheduling_mode": t.get("command_buffer_mode", "lhs").upper()}
 
 
 def _check_config(config, n_dev):
@@ -365,6 +375,9 @@ def _check_config(config, n_dev):
   if t.get("adamw_backend", "xla") not in adamw.BACKENDS:
     raise UserError(f"config.train.adamw_backend={t.adamw_backend!r} is unknown: use "
                     f"{' or '.join(adamw.BACKENDS)}")
+  if t.get("command_buffer_mode", "lhs") not in COMMAND_BUFFER_MODES:
+    raise UserError(f"config.train.command_buffer_mode={t.command_buffer_mode!r} is unknown: use "
+                    f"{' or '.join(COMMAND_BUFFER_MODES)}")
   if t.get("muon_ns_dtype", "float32") not in MUON_NS_DTYPES:
     raise UserError(f"config.train.muon_ns_dtype={t.muon_ns_dtype!r} is unknown: use "
                     f"{' or '.join(MUON_NS_DTYPES)}")

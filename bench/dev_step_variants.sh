@@ -3,8 +3,10 @@
 #   base  - the tree as it is
 #   nogemm - XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (every dot to cuBLAS, none to XLA's Triton GEMMs)
 #   cublaslt - XLA_FLAGS=--xla_gpu_enable_cublaslt=true (the bf16 dots through cuBLASLt too)
-#   concurrent - XLA_FLAGS=--xla_gpu_command_buffer_scheduling_mode=CONCURRENT (the step's command buffer
-#           as a graph of its data dependencies, so independent kernels may run at once; default LHS)
+#   concurrent - --set=train.command_buffer_mode=concurrent (the step's command buffer as a graph of
+#           its data dependencies, so independent kernels may run at once; XLA's default is lhs)
+#   lhsbuf - --set=train.command_buffer_mode=lhs (the command buffer in XLA's one scheduled order, as
+#           before the twenty-sixth session)
 #   nopad - xent_kernel.VOCAB_ALIGN=1 (the LM head's matmuls at the real 10,000 columns, as before
 #           the tenth session's padding to 10,112)
 #   attn8 - --set=model.attn_fp8=True (the attention's x Wqkv in e4m3)
@@ -15,8 +17,12 @@
 #   attn8perlayer - attn8 with STACKED_WEIGHTS=False (Wqkv's e4m3 copy per layer, as in the tenth session)
 #   percast - model.STACKED_CASTS=False (each layer casts its own matrices to bf16 instead of all
 #           layers in one go; only in the tree of commit 9a682d8, removed for no gain)
-#   streams - streams.STREAM=1 (the weight gradients as async calls on XLA's stream 1, streams.py)
-#   streamsconc - streams and concurrent together
+#   streams - streams.STREAM=1 (the weight gradients as async calls on XLA's stream 1; only in the
+#           tree of commit fda6025, removed for no gain: run this script in a checkout of it)
+#   streamsconc - streams and concurrent together (ditto)
+#   lhs   - XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true (the scheduler that moves an async
+#           op's done as late as its users allow, so the work between start and done can overlap it)
+#   streamslhs - streams and lhs together (ditto)
 #   hwrite - fp8_mlp.NORM_IN_WGRAD=False (the MLP's norm writes its bf16 h for W13's e4m3 weight
 #           gradient, as before the twenty-third session, instead of that gradient remaking h)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
@@ -41,9 +47,12 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     percast) pre="import model; model.STACKED_CASTS = False; " ;;
     nogemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
     cublaslt) flags="--xla_gpu_enable_cublaslt=true" ;;
-    concurrent) flags="--xla_gpu_command_buffer_scheduling_mode=CONCURRENT" ;;
+    concurrent) set="$set"', "--set=train.command_buffer_mode=concurrent"' ;;
+    lhsbuf) set="$set"', "--set=train.command_buffer_mode=lhs"' ;;
     streams) pre="import streams; streams.STREAM = 1; " ;;
-    streamsconc) pre="import streams; streams.STREAM = 1; "; flags="--xla_gpu_command_buffer_scheduling_mode=CONCURRENT" ;;
+    streamsconc) pre="import streams; streams.STREAM = 1; "; set="$set"', "--set=train.command_buffer_mode=concurrent"' ;;
+    lhs) flags="--xla_gpu_enable_latency_hiding_scheduler=true" ;;
+    streamslhs) pre="import streams; streams.STREAM = 1; "; flags="--xla_gpu_enable_latency_hiding_scheduler=true" ;;
     hwrite) pre="import fp8_mlp; fp8_mlp.NORM_IN_WGRAD = False; " ;;
     lane) pre="import xent_kernel; xent_kernel.LANE_STATS = True; " ;;
   esac

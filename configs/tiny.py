@@ -74,6 +74,9 @@ def get_config():
   # embedding, head and norm gains stay on AdamW (b1, b2, eps above). docs/train.md, "Muon".
   t.optimizer = "adamw"
   t.adamw_backend = "xla"  # 'xla' | 'triton' (one Triton kernel per large leaf: GPU only; adamw.py).
+  # 'lhs' | 'concurrent': the GPU step's CUDA graph in XLA's one order, or from data dependencies so
+  # independent kernels may overlap (train.COMMAND_BUFFER_MODES); the CPU ignores it.
+  t.command_buffer_mode = "lhs"
   t.muon_momentum = 0.95  # Muon's SGD momentum (Jordan 2024; Moonshot 2025).
   t.muon_nesterov = True  # Nesterov momentum: the update uses g + momentum * buffer.
   t.muon_lr_scale = 1.0  # Muon's lr = lr * this (1.0: Moonshot's matched-RMS choice).

@@ -129,6 +129,27 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     train.train(config, str(tmp_path / "run"))
 
 
+def test_unknown_command_buffer_mode_names_the_choices(data_dir, tmp_path):
+  config = _config(data_dir)
+  config.train.command_buffer_mode = "parallel"
+  with pytest.raises(UserError, match=r"command_buffer_mode='parallel' is unknown: use lhs or concurrent"):
+    train.train(config, str(tmp_path))
+
+
+def test_the_step_hands_the_command_buffer_mode_to_xla(data_dir):
+  """The mode reaches the step's compile: 'concurrent' compiles, and a value that skipped the
+  config check is refused by XLA's own option parser, which only sees it if it was passed."""
+  config = _config(data_dir, {"vocab_size": 64})
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
+  tokens_N = jax.ShapeDtypeStruct((10_000,), np.uint16)
+  config.train.command_buffer_mode = "concurrent"
+  train.make_train_step(config, mesh, on_device=True).lower(state, tokens_N).compile()
+  config.train.command_buffer_mode = "parallel"
+  with pytest.raises(Exception, match="xla_gpu_command_buffer_scheduling_mode"):
+    train.make_train_step(config, mesh, on_device=True).lower(state, tokens_N).compile()
+
+
 def test_vocab_size_must_match_the_data(data_dir, tmp_path):
   with pytest.raises(UserError, match=r"vocab_size=100 .* vocab 64"):
     train.train(_config(data_dir, {"vocab_size": 100}), str(tmp_path))
