@@ -22,11 +22,13 @@ import jax.numpy as jnp
 
 import errors
 
-# Logits per loop step (3 steps for a 10k vocab) and warps: the best of 7 on the H200
-# (bench/dev_memory_kernels.py): 351 us at 32k x 10k, against 362-472 us for the other six. The
-# kernel that spent 37 instructions a logit was best at 2048 (issue-bound); at ~10 a logit
-# (xent_kernel_triton.py) it is DRAM-bound, and fewer, wider blocks keep more bytes in flight.
-BLOCK_V, NUM_WARPS = 4096, 4
+# Logits per loop step (one whole block and the ragged tail for a 10k vocab) and warps: the best of
+# 7 on the H100 (bench/dev_memory_kernels.py, twenty-seventh session): 450 us at 32k x 10k against
+# 468 at 4096 (the H200's best, 351 us there), 456-608 for the other five; in the step's profile
+# 457 vs 493 us. The kernel that spent 37 instructions a logit was best at 2048 (issue-bound); at
+# ~10 a logit (xent_kernel_triton.py) it is DRAM-bound, and fewer, wider blocks keep more bytes in
+# flight.
+BLOCK_V, NUM_WARPS = 8192, 4
 # The head's matmuls see the vocabulary padded to a multiple of this (zero weight rows, logits
 # never read, gradient 0): cuBLAS's tiles fit 10,112 columns and not 10,000 (forward 435 vs 480 us
 # on the H100, docs/model.md). The parameters keep their real size; only the bf16 copy is padded.

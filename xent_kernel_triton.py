@@ -66,8 +66,9 @@ def xent_fwd_kernel(LOGITS, TARGETS, XSCALE, LOSS, DLOGITS, V: tl.constexpr, V_P
 
   The row runs as whole BLOCK_V blocks, unmasked, and one ragged block after them, a tile of TAIL
   lanes (the power of two that holds the V % BLOCK_V logits left; GRAD_TAIL for the gradient, which
-  also writes the padding's zeros; 0: none), so at V = 10,000 a 4096-wide block wastes 240 lanes
-  and not 2288. Its missing logits load as -inf, whose exp is the 0 both sweeps want.
+  also writes the padding's zeros; 0: none), so at V = 10,000 an 8192-wide block and a 2048-lane
+  tail waste 240 lanes, not the 6384 of a second whole block. Its missing logits load as -inf,
+  whose exp is the 0 both sweeps want.
   Nsight Compute showed the kernel bound by instruction issue before DRAM (docs/model.md), so the
   work per logit is kept to a conversion, a max, an FMA, an exp and an add in the first sweep and
   a conversion, an FMA, an exp and a conversion in the second: the softmax scale rides in the

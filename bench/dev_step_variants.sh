@@ -25,6 +25,8 @@
 #   streamslhs - streams and lhs together (ditto)
 #   hwrite - fp8_mlp.NORM_IN_WGRAD=False (the MLP's norm writes its bf16 h for W13's e4m3 weight
 #           gradient, as before the twenty-third session, instead of that gradient remaking h)
+#   xent4k - xent_kernel.BLOCK_V=4096 (the loss kernel's block before the twenty-seventh session, the
+#           H200's best; the twenty-seventh ran the reverse, "xent8k" = 8192, on the tree of ec2f6b8)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
@@ -54,6 +56,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     lhs) flags="--xla_gpu_enable_latency_hiding_scheduler=true" ;;
     streamslhs) pre="import streams; streams.STREAM = 1; "; flags="--xla_gpu_enable_latency_hiding_scheduler=true" ;;
     hwrite) pre="import fp8_mlp; fp8_mlp.NORM_IN_WGRAD = False; " ;;
+    xent4k) pre="import xent_kernel; xent_kernel.BLOCK_V = 4096; " ;;
     lane) pre="import xent_kernel; xent_kernel.LANE_STATS = True; " ;;
   esac
   XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1
