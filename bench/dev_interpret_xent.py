@@ -21,9 +21,9 @@ import xent_kernel_triton as K
 
 def main():
   worst = 0.0
-  # Vocab below, at and above one block, ragged; soft-cap off and on.
-  # Vocab below, at and above one block, ragged (the last block one logit wide: 4097); soft-cap off
-  # and on; large logits (x 40), where a sum of exp without the running max would overflow.
+  # Vocab below, at and above one block, ragged (the last block one logit wide: 4097 for a 4096-wide
+  # block, 8193 for today's 8192); soft-cap off and on; large logits (x 40), where a sum of exp
+  # without the running max would overflow.
   # Rows padded past the vocabulary (v_pad > v, as the head pads to VOCAB_ALIGN): the padding holds
   # huge values that must not be read, and its gradient must come out 0 (the buffer starts as NaN).
   # Whole blocks only (8192), and a ragged tile plus padding wider than one block (8190 in 8320);
