@@ -3,7 +3,8 @@
 The update is the form optax.adamw computes (DESIGN.md), t counted from 1:
   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  m^ = m/(1-b1^t);  v^ = v/(1-b2^t)
   theta -= lr * (m^ / (sqrt(v^) + eps) + wd * theta)      (the wd term only where mask is True)
-Everything is jittable; `lr` and `step` may be traced. State is fp32 whatever the grads' dtype.
+Everything is jittable; `lr` and `step` may be traced. The moments are fp32 (or bf16, init's
+moment_dtype) whatever the grads' dtype; the update's arithmetic is fp32 either way.
 """
 import math
 
@@ -16,9 +17,22 @@ from errors import UserError
 SCHEDULES = ("cosine", "wsd", "constant")
 
 
-def init(params):
-  """Optimizer state {"count": int32 scalar, "mu": zeros like params, "nu": zeros like params}, fp32."""
-  zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
+# The moments' storage dtype (config.train.moment_dtype). 'bfloat16' halves their bytes (the update
+# moves 20 bytes a parameter instead of 28); the update still runs in fp32 and rounds each moment
+# once as it stores it. Round-to-nearest is safe only while each step's increment, (1 - b) of the
+# moment, spans several of bf16's half-spacings (2^-9..2^-8 relative): MIN_BF16_STEP bounds 1 - b1
+# and 1 - b2 from below (b2 = 0.999 would leave v frozen wherever g^2 is near it).
+MOMENT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MIN_BF16_STEP = 2.0 ** -6
+
+
+def init(params, moment_dtype="float32"):
+  """Optimizer state {"count": int32 scalar, "mu": zeros like params, "nu": zeros like params}, the
+  moments in moment_dtype (MOMENT_DTYPES); update() keeps whatever dtype the state has."""
+  if moment_dtype not in MOMENT_DTYPES:
+    raise UserError(f"moment_dtype {moment_dtype!r} is unknown; use one of {list(MOMENT_DTYPES)} "
+                    "(--config.train.moment_dtype)")
+  zeros = lambda p: jnp.zeros(jnp.shape(p), MOMENT_DTYPES[moment_dtype])
   return {"count": jnp.zeros((), jnp.int32),
           "mu": jax.tree.map(zeros, params),
           "nu": jax.tree.map(zeros, params)}
@@ -66,8 +80,9 @@ def update_and_norm(grads, state, params, lr, *, b1=0.9, b2=0.95, eps=1e-8, weig
     if grad_scale is not None:
       g = _scaled(g, scale)
     g = g.astype(jnp.float32)
-    m = (1 - b1) * g + b1 * m
-    v = (1 - b2) * (g * g) + b2 * v
+    m_dtype, v_dtype = m.dtype, v.dtype
+    m = (1 - b1) * g + b1 * m.astype(jnp.float32)
+    v = (1 - b2) * (g * g) + b2 * v.astype(jnp.float32)
     u = (m / bc1) / (jnp.sqrt(v / bc2) + eps)
     if static:
       if decay:
@@ -75,7 +90,7 @@ def update_and_norm(grads, state, params, lr, *, b1=0.9, b2=0.95, eps=1e-8, weig
     else:  # an array mask (e.g. one that went through a checkpoint)
       u = u + jnp.where(decay, weight_decay, 0.0) * p.astype(jnp.float32)
     p = (p.astype(jnp.float32) - lr * u).astype(p.dtype)
-    return p, m, v, jnp.sum(jnp.square(p.astype(jnp.float32)))
+    return p, m.astype(m_dtype), v.astype(v_dtype), jnp.sum(jnp.square(p.astype(jnp.float32)))
 
   treedef = jax.tree.structure(params)
   out = [leaf(*a) for a in zip(*(treedef.flatten_up_to(x) for x in (params, grads, state["mu"], state["nu"], mask)))]
@@ -89,10 +104,10 @@ def _leaf_triton(p, g, m, v, hyp, wd, b1, b2, eps):
   jt, kern = errors.triton_kernels("adamw_kernel_triton", "adamw_backend", section="train")
   n = p.size
   programs = -(-n // TRITON_BLOCK)
-  flat = jax.ShapeDtypeStruct((n,), jnp.float32)
+  flat = lambda x: jax.ShapeDtypeStruct((n,), x.dtype)
   p_new, m_new, v_new, sq = jt.triton_call(
       p.reshape(n), g.reshape(n), m.reshape(n), v.reshape(n), hyp, kernel=kern.adamw_kernel,
-      out_shape=(jax.ShapeDtypeStruct((n,), p.dtype), flat, flat, jax.ShapeDtypeStruct((programs,), jnp.float32)),
+      out_shape=(flat(p), flat(m), flat(v), jax.ShapeDtypeStruct((programs,), jnp.float32)),
       grid=(programs,), num_warps=8, num_stages=1, input_output_aliases={0: 0, 2: 1, 3: 2},
       N=n, B1=float(b1), B2=float(b2), EPS=float(eps), WD=float(wd), BLOCK=TRITON_BLOCK)
   return p_new.reshape(p.shape), m_new.reshape(p.shape), v_new.reshape(p.shape), jnp.sum(sq)

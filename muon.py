@@ -125,12 +125,13 @@ def _merge(a, b):
   return out
 
 
-def init(params):
-  """{"momentum": fp32 zeros for the Muon leaves, "adamw": adamw.init of the other leaves}."""
+def init(params, moment_dtype="float32"):
+  """{"momentum": fp32 zeros for the Muon leaves, "adamw": adamw.init of the other leaves (its
+  moments in moment_dtype)}."""
   views = matrix_views(params)
   zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)
   return {"momentum": jax.tree.map(zeros, _split(params, views, True)),
-          "adamw": adamw.init(_split(params, views, False))}
+          "adamw": adamw.init(_split(params, views, False), moment_dtype)}
 
 
 def update(grads, state, params, lr, *, momentum=0.95, nesterov=True, ns_steps=5, lr_scale=1.0,

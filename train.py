@@ -268,7 +268,8 @@ def _model_identity(model_cfg):
 
 def _init_state(config, key):
   params = model.init_params(key, config.model)
-  opt = muon.init(params) if _optimizer(config.train) == "muon" else adamw.init(params)
+  moments = config.train.get("moment_dtype", "float32")
+  opt = muon.init(params, moments) if _optimizer(config.train) == "muon" else adamw.init(params, moments)
   return {"params": params, "opt": opt, "step": jnp.zeros((), jnp.int32),
           "bad_step": jnp.full((), -1, jnp.int32), "rng": jnp.zeros((2,), jnp.uint32)}
 
@@ -378,6 +379,14 @@ def _check_config(config, n_dev):
   if t.get("command_buffer_mode", "lhs") not in COMMAND_BUFFER_MODES:
     raise UserError(f"config.train.command_buffer_mode={t.command_buffer_mode!r} is unknown: use "
                     f"{' or '.join(COMMAND_BUFFER_MODES)}")
+  moments = t.get("moment_dtype", "float32")
+  if moments not in adamw.MOMENT_DTYPES:
+    raise UserError(f"config.train.moment_dtype={moments!r} is unknown: use "
+                    f"{' or '.join(adamw.MOMENT_DTYPES)}")
+  if moments == "bfloat16" and min(1 - t.b1, 1 - t.b2) < adamw.MIN_BF16_STEP:
+    raise UserError(f"config.train.moment_dtype='bfloat16' with b1={t.b1}, b2={t.b2}: a step changes a "
+                    f"moment by 1 - b, below {adamw.MIN_BF16_STEP} bf16 rounds it away; use "
+                    "--config.train.moment_dtype=float32 or b1, b2 <= 0.98")
   if t.get("muon_ns_dtype", "float32") not in MUON_NS_DTYPES:
     raise UserError(f"config.train.muon_ns_dtype={t.muon_ns_dtype!r} is unknown: use "
                     f"{' or '.join(MUON_NS_DTYPES)}")

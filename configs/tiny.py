@@ -77,6 +77,9 @@ def get_config():
   # 'lhs' | 'concurrent': the GPU step's CUDA graph in XLA's one order, or from data dependencies so
   # independent kernels may overlap (train.COMMAND_BUFFER_MODES); the CPU ignores it.
   t.command_buffer_mode = "lhs"
+  # AdamW's moments stored in "float32" or "bfloat16" (20 instead of 28 bytes a parameter moved by
+  # the update; fp32 arithmetic either way; needs b1, b2 <= 0.98; adamw.MOMENT_DTYPES).
+  t.moment_dtype = "float32"
   t.muon_momentum = 0.95  # Muon's SGD momentum (Jordan 2024; Moonshot 2025).
   t.muon_nesterov = True  # Nesterov momentum: the update uses g + momentum * buffer.
   t.muon_lr_scale = 1.0  # Muon's lr = lr * this (1.0: Moonshot's matched-RMS choice).

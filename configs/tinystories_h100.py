@@ -124,6 +124,9 @@ def get_config():
   # vs 8.40 / 8.51 / 8.45 / 8.33 ms a step (H100, interleaved, two machines): -0.09 ms on average.
   # bench/results/h100_session26/.
   t.command_buffer_mode = "concurrent"
+  # AdamW's moments stored in "float32" or "bfloat16" (20 instead of 28 bytes a parameter moved by
+  # the update; fp32 arithmetic either way; needs b1, b2 <= 0.98; adamw.MOMENT_DTYPES).
+  t.moment_dtype = "float32"
   t.muon_momentum = 0.95  # Muon's SGD momentum (Jordan 2024; Moonshot 2025).
   t.muon_nesterov = True  # Nesterov momentum: the update uses g + momentum * buffer.
   t.muon_lr_scale = 1.0  # Muon's lr = lr * this (1.0: Moonshot's matched-RMS choice).

@@ -75,6 +75,46 @@ def test_matches_loshchilov_hutter_algorithm2():
   assert np.abs(want - theta0).max() > 0.5
 
 
+def _np_bf16(x):
+  """Round-to-nearest-even to bf16, in float64 (what a bf16 store does to an fp32 value)."""
+  return np.asarray(np.asarray(x, np.float32).astype(jnp.bfloat16), np.float64)
+
+
+def test_bf16_moments_match_a_numpy_adamw_that_rounds_them_each_step():
+  """moment_dtype='bfloat16': the update uses the fp32 moments it just made and stores them rounded
+  to bf16; a float64 NumPy AdamW doing the same agrees over 30 steps (with decay, a masked leaf and
+  clipping), and the state stays bf16 through jit."""
+  params = random_tree(5)
+  mask = adamw.decay_mask(params)
+  state = adamw.init(params, "bfloat16")
+  assert {x.dtype for x in jax.tree.leaves((state["mu"], state["nu"]))} == {jnp.dtype(jnp.bfloat16)}
+  step = jax.jit(lambda g, s, p, c: adamw.update(g, s, p, 1e-2, mask=mask, grad_scale=c))
+  grads_at = lambda i: jax.tree.map(lambda x: jnp.asarray(
+      np.random.default_rng(500 + i).normal(size=x.shape) * 2, jnp.float32), params)
+  ours = params
+  for i in range(30):
+    ours, state = step(grads_at(i), state, ours, jnp.float32(0.5 if i % 3 == 0 else 1.0))
+  assert {x.dtype for x in jax.tree.leaves((state["mu"], state["nu"]))} == {jnp.dtype(jnp.bfloat16)}
+  flat_mask = jax.tree.leaves(mask)
+  for j, (p0, got, got_m) in enumerate(zip(jax.tree.leaves(params), jax.tree.leaves(ours),
+                                           jax.tree.leaves(state["mu"]))):
+    theta = np.asarray(p0, np.float64)
+    m = v = np.zeros_like(theta)
+    for i in range(30):
+      g = np.asarray(jax.tree.leaves(grads_at(i))[j], np.float64) * (0.5 if i % 3 == 0 else 1.0)
+      m, v = 0.9 * m + 0.1 * g, 0.95 * v + 0.05 * g * g
+      u = (m / (1 - 0.9 ** (i + 1))) / (np.sqrt(v / (1 - 0.95 ** (i + 1))) + 1e-8)
+      theta = theta - 1e-2 * (u + (0.1 * theta if flat_mask[j] else 0.0))
+      m, v = _np_bf16(m), _np_bf16(v)
+    np.testing.assert_allclose(np.asarray(got_m, np.float64), m, rtol=2 ** -7, atol=1e-6)
+    np.testing.assert_allclose(got, theta, rtol=0, atol=2e-5)
+
+
+def test_unknown_moment_dtype_is_a_user_error():
+  with pytest.raises(UserError, match=r"moment_dtype 'float16' is unknown.*--config.train.moment_dtype"):
+    adamw.init(random_tree(0), "float16")
+
+
 def test_clip_by_global_norm_against_numpy():
   tree = random_tree(3)
   leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
@@ -204,10 +244,12 @@ def _big_tree(seed):
 
 
 @pytest.mark.gpu
-def test_triton_backend_matches_the_xla_backend_and_numpy_over_20_steps():
+@pytest.mark.parametrize("moments", ["float32", "bfloat16"])
+def test_triton_backend_matches_the_xla_backend_and_numpy_over_20_steps(moments):
   """The Triton update (GPU) against the XLA one and a float64 NumPy AdamW, over 20 jitted steps
   with the state donated (the kernel then updates in place), a traced lr and clipping scale, and
-  bf16 gradients for one leaf; the returned params norm against NumPy's."""
+  bf16 gradients for one leaf; the returned params norm against NumPy's. With bf16 moments both
+  round the same fp32 values, so they agree to a bf16 rounding flip; NumPy rounds its moments too."""
   params = _big_tree(0)
   mask = adamw.decay_mask(params)
   assert mask["blocks"]["attn_norm"] is False and mask["embed"] is True
@@ -220,7 +262,7 @@ def test_triton_backend_matches_the_xla_backend_and_numpy_over_20_steps():
 
   runs = {}
   for backend in ("xla", "triton"):
-    p, s, step = jax.tree.map(jnp.copy, params), adamw.init(params), make(backend)
+    p, s, step = jax.tree.map(jnp.copy, params), adamw.init(params, moments), make(backend)
     for i in range(20):
       g = jax.tree.map(lambda x, i=i: jnp.asarray(np.random.default_rng(100 + i).normal(size=x.shape) * 3, x.dtype),
                        params)
@@ -228,8 +270,13 @@ def test_triton_backend_matches_the_xla_backend_and_numpy_over_20_steps():
       p, s, norm = step(p, s, g, jnp.float32(1e-2 * (1 + i % 3)), jnp.float32(0.5 if i % 2 else 1.0))
     runs[backend] = (p, s, float(norm))
   (p_t, s_t, n_t), (p_x, s_x, _) = runs["triton"], runs["xla"]
-  for a, b in zip(jax.tree.leaves((p_t, s_t)), jax.tree.leaves((p_x, s_x))):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+  bf16 = moments == "bfloat16"
+  assert {x.dtype for x in jax.tree.leaves((s_t["mu"], s_t["nu"]))} == {jnp.dtype(moments)}
+  for a, b in zip(jax.tree.leaves(p_t), jax.tree.leaves(p_x)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5 if bf16 else 1e-6)
+  for a, b in zip(jax.tree.leaves((s_t["mu"], s_t["nu"])), jax.tree.leaves((s_x["mu"], s_x["nu"]))):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2 ** -7 if bf16 else 2e-5,
+                               atol=1e-6)
   assert n_t == pytest.approx(math.sqrt(sum((np.asarray(x, np.float64) ** 2).sum() for x in jax.tree.leaves(p_t))),
                               rel=1e-5)
   # An independent reference for one kernel leaf and one XLA leaf: AdamW in float64.
@@ -242,5 +289,7 @@ def test_triton_backend_matches_the_xla_backend_and_numpy_over_20_steps():
       lam = 0.1 if path == ("embed",) else 0.0
       theta = theta - 1e-2 * (1 + i % 3) * ((m / (1 - 0.9 ** (i + 1))) / (np.sqrt(v / (1 - 0.95 ** (i + 1))) + 1e-8)
                                              + lam * theta)
+      if bf16:
+        m, v = _np_bf16(m), _np_bf16(v)
     got = np.asarray(functools.reduce(lambda t, k: t[k], path, p_t))
     np.testing.assert_allclose(got, theta, rtol=0, atol=2e-5)

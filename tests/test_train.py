@@ -14,6 +14,7 @@ import sys
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -80,6 +81,15 @@ def _losses(workdir):
 def _params(workdir, step=None):
   params, _ = train.load_checkpoint(workdir, step)
   return jax.tree.map(np.asarray, params)
+
+
+def _opt_state(data_dir, workdir, step):
+  """AdamW's moments (mu, nu) of a checkpoint, restored as fp32 whatever their saved dtype."""
+  shapes = jax.eval_shape(lambda k: train._init_state(_config(data_dir, {"vocab_size": 64}), k), jax.random.key(0))  # pylint: disable=protected-access
+  mgr = train._manager(workdir)  # pylint: disable=protected-access
+  state, _ = train._restore(mgr, step, train._abstract(shapes, jax.sharding.SingleDeviceSharding(jax.devices()[0])))  # pylint: disable=protected-access
+  mgr.close()
+  return state["opt"]["mu"], state["opt"]["nu"]
 
 
 def _assert_trees_close(a, b, rtol, atol):
@@ -150,6 +160,15 @@ def test_the_step_hands_the_command_buffer_mode_to_xla(data_dir):
     train.make_train_step(config, mesh, on_device=True).lower(state, tokens_N).compile()
 
 
+def test_moment_dtype_is_checked_against_the_choices_and_the_betas(data_dir, tmp_path):
+  with pytest.raises(UserError, match=r"moment_dtype='float16' is unknown: use float32 or bfloat16"):
+    train.train(_config(data_dir, moment_dtype="float16"), str(tmp_path))
+  # b2 = 0.99 moves v by 1% a step, which bf16's round-to-nearest would lose near g^2 = v.
+  with pytest.raises(UserError, match=r"b2=0.99.*--config.train.moment_dtype=float32 or b1, b2 <= 0.98"):
+    train.train(_config(data_dir, moment_dtype="bfloat16", b2=0.99), str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def test_vocab_size_must_match_the_data(data_dir, tmp_path):
   with pytest.raises(UserError, match=r"vocab_size=100 .* vocab 64"):
     train.train(_config(data_dir, {"vocab_size": 100}), str(tmp_path))
@@ -202,6 +221,24 @@ def test_resume_gives_the_same_losses_and_params(base, data_dir, tmp_path):
   assert sorted(got) == list(range(11, 21))
   np.testing.assert_allclose([got[s] for s in got], [ref[s] for s in got], rtol=1e-6)
   _assert_trees_close(_params(str(tmp_path)), _params(workdir), rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_moments_resume_a_float32_checkpoint_and_track_its_losses(base, data_dir, tmp_path):
+  """A run may switch its moments to bf16 on resume (the restore casts them); the next ten steps'
+  losses stay within 1% of the fp32 run's, and the checkpoint it saves holds bf16 moments."""
+  workdir, _ = base
+  shutil.copytree(os.path.join(workdir, "checkpoints", "10"), tmp_path / "checkpoints" / "10")
+  assert train.train(_config(data_dir, moment_dtype="bfloat16"), str(tmp_path))["steps"] == 20
+  ref, got = _losses(workdir), _losses(str(tmp_path))
+  assert sorted(got) == list(range(11, 21))
+  np.testing.assert_allclose([got[s] for s in got], [ref[s] for s in got], rtol=1e-2)
+  assert [got[s] for s in got] != [ref[s] for s in got]   # the rounding is really there
+  # Read back through an fp32 template: every moment of the bf16 run is a bf16 value, where the
+  # fp32 run's are not.
+  for run, rounded in ((str(tmp_path), True), (workdir, False)):
+    mu_nu = [np.asarray(x, np.float32) for x in jax.tree.leaves(_opt_state(data_dir, run, 20))]
+    as_bf16 = [x.astype(jnp.bfloat16).astype(np.float32) for x in mu_nu]
+    assert all(np.array_equal(a, b) for a, b in zip(mu_nu, as_bf16)) == rounded
 
 
 @pytest.mark.slow
@@ -426,8 +463,9 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # The FP8 MLP's backward takes every add+norm backward to the FP8 entry point (flags off or on).
   # With act x W2 in FP8, the MLP's gate runs in Triton and its output meets the stream row-scaled.
   # (and AdamW's update, train.adamw_backend='triton' in both configs)
-  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel",
-              "adamw_kernel"}
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  expected = {"bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "xent_fwd_kernel", "adamw_kernel"}
+  expected |= {"fwd_rope_kernel"} if attention_kernel.FUSED_ROPE_FWD else {"fwd_kernel", "rope_qk_kernel"}
   # mlp_fp8_w2 without mlp_fp8 does nothing (the bf16 MLP).
   expected |= {"swiglu_fwd_fp8_kernel"} if fp8_w2 and mlp_fp8 else set()
   # The add + norm after each MLP: with the FP8 MLP it writes the next e4m3 input where one is
