@@ -184,27 +184,9 @@ def _rotated(qkv_BT3HK, cos_TK, sin_TK):
                         N=b * t, T=t, H=h, D=d, ROWS=ROPE_ROWS, BLOCK=1 << max(0, h * d - 1).bit_length())
 
 
-# True: the forward rotates q and k inside the attention kernel (fwd_rope_kernel, which also stores
-# them rotated for the backward). False: rope_qk_kernel's pass first, then fwd_kernel on its output.
-# Both give the same values (bench/dev_interpret_attention.py); fwd_rope_kernel is built but not
-# yet timed on a GPU (twenty-eighth session), so the measured path stays the default.
-FUSED_ROPE_FWD = False
-
-
 def _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
-  if FUSED_ROPE_FWD:
-    jt, kern = _triton()
-    b, t, _, h, d = qkv_BT3HK.shape
-    bm, bn, warps, stages = config[0]
-    like = jax.ShapeDtypeStruct((b, t, h, d), qkv_BT3HK.dtype)
-    o_BTHK, lse_BHT, q_BTHK, k_BTHK = jt.triton_call(
-        qkv_BT3HK, cos_TK, sin_TK, kernel=kern.fwd_rope_kernel,
-        out_shape=(like, jax.ShapeDtypeStruct((b, h, t), jnp.float32), like, like),
-        grid=(-(-t // bm), b * h), num_warps=warps, num_stages=stages,
-        SM_SCALE=sm_scale, T=t, H=h, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal)
-  else:
-    q_BTHK, k_BTHK = _rotated(qkv_BT3HK, cos_TK, sin_TK)
-    o_BTHK, lse_BHT = _forward(q_BTHK, k_BTHK, qkv_BT3HK, causal, sm_scale, config, packed_v=True)
+  q_BTHK, k_BTHK = _rotated(qkv_BT3HK, cos_TK, sin_TK)
+  o_BTHK, lse_BHT = _forward(q_BTHK, k_BTHK, qkv_BT3HK, causal, sm_scale, config, packed_v=True)
   return o_BTHK, (qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT)
 
 

@@ -25,13 +25,7 @@ def _diag(ROWS: tl.constexpr, COLS: tl.constexpr):
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, lo, hi, qk_scale,
                T: tl.constexpr, ROW: tl.constexpr, V_ROW: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, COS=None, SIN=None, kr_ptrs=None,
-               OUT_ROW: tl.constexpr = 0, BLOCK_M: tl.constexpr = 0, D: tl.constexpr = 0,
-               ROPE: tl.constexpr = False):
-  """One run of key blocks [lo, hi). ROPE (fwd_rope_kernel): k arrives raw from the packed
-  projection (rows ROW apart) and is rotated here; the blocks of this program's own query range
-  (for causal attention exactly its MASKED, diagonal, blocks) are also stored rotated to kr_ptrs
-  (rows OUT_ROW apart) for the backward, so every key block is written once."""
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr):
   offs_n = tl.arange(0, BLOCK_N)
   for start_n in range(lo, hi, BLOCK_N):
     start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -40,14 +34,6 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, lo, hi, qk_scale
       k = tl.load(k_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
     else:
       k = tl.load(k_ptrs + start_n * ROW)
-    if ROPE:
-      cos, sin = _rope_tile(COS, SIN, cols, T, D)
-      k = _rotate(k, cos, sin, BLOCK_N, D).to(k.dtype)
-      if CAUSAL:
-        if MASKED:
-          tl.store(kr_ptrs + start_n * OUT_ROW, k, mask=cols[:, None] < T)
-      elif (start_n >= start_m) & (start_n < start_m + BLOCK_M):
-        tl.store(kr_ptrs + start_n * OUT_ROW, k, mask=cols[:, None] < T)
     # Raw scores: the max is taken before scaling (qk_scale > 0 commutes with it), so the scale
     # rides in the exponent's FMA instead of a multiply per score (issue-bound at head dim 32).
     qk = tl.dot(q, tl.trans(k))
@@ -336,56 +322,6 @@ def bwd_dq_rope_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, DELTA, DQKV, SM_SCALE: t
   cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
   tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + tl.arange(0, D)[None, :],
            _unrotate(dq, cos, sin, BLOCK_M, D).to(DQKV.dtype.element_ty), mask=offs_m[:, None] < T)
-
-
-@triton.jit
-def _rotate(x, cos, sin, ROWS: tl.constexpr, D: tl.constexpr):
-  """RoPE on a [ROWS, D] tile of adjacent pairs (x0, x1) -> (x0 c - x1 s, x0 s + x1 c), in fp32
-  (rope_qk_kernel's arithmetic, so the forward's two paths give the same rotated values)."""
-  x0, x1 = tl.split(tl.reshape(x.to(tl.float32), [ROWS, D // 2, 2]))
-  return tl.reshape(tl.join(x0 * cos - x1 * sin, x0 * sin + x1 * cos), [ROWS, D])
-
-
-@triton.jit
-def fwd_rope_kernel(QKV, COS, SIN, O, LSE, QR, KR, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """fwd_kernel on the packed [B, T, 3, H, D] projection with RoPE applied here: q is rotated once
-  per program, each k block as it is loaded, and both are stored rotated ([B, T, H, D], QR and KR)
-  for the backward kernels, so no separate rotation pass (rope_qk_kernel) reads and writes them."""
-  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-  bh = tl.program_id(1)
-  ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
-  offs_m = start_m + tl.arange(0, BLOCK_M)
-  offs_n = tl.arange(0, BLOCK_N)
-  offs_d = tl.arange(0, D)
-  rows = offs_m[:, None] < T
-  q = tl.load(QKV + base3 + offs_m[:, None] * (3 * ROW) + offs_d[None, :], mask=rows, other=0.0)
-  cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
-  q = _rotate(q, cos, sin, BLOCK_M, D).to(q.dtype)
-  tl.store(QR + base + offs_m[:, None] * ROW + offs_d[None, :], q, mask=rows)
-  k_ptrs = QKV + ROW + base3 + offs_n[:, None] * (3 * ROW) + offs_d[None, :]
-  kr_ptrs = KR + base + offs_n[:, None] * ROW + offs_d[None, :]
-  v_ptrs = QKV + 2 * ROW + base3 + offs_n[:, None] * (3 * ROW) + offs_d[None, :]
-  m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-  l_i = tl.zeros([BLOCK_M], tl.float32)
-  acc = tl.zeros([BLOCK_M, D], tl.float32)
-  qk_scale = SM_SCALE * 1.4426950408889634
-  if CAUSAL:
-    full_hi = start_m
-    hi = tl.minimum(start_m + BLOCK_M, T)
-  else:
-    full_hi = (T // BLOCK_N) * BLOCK_N
-    hi = T
-  diag = _diag(BLOCK_M, BLOCK_N)
-  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, 0, full_hi, qk_scale,
-                             T, 3 * ROW, 3 * ROW, BLOCK_N, False, CAUSAL, COS, SIN, kr_ptrs, ROW, BLOCK_M, D, True)
-  acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, full_hi, hi, qk_scale,
-                             T, 3 * ROW, 3 * ROW, BLOCK_N, True, CAUSAL, COS, SIN, kr_ptrs, ROW, BLOCK_M, D, True)
-  acc = acc / l_i[:, None]
-  tl.store(LSE + bh * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)
-  tl.store(O + base + offs_m[:, None] * ROW + offs_d[None, :], acc.to(O.dtype.element_ty), mask=rows)
 
 
 @triton.jit

@@ -233,6 +233,15 @@ def test_triton_kernel_in_interpreter_matches_numpy(triton_interpreter):
   assert "worst error" in triton_interpreter("dev_interpret_adamw.py")
 
 
+def _assert_close_but_rare_flips(got, want, atol, flips):
+  """|got - want| <= atol + 2e-5 |want| everywhere or, with flips (bf16 moments), in all but 10% of
+  the elements, those within 3e-3 (a few rounding flips' worth; a wrong update moves every element,
+  by ~lr = 1e-2 a step)."""
+  bad = np.abs(got - want) > atol + 2e-5 * np.abs(want)
+  assert bad.mean() <= (0.1 if flips else 0.0), (int(bad.sum()), bad.size, float(np.abs(got - want).max()))
+  np.testing.assert_allclose(got, want, rtol=0, atol=3e-3 if flips else atol + 2e-5 * np.abs(want).max())
+
+
 def _big_tree(seed):
   """Leaves above adamw.TRITON_MIN_SIZE (kernel) and below it (XLA), a decayed matrix, an undecayed
   large '*_norm' leaf, and a size that leaves the last program ragged."""
@@ -272,11 +281,16 @@ def test_triton_backend_matches_the_xla_backend_and_numpy_over_20_steps(moments)
   (p_t, s_t, n_t), (p_x, s_x, _) = runs["triton"], runs["xla"]
   bf16 = moments == "bfloat16"
   assert {x.dtype for x in jax.tree.leaves((s_t["mu"], s_t["nu"]))} == {jnp.dtype(moments)}
+  # With bf16 moments the two backends' fp32 moments may differ in the last bit (FMA or not) and round
+  # to neighbouring bf16 values. With bf16 gradients (few mantissa bits) many fp32 moments land on
+  # exact bf16 ties, so such flips are common (H100: 0.19% of m after 2 steps, 0.32% after 3); each
+  # lingers in m for several steps and moves its parameter by ~lr |u| 2^-8 a step. After 20 steps
+  # 3% of w13's elements differed by more than 2e-5, at most by 1.3e-3 (an update is ~1e-2).
   for a, b in zip(jax.tree.leaves(p_t), jax.tree.leaves(p_x)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5 if bf16 else 1e-6)
+    _assert_close_but_rare_flips(np.asarray(a), np.asarray(b), 2e-5 if bf16 else 1e-6, bf16)
   for a, b in zip(jax.tree.leaves((s_t["mu"], s_t["nu"])), jax.tree.leaves((s_x["mu"], s_x["nu"]))):
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2 ** -7 if bf16 else 2e-5,
-                               atol=1e-6)
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)   # bf16: a flip or two, at the leaf's scale
+    np.testing.assert_allclose(a, b, rtol=2 ** -6 if bf16 else 2e-5, atol=2 ** -7 * np.abs(b).max() if bf16 else 1e-6)
   assert n_t == pytest.approx(math.sqrt(sum((np.asarray(x, np.float64) ** 2).sum() for x in jax.tree.leaves(p_t))),
                               rel=1e-5)
   # An independent reference for one kernel leaf and one XLA leaf: AdamW in float64.
@@ -292,4 +306,4 @@ def test_triton_backend_matches_the_xla_backend_and_numpy_over_20_steps(moments)
       if bf16:
         m, v = _np_bf16(m), _np_bf16(v)
     got = np.asarray(functools.reduce(lambda t, k: t[k], path, p_t))
-    np.testing.assert_allclose(got, theta, rtol=0, atol=2e-5)
+    _assert_close_but_rare_flips(got, theta, 2e-5, bf16)

@@ -91,19 +91,15 @@ ROPE_SHAPES = [(1, 1, 1, 32, True), (2, 3, 17, 16, True), (8, 16, 256, 32, True)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("b,h,t,d,causal", ROPE_SHAPES)
-def test_packed_rope_entry_matches_rope_then_float32_reference(b, h, t, d, causal, fused, monkeypatch):
+def test_packed_rope_entry_matches_rope_then_float32_reference(b, h, t, d, causal):
   """flash_attention_rope(qkv) = attention(rope(q), rope(k), v); its dQKV is checked against the
   float32 reference differentiated through a NumPy RoPE written here (pairs (2i, 2i+1), angle
-  t * 10000^(-2i/d)), so the in-kernel transpose of RoPE is checked against independent code.
-  Both forwards: rope_qk_kernel's pass + fwd_kernel, and fwd_rope_kernel (fused), whose rotated q
-  and k (saved for the backward) must be whole for dQKV to come out right."""
+  t * 10000^(-2i/d)), so the in-kernel transpose of RoPE is checked against independent code."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import attention_kernel  # pylint: disable=import-outside-toplevel
   import model  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(attention_kernel, "FUSED_ROPE_FWD", fused)
   k1, k2 = jax.random.split(jax.random.PRNGKey(t + d), 2)
   qkv = jax.random.normal(k1, (b, t, 3, h, d), jnp.float32).astype(jnp.bfloat16)
   do = jax.random.normal(k2, (b, t, h, d), jnp.float32).astype(jnp.bfloat16)

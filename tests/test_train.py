@@ -463,9 +463,8 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # The FP8 MLP's backward takes every add+norm backward to the FP8 entry point (flags off or on).
   # With act x W2 in FP8, the MLP's gate runs in Triton and its output meets the stream row-scaled.
   # (and AdamW's update, train.adamw_backend='triton' in both configs)
-  import attention_kernel  # pylint: disable=import-outside-toplevel
-  expected = {"bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "xent_fwd_kernel", "adamw_kernel"}
-  expected |= {"fwd_rope_kernel"} if attention_kernel.FUSED_ROPE_FWD else {"fwd_kernel", "rope_qk_kernel"}
+  expected = {"fwd_kernel", "bwd_dkdv_rope_kernel", "bwd_dq_rope_kernel", "rope_qk_kernel", "xent_fwd_kernel",
+              "adamw_kernel"}
   # mlp_fp8_w2 without mlp_fp8 does nothing (the bf16 MLP).
   expected |= {"swiglu_fwd_fp8_kernel"} if fp8_w2 and mlp_fp8 else set()
   # The add + norm after each MLP: with the FP8 MLP it writes the next e4m3 input where one is
