@@ -30,6 +30,8 @@
 #   roperot - attention_kernel.FUSED_ROPE_FWD=True (q and k rotated inside the attention forward,
 #           fwd_rope_kernel; removed in the twenty-eighth session for no gain: apply
 #           bench/results/h100_session28/fwd_rope_kernel.patch to ff90161's parent first)
+#   wtrans - fp8_mlp.WEIGHT_TRANSPOSE='triton' (the e4m3 weights' transposed layouts by one Triton pass
+#           a layer from the fp32 weight, instead of XLA's byte transposes at the step's start)
 #   bf16mom - --set=train.moment_dtype=bfloat16 (AdamW's moments stored in bf16: 20 instead of 28
 #           bytes a parameter through the update)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
@@ -64,6 +66,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     xent4k) pre="import xent_kernel; xent_kernel.BLOCK_V = 4096; " ;;
     lane) pre="import xent_kernel; xent_kernel.LANE_STATS = True; " ;;
     roperot) pre="import attention_kernel; attention_kernel.FUSED_ROPE_FWD = True; " ;;
+    wtrans) pre="import fp8_mlp; fp8_mlp.WEIGHT_TRANSPOSE = 'triton'; " ;;
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;
   esac
   XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1
