@@ -42,12 +42,6 @@ _ONE = np.ones((1,), np.float32)   # a kernel's qmul when a row scale must not c
 # layer loop (mlp_weights, qkv_weights on the stacked blocks); False: each mlp_sublayer and qkv_dot
 # quantizes its own (the measured alternative, docs/model.md).
 STACKED_WEIGHTS = True
-# How the e4m3 weights' transposed layouts (the K-major operands of the forward dots) are made:
-# 'xla' swaps the axes of the e4m3 copy and leaves the rest to XLA, which on the H100 spends ~150 us
-# of kernels at the step's start on them, much of it byte transposes at ~0.1 TB/s (docs/model.md,
-# "Twenty-eighth session"); 'triton' writes each layer's with one swiglu_kernel.transpose_fp8 pass
-# from the fp32 weight (GPU only). The same bytes either way; 'triton' is not yet timed.
-WEIGHT_TRANSPOSE = "xla"
 # With fp8_wgrad, mlp_sublayer's norm writes no bf16 h (only its e4m3 copy), and W13's weight
 # gradient remakes h from the stream as it writes h's token-last copy (transpose_fp8's norm=);
 # False: the norm writes h and the copy reads it (the measured alternative, docs/model.md).
@@ -62,48 +56,23 @@ def quantize_rows(x):
   return jnp.clip(x * q[..., None], -F8_MAX, F8_MAX).astype(E4M3), amax / F8_MAX
 
 
-def _tensor_scale(w):
-  """(q, 1 / q as [..., 1]) with q = 448 / max|w| per matrix (the last two axes) of fp32 w."""
-  amax = jnp.max(jnp.abs(w), axis=(-2, -1))
-  return F8_MAX / jnp.maximum(amax, 1e-30), (amax / F8_MAX)[..., None]
-
-
 def quantize_tensor(w):
   """w [..., A, B] -> (e4m3 of w * q, 1 / q as fp32 [..., 1]) with q = 448 / max|w| per matrix (the
   last two axes): a 1-element scale for one matrix, one per layer for a stack."""
   w = w.astype(jnp.float32)
-  q, s = _tensor_scale(w)
-  return jnp.clip(w * q[..., None, None], -F8_MAX, F8_MAX).astype(E4M3), s
-
-
-def quantize_tensor_t(w, w8=None):
-  """quantize_tensor of w with its last two axes swapped: the e4m3 [..., B, A] and the scale (None
-  when w8 is given). By WEIGHT_TRANSPOSE: 'xla' swaps the axes of w8 (quantize_tensor(w)'s e4m3)
-  or, without it, quantizes the swapped w; 'triton' writes each matrix with
-  swiglu_kernel.transpose_fp8 from the fp32 w, and for a stack returns a list of the layers' [B, A]
-  arrays (model.py indexes them per layer, as it does a stacked array)."""
-  if WEIGHT_TRANSPOSE == "xla":
-    return quantize_tensor(jnp.swapaxes(w, -1, -2)) if w8 is None else (jnp.swapaxes(w8, -1, -2), None)
-  import swiglu_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
-  w = w.astype(jnp.float32)
-  q, s = _tensor_scale(w)
-  ones = jnp.ones((w.shape[-2],), jnp.float32)   # a per-row scale of 1: q is the tensor's
-  if w.ndim == 2:
-    return swiglu_kernel.transpose_fp8(w, ones, q), s
-  return [swiglu_kernel.transpose_fp8(w[i], ones, q[i]) for i in range(w.shape[0])], s
+  amax = jnp.max(jnp.abs(w), axis=(-2, -1))
+  q = F8_MAX / jnp.maximum(amax, 1e-30)
+  return jnp.clip(w * q[..., None, None], -F8_MAX, F8_MAX).astype(E4M3), (amax / F8_MAX)[..., None]
 
 
 def mlp_weights(w13_D2F, w2_FD):
   """The e4m3 weights of mlp_sublayer, (w13_8 [D, 2F], its transpose, s13, w2_8 [F, D], s2, w2_8's
   transpose), of one layer or, with a leading layer axis on both, of all layers at once: a few
   passes for the whole stack instead of several small launch-bound ones per layer (model.py slices
-  out each layer's; the transposes are per-layer lists with WEIGHT_TRANSPOSE='triton'). The last is
-  used with fp8_w2 only (XLA drops it otherwise)."""
-  w13 = jax.lax.stop_gradient(w13_D2F).reshape(*w13_D2F.shape[:-2], -1)
-  w2 = jax.lax.stop_gradient(w2_FD)
-  w13_8, s13 = quantize_tensor(w13)
-  w2_8, s2 = quantize_tensor(w2)
-  return w13_8, quantize_tensor_t(w13, w13_8)[0], s13, w2_8, s2, quantize_tensor_t(w2, w2_8)[0]
+  out each layer's). The last is used with fp8_w2 only (XLA drops it otherwise)."""
+  w13_8, s13 = quantize_tensor(jax.lax.stop_gradient(w13_D2F).reshape(*w13_D2F.shape[:-2], -1))
+  w2_8, s2 = quantize_tensor(jax.lax.stop_gradient(w2_FD))
+  return w13_8, jnp.swapaxes(w13_8, -1, -2), s13, w2_8, s2, jnp.swapaxes(w2_8, -1, -2)
 
 
 def static_scale(gain_D):
@@ -209,7 +178,7 @@ def qkv_weights(w_DE):
   """qkv_dot's e4m3 weight and its scale, (w8 [E, D], sw [1]): quantized in the [E, D] layout, both
   operands K-major as cuBLASLt's FP8 path wants (the backward's dh is bf16 and needs no e4m3 copy
   of w in the other layout). Of one layer or, w [L, D, E], of all layers at once (model.py)."""
-  return quantize_tensor_t(jax.lax.stop_gradient(w_DE))
+  return quantize_tensor(jnp.swapaxes(jax.lax.stop_gradient(w_DE), -1, -2))
 
 
 @jax.custom_vjp

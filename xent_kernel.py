@@ -33,6 +33,13 @@ BLOCK_V, NUM_WARPS = 8192, 4
 # never read, gradient 0): cuBLAS's tiles fit 10,112 columns and not 10,000 (forward 435 vs 480 us
 # on the H100, docs/model.md). The parameters keep their real size; only the bf16 copy is padded.
 VOCAB_ALIGN = 128
+# The backward's dX = dlogits w reads a transposed copy of w, [D, V_pad], made behind an
+# optimization_barrier so XLA cannot fold the transpose back into the dot (10 MB, made off the
+# critical path). Alone either layout runs at ~805 TFLOP/s (bench/dev_head_layouts.py); inside the
+# step, where the dot shares the GPU with the weight gradient's, cuBLAS's pick for the copy took 629
+# vs 700 us, and B128 steps ran 0.01-0.17 ms faster in 5 of 5 interleaved pairs on the H100
+# (8.227 vs 8.291 ms mean; twenty-ninth session, docs/model.md). False: the dot as autodiff writes it.
+DX_WEIGHT_T = True
 
 
 def _triton():
@@ -110,6 +117,9 @@ def _bwd(spec, softcap, res, g):  # pylint: disable=unused-argument
   h_BTD, w_pad, d_BTV, v_like, h8_like = res
   _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h_BTD, w_pad)
   dh_BTD, dw = vjp(d_BTV)
+  if DX_WEIGHT_T:
+    w_DV = jax.lax.optimization_barrier(jnp.moveaxis(w_pad, _vocab_axis(spec), -1))
+    dh_BTD = jnp.einsum("btv,dv->btd", d_BTV, w_DV)
   dw = jax.lax.slice_in_dim(dw, 0, v_like.shape[1], axis=_vocab_axis(spec))
   return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None, _zero_cotangents(h8_like, h_BTD.shape))
 

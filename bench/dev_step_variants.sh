@@ -31,7 +31,14 @@
 #           fwd_rope_kernel; removed in the twenty-eighth session for no gain: apply
 #           bench/results/h100_session28/fwd_rope_kernel.patch to ff90161's parent first)
 #   wtrans - fp8_mlp.WEIGHT_TRANSPOSE='triton' (the e4m3 weights' transposed layouts by one Triton pass
-#           a layer from the fp32 weight, instead of XLA's byte transposes at the step's start)
+#           a layer from the fp32 weight; removed in the twenty-ninth session for being slower:
+#           `git apply bench/results/h100_session29/weight_transpose_triton.patch` puts it back)
+#   dxnat - xent_kernel.DX_WEIGHT_T=False (the head's dX dot as autodiff writes it, on w itself,
+#           as before the twenty-ninth session; the session ran the reverse, "headT" = True, on
+#           880251e; bench/dev_head_layouts.py times the dot alone)
+#   oldstarts - train.window_starts as fold_in + randint (a chain of four small kernels at the step's
+#           start), against the one threefry pass of bench/results/h100_session29/window_starts_threefry.patch
+#           (no gain, not adopted: apply the patch first, or this variant is the tree itself)
 #   bf16mom - --set=train.moment_dtype=bfloat16 (AdamW's moments stored in bf16: 20 instead of 28
 #           bytes a parameter through the update)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
@@ -67,6 +74,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     lane) pre="import xent_kernel; xent_kernel.LANE_STATS = True; " ;;
     roperot) pre="import attention_kernel; attention_kernel.FUSED_ROPE_FWD = True; " ;;
     wtrans) pre="import fp8_mlp; fp8_mlp.WEIGHT_TRANSPOSE = 'triton'; " ;;
+    dxnat) pre="import xent_kernel; xent_kernel.DX_WEIGHT_T = False; " ;;
+    oldstarts) pre="import jax, jax.numpy as jnp, train; train.window_starts = lambda k, s, b, n, t: jax.random.randint(jax.random.fold_in(k, s), (b,), 0, n - t, dtype=jnp.int32); " ;;
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;
   esac
   XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1

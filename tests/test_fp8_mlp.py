@@ -117,47 +117,6 @@ def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=Fa
   return y, dx, dw13.reshape(d, 2, f), dw2
 
 
-def _transpose_fp8_standin(x_NC, row_scale_N, qmul):
-  """swiglu_kernel.transpose_fp8's SCALED arithmetic in jnp (what the kernel computes: e4m3 of
-  x * row_scale[row] * qmul, saturating, transposed), so the 'triton' wiring runs on a CPU."""
-  q = row_scale_N.astype(jnp.float32)[:, None] * jnp.asarray(qmul, jnp.float32).reshape(())
-  return jnp.clip(x_NC.astype(jnp.float32) * q, -448.0, 448.0).astype(jnp.float8_e4m3fn).T
-
-
-@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=pytest.mark.gpu)])
-def test_triton_weight_transposes_give_xla_s_bytes_per_layer(monkeypatch, kernel):
-  """WEIGHT_TRANSPOSE='triton' makes each layer's transposed e4m3 weight from that layer's fp32
-  weight and its own scale (layers 1e-2, 1 and 30 apart here, so a mixed-up layer shows), as a
-  per-layer list that model.py indexes like the stacked array: the same bytes as 'xla', for the
-  MLP's two weights and Wqkv, stacked and for one matrix. On a CPU the kernel is stood in for by
-  its arithmetic (the wiring is what is checked); on a GPU it is swiglu_kernel.transpose_fp8."""
-  import swiglu_kernel  # pylint: disable=import-outside-toplevel
-  k = jax.random.split(jax.random.PRNGKey(4), 3)
-  scale = jnp.array([1e-2, 1.0, 30.0])
-  w13 = jax.random.normal(k[0], (3, 16, 2, 24)) * scale[:, None, None, None]
-  w2 = jax.random.normal(k[1], (3, 24, 16)) * scale[:, None, None]
-  wqkv = jax.random.normal(k[2], (3, 16, 48)) * scale[:, None, None]
-  want_mlp, want_qkv = fp8_mlp.mlp_weights(w13, w2), fp8_mlp.qkv_weights(wqkv)
-  want_one = fp8_mlp.qkv_weights(wqkv[2])
-  monkeypatch.setattr(fp8_mlp, "WEIGHT_TRANSPOSE", "triton")
-  if not kernel:
-    monkeypatch.setattr(swiglu_kernel, "transpose_fp8", _transpose_fp8_standin)
-  got_mlp, got_qkv = fp8_mlp.mlp_weights(w13, w2), fp8_mlp.qkv_weights(wqkv)
-  got_one = fp8_mlp.qkv_weights(wqkv[2])
-  assert isinstance(got_mlp[1], list) and isinstance(got_qkv[0], list) and len(got_qkv[0]) == 3
-  bits = lambda a: np.asarray(jax.lax.bitcast_convert_type(a, jnp.uint8))
-  for i in range(3):
-    for name, g, w in (("w13_8T", got_mlp[1][i], want_mlp[1][i]), ("w2_8T", got_mlp[5][i], want_mlp[5][i]),
-                       ("wqkv8", got_qkv[0][i], want_qkv[0][i])):
-      assert g.shape == w.shape and g.dtype == w.dtype, name
-      np.testing.assert_array_equal(bits(g), bits(w), err_msg=f"{name} layer {i}")
-  for g, w in zip((got_mlp[0], got_mlp[2], got_mlp[3], got_mlp[4], got_qkv[1]),
-                  (want_mlp[0], want_mlp[2], want_mlp[3], want_mlp[4], want_qkv[1])):
-    np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
-  np.testing.assert_array_equal(bits(got_one[0]), bits(want_one[0]))
-  np.testing.assert_array_equal(np.asarray(got_one[1]), np.asarray(want_one[1]))
-
-
 @pytest.mark.parametrize("fp8_w2", [False, True])
 def test_reference_mlp_is_the_documented_recipe(fp8_w2):
   """Against the NumPy emulation the XLA MLP is off by stray roundings only (<= 3e-4 here); a bf16

@@ -434,25 +434,6 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
-def test_triton_weight_transposes_of_the_speedrun_trace_and_compile_for_hopper(monkeypatch):
-  """fp8_mlp.WEIGHT_TRANSPOSE='triton' in the speedrun config's step (traced here, each Triton launch
-  compiled for sm_90): the per-layer lists go where the stacked arrays went, and transpose_fp8_kernel
-  compiles for the fp32 weights (W13's, W2's and Wqkv's, one launch per layer and weight)."""
-  pytest.importorskip("triton")
-  import fp8_mlp  # pylint: disable=import-outside-toplevel
-  import hopper_compile  # pylint: disable=import-outside-toplevel
-  compiler = hopper_compile.patch(monkeypatch)
-  monkeypatch.setattr(fp8_mlp, "WEIGHT_TRANSPOSE", "triton")
-  config = tinystories_h100.get_config()
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
-  jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, jax.ShapeDtypeStruct((1_000_000,), np.uint16))
-  fp32_transposes = {dict(sig)["OUT"] for (kern, sig, *_) in compiler._cache  # pylint: disable=protected-access
-                     if kern.__name__ == "transpose_fp8_kernel" and dict(sig)["X"] == "*fp32"}
-  assert fp32_transposes == {"*fp8e4nv"}, fp32_transposes
-  assert not [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
-
-
 @pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad,head,wgrad_w2", [
     ("speedrun", False, False, True, True, False, True), ("speedrun", True, False, False, False, False, False),
     ("speedrun", True, True, False, False, False, False), ("speedrun", True, True, True, False, False, False),

@@ -128,3 +128,28 @@ def test_unknown_xent_backend_is_a_user_error():
 def test_kernel_in_triton_interpreter_matches_numpy(triton_interpreter):
   """The Triton kernel itself, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
   assert "worst error" in triton_interpreter("dev_interpret_xent.py")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("weight_t", [True, False])
+def test_backward_dots_match_numpy(monkeypatch, tied, weight_t):
+  """The backward's two dots from the kernel's dlogits (any array here, with its padded columns 0),
+  with the head's dX reading w directly or its transposed copy (xent_kernel.DX_WEIGHT_T), against
+  NumPy float64: dh = g dlogits w, dw = g dlogits^T h, w's gradient cut back to the real vocabulary."""
+  import xent_kernel  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(xent_kernel, "DX_WEIGHT_T", weight_t)
+  b, t, d, v, v_pad = 2, 8, 16, 40, 48
+  rng = np.random.default_rng(0)
+  h = rng.standard_normal((b, t, d)).astype(np.float32)
+  w_vd = np.zeros((v_pad, d), np.float32)
+  w_vd[:v] = rng.standard_normal((v, d))
+  dlogits = np.zeros((b, t, v_pad), np.float32)
+  dlogits[..., :v] = rng.standard_normal((b, t, v))
+  spec, w_pad = ("btd,vd->btv", w_vd) if tied else ("btd,dv->btv", w_vd.T)
+  res = (jnp.asarray(h), jnp.asarray(w_pad), jnp.asarray(dlogits), jnp.zeros((0, v), jnp.float32), None)
+  dh, dw, dt, dh8 = jax.jit(lambda r, g: xent_kernel._bwd(spec, 0.0, r, g))(res, jnp.float32(3.0))  # pylint: disable=protected-access
+  assert dt is None and dh8 is None
+  d64 = dlogits.astype(np.float64)
+  np.testing.assert_allclose(np.asarray(dh), 3 * d64 @ w_vd, rtol=1e-5, atol=1e-5)
+  dw_vd = 3 * np.einsum("btv,btd->vd", d64, h)[:v]
+  np.testing.assert_allclose(np.asarray(dw), dw_vd if tied else dw_vd.T, rtol=1e-5, atol=1e-5)
