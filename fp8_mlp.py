@@ -46,6 +46,21 @@ STACKED_WEIGHTS = True
 # gradient remakes h from the stream as it writes h's token-last copy (transpose_fp8's norm=);
 # False: the norm writes h and the copy reads it (the measured alternative, docs/model.md).
 NORM_IN_WGRAD = True
+# Each weight gradient's dot in the fused backward waits for its layer's input-gradient dot (`after`):
+# W2's for dA = dY W2^T, W13's for dX = dH13 W13^T, Wqkv's (qkv_dot) for dh, Wo's (model.out_proj)
+# for dO. The step's command buffer is a graph of data dependencies, so today each pair runs side
+# by side and the input gradient, the one the backward's chain waits on, shares the GPU (Wqkv's dX
+# took 127 us beside its weight gradient, ~60 alone, in the twenty-ninth session's H100 profile).
+# Off: built in the twenty-ninth session, not yet timed (`wglast` in bench/dev_step_variants.sh).
+WGRAD_AFTER_DGRAD = False
+
+
+def after(x, *deps):
+  """x, released only once deps are computed (one optimization_barrier over all of them) when
+  WGRAD_AFTER_DGRAD is on; x itself otherwise. Same values either way."""
+  if not WGRAD_AFTER_DGRAD:
+    return x
+  return jax.lax.optimization_barrier((x, deps))[0]
 
 
 def quantize_rows(x):
@@ -204,7 +219,7 @@ def _qkv_bwd(res, cotangents):
   # d_raw = s dL/d(h w): the true gradients are these products divided by s (~1e-5; the division
   # rides on the bf16 cast of w and on the small fp32 dw).
   dh_ND = jnp.dot(d_raw, (w_DE / s).astype(d_raw.dtype).T)
-  dw_DE = jnp.dot(h_ND.T, d_raw, preferred_element_type=jnp.float32) / s
+  dw_DE = jnp.dot(after(h_ND, dh_ND).T, d_raw, preferred_element_type=jnp.float32) / s
   return (dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype),
           None if w8_mark is None else (None, None))
 
@@ -290,18 +305,19 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype,
                                                      fp8_qmul=_ONE if w2_wgrad8 else s2)
   da_NF = dot8(d8, w2_8, 1)
+  d_y_w = after(d_y, da_NF)   # what W2's weight gradient reads
   if w2_wgrad8:
-    dw2 = wgrad_kernels(d_y.reshape(B * T, D), ds, *act_NF, _ONE).T
+    dw2 = wgrad_kernels(d_y_w.reshape(B * T, D), ds, *act_NF, _ONE).T
     ds = ds * s2
   else:
-    dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
+    dw2 = jnp.dot(act_NF.T, d_y_w.reshape(B * T, D), preferred_element_type=jnp.float32)
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
+  dh_ND = dot8(dh8, w13_8, 1)
   if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
     src, norm = (s_BTD, (rstd1, g_mlp, dtype)) if h_BTD is None else (h_BTD, None)
-    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, dh8, dhs, s13, norm=norm)
+    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, after(dh8, dh_ND), dhs, s13, norm=norm)
   else:
-    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
-  dh_ND = dot8(dh8, w13_8, 1)
+    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, after(dh13_N2F, dh_ND), preferred_element_type=jnp.float32)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,
           None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 6)
