@@ -56,8 +56,8 @@ WGRAD_AFTER_DGRAD = False
 
 
 def after(x, *deps):
-  """x, released only once deps are computed (one optimization_barrier over all of them) when
-  WGRAD_AFTER_DGRAD is on; x itself otherwise. Same values either way."""
+  """x (any pytree), released only once deps are computed (one optimization_barrier over all of
+  them) when WGRAD_AFTER_DGRAD is on; x itself otherwise. Same values either way."""
   if not WGRAD_AFTER_DGRAD:
     return x
   return jax.lax.optimization_barrier((x, deps))[0]
@@ -315,7 +315,8 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   dh_ND = dot8(dh8, w13_8, 1)
   if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
     src, norm = (s_BTD, (rstd1, g_mlp, dtype)) if h_BTD is None else (h_BTD, None)
-    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, after(dh8, dh_ND), dhs, s13, norm=norm)
+    src, dh8_w = after((src, dh8), dh_ND)   # both token-last copies wait, not only the dot
+    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, dh8_w, dhs, s13, norm=norm)
   else:
     dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, after(dh13_N2F, dh_ND), preferred_element_type=jnp.float32)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
