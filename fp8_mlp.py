@@ -305,12 +305,14 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype,
                                                      fp8_qmul=_ONE if w2_wgrad8 else s2)
   da_NF = dot8(d8, w2_8, 1)
-  d_y_w = after(d_y, da_NF)   # what W2's weight gradient reads
+  # What W2's weight gradient reads; held, act's too: its token-last copy depends on the forward
+  # alone, and would otherwise be made beside the forward's W2 dot.
+  d_y_w, act_w = after((d_y, act_NF), da_NF)
   if w2_wgrad8:
-    dw2 = wgrad_kernels(d_y_w.reshape(B * T, D), ds, *act_NF, _ONE).T
+    dw2 = wgrad_kernels(d_y_w.reshape(B * T, D), ds, *act_w, _ONE).T
     ds = ds * s2
   else:
-    dw2 = jnp.dot(act_NF.T, d_y_w.reshape(B * T, D), preferred_element_type=jnp.float32)
+    dw2 = jnp.dot(act_w.T, d_y_w.reshape(B * T, D), preferred_element_type=jnp.float32)
   dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
   dh_ND = dot8(dh8, w13_8, 1)
   if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
