@@ -51,7 +51,9 @@ NORM_IN_WGRAD = True
 # for dO. The step's command buffer is a graph of data dependencies, so today each pair runs side
 # by side and the input gradient, the one the backward's chain waits on, shares the GPU (Wqkv's dX
 # took 127 us beside its weight gradient, ~60 alone, in the twenty-ninth session's H100 profile).
-# Off: built in the twenty-ninth session, not yet timed (`wglast` in bench/dev_step_variants.sh).
+# "sublayer": the MLP's two wait longer, for the sublayer's own input gradient (its norm backward's
+# output), so they overlap the attention's backward rather than the MLP's. Off (False): built in the
+# twenty-ninth session, not yet timed (`wglast`, `wgsub` in bench/dev_step_variants.sh).
 WGRAD_AFTER_DGRAD = False
 
 
@@ -305,23 +307,26 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype,
                                                      fp8_qmul=_ONE if w2_wgrad8 else s2)
   da_NF = dot8(d8, w2_8, 1)
-  # What W2's weight gradient reads; held, act's too: its token-last copy depends on the forward
-  # alone, and would otherwise be made beside the forward's W2 dot.
-  d_y_w, act_w = after((d_y, act_NF), da_NF)
+  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds * s2 if w2_wgrad8 else ds, s13,
+                                                  write_dh13=not fp8_wgrad)
+  dh_ND = dot8(dh8, w13_8, 1)
+  dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
+  # The weight gradients, held (`after`) for dA and dX, or with "sublayer" for this sublayer's own
+  # input gradient. W2's holds act too: its token-last copy depends on the forward alone, and
+  # would otherwise be made beside the forward's W2 dot.
+  late = WGRAD_AFTER_DGRAD == "sublayer"
+  d_y_w, act_w = after((d_y, act_NF), *((dx, dattn) if late else (da_NF,)))
   if w2_wgrad8:
     dw2 = wgrad_kernels(d_y_w.reshape(B * T, D), ds, *act_w, _ONE).T
-    ds = ds * s2
   else:
     dw2 = jnp.dot(act_w.T, d_y_w.reshape(B * T, D), preferred_element_type=jnp.float32)
-  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds, s13, write_dh13=not fp8_wgrad)
-  dh_ND = dot8(dh8, w13_8, 1)
+  w13_after = (dx, dattn) if late else (dh_ND,)
   if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
     src, norm = (s_BTD, (rstd1, g_mlp, dtype)) if h_BTD is None else (h_BTD, None)
-    src, dh8_w = after((src, dh8), dh_ND)   # both token-last copies wait, not only the dot
+    src, dh8_w = after((src, dh8), *w13_after)   # both token-last copies wait, not only the dot
     dw13 = wgrad_kernels(src.reshape(B * T, D), hs, dh8_w, dhs, s13, norm=norm)
   else:
-    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, after(dh13_N2F, dh_ND), preferred_element_type=jnp.float32)
-  dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
+    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, after(dh13_N2F, *w13_after), preferred_element_type=jnp.float32)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,
           None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 6)
 

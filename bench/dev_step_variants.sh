@@ -39,7 +39,8 @@
 #   dwlast - xent_kernel.DW_AFTER_DX=True (the head's weight-gradient dot waits for its dX dot, so
 #           dX runs alone and dW beside the last layer's backward)
 #   wglast - fp8_mlp.WGRAD_AFTER_DGRAD=True (each layer's weight-gradient dots, W2, W13, Wqkv and Wo,
-#           wait for the input-gradient dot of the same weight); wgall = wglast and dwlast together
+#           wait for the input-gradient dot of the same weight); wgall = wglast and dwlast together;
+#           wgsub - fp8_mlp.WGRAD_AFTER_DGRAD="sublayer" (the MLP's two wait for the whole MLP backward)
 #   oldstarts - train.window_starts as fold_in + randint (a chain of four small kernels at the step's
 #           start), against the one threefry pass of bench/results/h100_session29/window_starts_threefry.patch
 #           (no gain, not adopted: apply the patch first, or this variant is the tree itself)
@@ -81,6 +82,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     dxnat) pre="import xent_kernel; xent_kernel.DX_WEIGHT_T = False; " ;;
     dwlast) pre="import xent_kernel; xent_kernel.DW_AFTER_DX = True; " ;;
     wglast) pre="import fp8_mlp; fp8_mlp.WGRAD_AFTER_DGRAD = True; " ;;
+    wgsub) pre="import fp8_mlp; fp8_mlp.WGRAD_AFTER_DGRAD = 'sublayer'; " ;;
     wgall) pre="import fp8_mlp, xent_kernel; fp8_mlp.WGRAD_AFTER_DGRAD = True; xent_kernel.DW_AFTER_DX = True; " ;;
     oldstarts) pre="import jax, jax.numpy as jnp, train; train.window_starts = lambda k, s, b, n, t: jax.random.randint(jax.random.fold_in(k, s), (b,), 0, n - t, dtype=jnp.int32); " ;;
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;

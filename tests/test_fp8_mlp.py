@@ -416,17 +416,18 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream, fp8_w2, wgrad):
 
 @pytest.mark.gpu
 def test_fused_sublayer_gradients_are_the_same_with_wgrad_after_dgrad(monkeypatch):
-  """fp8_mlp.WGRAD_AFTER_DGRAD only delays W2's and W13's weight-gradient dots (an
-  optimization_barrier on the input gradient's dot): every output and gradient of the speedrun's
+  """fp8_mlp.WGRAD_AFTER_DGRAD (True or "sublayer") only delays W2's and W13's weight-gradient dots
+  (an optimization_barrier on an input gradient): every output and gradient of the speedrun's
   sublayer (all its e4m3 options on) as without it, up to fp32 sum order."""
   run = _sublayer_vjp((4, 256, 512, 1344), jnp.bfloat16)
   got = {}
-  for on in (False, True):
-    monkeypatch.setattr(fp8_mlp, "WGRAD_AFTER_DGRAD", on)
-    got[on] = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True,
-                                                                   True)))()
-  for a, b in zip(jax.tree.leaves(got[True]), jax.tree.leaves(got[False])):
-    assert a.dtype == b.dtype and a.shape == b.shape and _rel(a, b) < 1e-5
+  for mode in (False, True, "sublayer"):
+    monkeypatch.setattr(fp8_mlp, "WGRAD_AFTER_DGRAD", mode)
+    got[mode] = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True,
+                                                                     True)))()
+  for mode in (True, "sublayer"):
+    for a, b in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(got[False])):
+      assert a.dtype == b.dtype and a.shape == b.shape and _rel(a, b) < 1e-5, mode
 
 
 @pytest.mark.gpu
