@@ -60,6 +60,7 @@ WGRAD_AFTER_DGRAD = False
 def after(x, *deps):
   """x (any pytree), released only once deps are computed (one optimization_barrier over all of
   them) when WGRAD_AFTER_DGRAD is on; x itself otherwise. Same values either way."""
+  assert WGRAD_AFTER_DGRAD in (False, True, "sublayer"), WGRAD_AFTER_DGRAD
   if not WGRAD_AFTER_DGRAD:
     return x
   return jax.lax.optimization_barrier((x, deps))[0]
