@@ -55,6 +55,11 @@ NORM_IN_WGRAD = True
 # output), so they overlap the attention's backward rather than the MLP's. Off (False): built in the
 # twenty-ninth session, not yet timed (`wglast`, `wgsub` in bench/dev_step_variants.sh).
 WGRAD_AFTER_DGRAD = False
+# With attn_fp8 and STACKED_WEIGHTS, the bf16 w / s that each qkv_dot backward's dh reads is made for
+# all layers before the loop (qkv_weights(w, qh)), so it depends on the weights alone. Made in the
+# backward (False), XLA fused layer 0's into one pass with every layer's dw / s, so layer 0's dh dot
+# waited for all four weight gradients (the thirtieth session's H100 HLO dump).
+DH_WEIGHT_AHEAD = True
 
 
 def after(x, *deps):
@@ -192,39 +197,52 @@ swiglu.defvjp(_ref_fwd, _ref_bwd)
 # ----------------------------------------------------------------------------- the attention's x Wqkv
 
 
-def qkv_weights(w_DE):
+def qkv_weights(w_DE, qh=None):
   """qkv_dot's e4m3 weight and its scale, (w8 [E, D], sw [1]): quantized in the [E, D] layout, both
   operands K-major as cuBLASLt's FP8 path wants (the backward's dh is bf16 and needs no e4m3 copy
-  of w in the other layout). Of one layer or, w [L, D, E], of all layers at once (model.py)."""
-  return quantize_tensor(jnp.swapaxes(jax.lax.stop_gradient(w_DE), -1, -2))
+  of w in the other layout). Of one layer or, w [L, D, E], of all layers at once (model.py). With
+  qh (the static scale of h, [1] or [L, 1]), a third: the backward's bf16 w / s (s = sw / qh), made
+  here, before the layer loop, rather than in the backward (DH_WEIGHT_AHEAD)."""
+  w_DE = jax.lax.stop_gradient(w_DE)
+  w8_ED, sw = quantize_tensor(jnp.swapaxes(w_DE, -1, -2))
+  if qh is None:
+    return w8_ED, sw
+  return w8_ED, sw, _dh_weight(w_DE, jax.lax.stop_gradient(sw / qh))
+
+
+def _dh_weight(w_DE, s):
+  """The bf16 w / s that dh = d_raw (w / s)^T reads (s [1], or [L, 1] for a stack)."""
+  return (w_DE / s[..., None]).astype(jnp.bfloat16)
 
 
 @jax.custom_vjp
 def qkv_dot(h_ND, h8_ND, qh, w_DE, w8=None):
   """(raw [N, E] bf16, s [1] fp32) with raw * s ~= h w: e4m3(h * qh) (h8, from quantize_static or the
-  norm kernel) times w in e4m3 with its own scale (w8 = qkv_weights(w) when the caller made it);
-  s = the product of both dequantization scales, left for the caller to fold into whatever reads
-  raw. Backward as for raw * s = h w (s a constant): dh = d_raw (w / s)^T in bf16, dw = h^T d_raw /
-  s; nothing flows to h8, qh or w8."""
+  norm kernel) times w in e4m3 with its own scale (w8 = qkv_weights(w[, qh]) when the caller made
+  it); s = the product of both dequantization scales, left for the caller to fold into whatever
+  reads raw. Backward as for raw * s = h w (s a constant): dh = d_raw (w / s)^T in bf16 (w8's third
+  item when given), dw = h^T d_raw / s; nothing flows to h8, qh or w8."""
   return _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8)[0]
 
 
 def _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8=None):
-  w8_ED, sw = qkv_weights(w_DE) if w8 is None else w8
+  w8_ED, sw = qkv_weights(w_DE) if w8 is None else w8[:2]
   s = jax.lax.stop_gradient(sw / qh)
   raw_NE = dot8(h8_ND, w8_ED, 1)
-  return (raw_NE, s), (h_ND, h8_ND, qh, w_DE, s, None if w8 is None else ())   # () marks a given w8
+  wd_DE = w8[2] if w8 is not None and len(w8) > 2 else None
+  # w8's cotangent, (None, ...) (no leaves, so a valid residual) when it was given.
+  return (raw_NE, s), (h_ND, h8_ND, qh, w_DE, s, wd_DE, None if w8 is None else (None,) * len(w8))
 
 
 def _qkv_bwd(res, cotangents):
-  h_ND, h8_ND, qh, w_DE, s, w8_mark = res
+  h_ND, h8_ND, qh, w_DE, s, wd_DE, w8_cot = res
   d_raw = cotangents[0]
   # d_raw = s dL/d(h w): the true gradients are these products divided by s (~1e-5; the division
   # rides on the bf16 cast of w and on the small fp32 dw).
-  dh_ND = jnp.dot(d_raw, (w_DE / s).astype(d_raw.dtype).T)
+  dh_ND = jnp.dot(d_raw, (_dh_weight(w_DE, s) if wd_DE is None else wd_DE).astype(d_raw.dtype).T)
   dw_DE = jnp.dot(after(h_ND, dh_ND).T, d_raw, preferred_element_type=jnp.float32) / s
   return (dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype),
-          None if w8_mark is None else (None, None))
+          w8_cot)
 
 
 qkv_dot.defvjp(_qkv_fwd, _qkv_bwd)

@@ -466,10 +466,12 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
       if _option(cfg, "mlp_fp8"):
         w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"])
       if h8 is not None:
-        wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1))
+        # Layer i's h8 has the static scale of its own attention norm's gain.
+        qh = jax.vmap(fp8_mlp.static_scale)(blocks["attn_norm"]) if fp8_mlp.DH_WEIGHT_AHEAD else None
+        wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1), qh)
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
-    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8 if wq8 is None else (*h8, (wq8[0][i], wq8[1][i])))
+    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8 if wq8 is None else (*h8, tuple(a[i] for a in wq8)))
     last = i + 1 == cfg.n_layers
     gain = params["final_norm"] if last else blocks["attn_norm"][i + 1]
     if _option(cfg, "mlp_fp8"):

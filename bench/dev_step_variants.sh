@@ -41,6 +41,8 @@
 #   wglast - fp8_mlp.WGRAD_AFTER_DGRAD=True (each layer's weight-gradient dots, W2, W13, Wqkv and Wo,
 #           wait for the input-gradient dot of the same weight); wgall = wglast and dwlast together;
 #           wgsub - fp8_mlp.WGRAD_AFTER_DGRAD="sublayer" (the MLP's two wait for the whole MLP backward)
+#   dhlate - fp8_mlp.DH_WEIGHT_AHEAD=False (each qkv_dot backward makes its bf16 w / s for dh itself,
+#           as before the thirtieth session, instead of all layers' before the loop)
 #   oldstarts - train.window_starts as fold_in + randint (a chain of four small kernels at the step's
 #           start), against the one threefry pass of bench/results/h100_session29/window_starts_threefry.patch
 #           (no gain, not adopted: apply the patch first, or this variant is the tree itself)
@@ -84,6 +86,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     wglast) pre="import fp8_mlp; fp8_mlp.WGRAD_AFTER_DGRAD = True; " ;;
     wgsub) pre="import fp8_mlp; fp8_mlp.WGRAD_AFTER_DGRAD = 'sublayer'; " ;;
     wgall) pre="import fp8_mlp, xent_kernel; fp8_mlp.WGRAD_AFTER_DGRAD = True; xent_kernel.DW_AFTER_DX = True; " ;;
+    dhlate) pre="import fp8_mlp; fp8_mlp.DH_WEIGHT_AHEAD = False; " ;;
     oldstarts) pre="import jax, jax.numpy as jnp, train; train.window_starts = lambda k, s, b, n, t: jax.random.randint(jax.random.fold_in(k, s), (b,), 0, n - t, dtype=jnp.int32); " ;;
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;
   esac
