@@ -46,29 +46,13 @@ STACKED_WEIGHTS = True
 # gradient remakes h from the stream as it writes h's token-last copy (transpose_fp8's norm=);
 # False: the norm writes h and the copy reads it (the measured alternative, docs/model.md).
 NORM_IN_WGRAD = True
-# Each weight gradient's dot in the fused backward waits for its layer's input-gradient dot (`after`):
-# W2's for dA = dY W2^T, W13's for dX = dH13 W13^T, Wqkv's (qkv_dot) for dh, Wo's (model.out_proj)
-# for dO. The step's command buffer is a graph of data dependencies, so today each pair runs side
-# by side and the input gradient, the one the backward's chain waits on, shares the GPU (Wqkv's dX
-# took 127 us beside its weight gradient, ~60 alone, in the twenty-ninth session's H100 profile).
-# "sublayer": the MLP's two wait longer, for the sublayer's own input gradient (its norm backward's
-# output), so they overlap the attention's backward rather than the MLP's. Off (False): built in the
-# twenty-ninth session, not yet timed (`wglast`, `wgsub` in bench/dev_step_variants.sh).
-WGRAD_AFTER_DGRAD = False
 # With attn_fp8 and STACKED_WEIGHTS, the bf16 w / s that each qkv_dot backward's dh reads is made for
 # all layers before the loop (qkv_weights(w, qh)), so it depends on the weights alone. Made in the
 # backward (False), XLA fused layer 0's into one pass with every layer's dw / s, so layer 0's dh dot
-# waited for all four weight gradients (the thirtieth session's H100 HLO dump).
+# waited for all four weight gradients (the thirtieth session's H100 HLO dump). Ahead, that dot
+# starts 13 us after the attention backward instead of 100; the B128 step measured 8.303 vs 8.333 ms
+# (means of five interleaved pairs, 3 of 5 faster: at the noise; `dhlate` in bench/dev_step_variants.sh).
 DH_WEIGHT_AHEAD = True
-
-
-def after(x, *deps):
-  """x (any pytree), released only once deps are computed (one optimization_barrier over all of
-  them) when WGRAD_AFTER_DGRAD is on; x itself otherwise. Same values either way."""
-  assert WGRAD_AFTER_DGRAD in (False, True, "sublayer"), WGRAD_AFTER_DGRAD
-  if not WGRAD_AFTER_DGRAD:
-    return x
-  return jax.lax.optimization_barrier((x, deps))[0]
 
 
 def quantize_rows(x):
@@ -240,7 +224,7 @@ def _qkv_bwd(res, cotangents):
   # d_raw = s dL/d(h w): the true gradients are these products divided by s (~1e-5; the division
   # rides on the bf16 cast of w and on the small fp32 dw).
   dh_ND = jnp.dot(d_raw, (_dh_weight(w_DE, s) if wd_DE is None else wd_DE).astype(d_raw.dtype).T)
-  dw_DE = jnp.dot(after(h_ND, dh_ND).T, d_raw, preferred_element_type=jnp.float32) / s
+  dw_DE = jnp.dot(h_ND.T, d_raw, preferred_element_type=jnp.float32) / s
   return (dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype),
           w8_cot)
 
@@ -330,22 +314,15 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
                                                   write_dh13=not fp8_wgrad)
   dh_ND = dot8(dh8, w13_8, 1)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
-  # The weight gradients, held (`after`) for dA and dX, or with "sublayer" for this sublayer's own
-  # input gradient. W2's holds act too: its token-last copy depends on the forward alone, and
-  # would otherwise be made beside the forward's W2 dot.
-  late = WGRAD_AFTER_DGRAD == "sublayer"
-  d_y_w, act_w = after((d_y, act_NF), *((dx, dattn) if late else (da_NF,)))
   if w2_wgrad8:
-    dw2 = wgrad_kernels(d_y_w.reshape(B * T, D), ds, *act_w, _ONE).T
+    dw2 = wgrad_kernels(d_y.reshape(B * T, D), ds, *act_NF, _ONE).T
   else:
-    dw2 = jnp.dot(act_w.T, d_y_w.reshape(B * T, D), preferred_element_type=jnp.float32)
-  w13_after = (dx, dattn) if late else (dh_ND,)
+    dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
   if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
     src, norm = (s_BTD, (rstd1, g_mlp, dtype)) if h_BTD is None else (h_BTD, None)
-    src, dh8_w = after((src, dh8), *w13_after)   # both token-last copies wait, not only the dot
-    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, dh8_w, dhs, s13, norm=norm)
+    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, dh8, dhs, s13, norm=norm)
   else:
-    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, after(dh13_N2F, *w13_after), preferred_element_type=jnp.float32)
+    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,
           None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 6)
 

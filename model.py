@@ -307,11 +307,8 @@ def _out_proj_fwd(o_BTHK, wo_HKD):
 
 
 def _out_proj_bwd(res, dy_BTD):
-  import fp8_mlp  # pylint: disable=import-outside-toplevel
   o_BTHK, wo_HKD = res
-  do_BTHK = jnp.einsum("btd,hkd->bthk", dy_BTD, wo_HKD)
-  # fp8_mlp.after: with fp8_mlp.WGRAD_AFTER_DGRAD, Wo's weight gradient waits for dO.
-  return do_BTHK, jnp.einsum("bthk,btd->hkd", fp8_mlp.after(o_BTHK, do_BTHK), dy_BTD)
+  return jnp.einsum("btd,hkd->bthk", dy_BTD, wo_HKD), jnp.einsum("bthk,btd->hkd", o_BTHK, dy_BTD)
 
 
 out_proj.defvjp(_out_proj_fwd, _out_proj_bwd)

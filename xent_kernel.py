@@ -41,12 +41,6 @@ VOCAB_ALIGN = 128
 # weight gradient's dot, cuBLAS's kernel for it took 629-700 us in either layout over several
 # compiles. False: the dot as autodiff writes it.
 DX_WEIGHT_T = True
-# The weight gradient's dot made to wait for dX (an optimization_barrier on both): in the step the
-# two run side by side (the command buffer is a graph of data dependencies), ~880 us for both,
-# while only dX is on the backward's chain; alone it takes ~420 us. With this, dW overlaps the last
-# layer's backward instead. Off: built in the twenty-ninth session, not yet timed (`dwlast` in
-# bench/dev_step_variants.sh).
-DW_AFTER_DX = False
 
 
 def _triton():
@@ -127,9 +121,6 @@ def _bwd(spec, softcap, res, g):  # pylint: disable=unused-argument
   if DX_WEIGHT_T:
     w_DV = jax.lax.optimization_barrier(jnp.moveaxis(w_pad, _vocab_axis(spec), -1))
     dh_BTD = jnp.einsum("btv,dv->btd", d_BTV, w_DV)
-  if DW_AFTER_DX:  # the same d, released only once dh exists; vjp's dh from it is dead code
-    d_after_BTV, dh_BTD = jax.lax.optimization_barrier((d_BTV, dh_BTD))
-    dw = vjp(d_after_BTV)[1]
   dw = jax.lax.slice_in_dim(dw, 0, v_like.shape[1], axis=_vocab_axis(spec))
   return (dh_BTD * g.astype(dh_BTD.dtype), dw * g.astype(dw.dtype), None, _zero_cotangents(h8_like, h_BTD.shape))
 

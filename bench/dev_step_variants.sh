@@ -41,6 +41,8 @@
 #   wglast - fp8_mlp.WGRAD_AFTER_DGRAD=True (each layer's weight-gradient dots, W2, W13, Wqkv and Wo,
 #           wait for the input-gradient dot of the same weight); wgall = wglast and dwlast together;
 #           wgsub - fp8_mlp.WGRAD_AFTER_DGRAD="sublayer" (the MLP's two wait for the whole MLP backward)
+#           (all four removed in the thirtieth session for being slower: `git apply
+#           bench/results/h100_session30/weight_grad_after_input_grad.patch` puts the switches back)
 #   dhlate - fp8_mlp.DH_WEIGHT_AHEAD=False (each qkv_dot backward makes its bf16 w / s for dh itself,
 #           as before the thirtieth session, instead of all layers' before the loop)
 #   oldstarts - train.window_starts as fold_in + randint (a chain of four small kernels at the step's

@@ -250,24 +250,6 @@ def test_qkv_dot_is_the_documented_recipe():
   assert _rel(dw, np.asarray(h, np.float64).T @ d_true) < 1e-5
 
 
-def test_qkv_dot_weight_gradient_waits_for_dh_with_wgrad_after_dgrad(monkeypatch):
-  """fp8_mlp.WGRAD_AFTER_DGRAD: qkv_dot's weight-gradient dot is computed from (waits for) the
-  input gradient's dot, with the same values (up to the order of fp32 sums: the barrier changes how
-  XLA fuses the transposed operand into the dot); off, the two dots share no path."""
-  import jaxpr_deps  # pylint: disable=import-outside-toplevel
-  h, h8, q, w, d_raw = _qkv_inputs()
-  got = {}
-  for on in (False, True):
-    monkeypatch.setattr(fp8_mlp, "WGRAD_AFTER_DGRAD", on)
-    out, vjp = jax.vjp(lambda h, w: fp8_mlp.qkv_dot(h, h8, q, w), h, w)
-    cot = (d_raw, jnp.zeros_like(out[1]))
-    got[on] = jax.jit(vjp)(cot)
-    (dh_dots, dw_dots), _ = jaxpr_deps.dots_upstream(vjp, cot)
-    assert len(dh_dots) == 1 and (dh_dots <= dw_dots) == on
-  for a, b in zip(got[False], got[True]):
-    assert a.dtype == b.dtype and _rel(a, np.asarray(b, np.float64)) < 1e-6
-
-
 def test_qkv_dot_with_a_layer_of_the_stacked_weights_is_the_same():
   """model.py's fused path quantizes every layer's Wqkv at once (qkv_weights on [L, D, E]) and
   hands qkv_dot its layer's slice: the same e4m3 values and per-layer scales as NumPy's for each
@@ -426,22 +408,6 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream, fp8_w2, wgrad):
   for name, g, w in zip(("dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), got[1], want[1]):
     assert g.dtype == w.dtype and g.shape == w.shape, name
     assert _rel(g, w) < 4e-2, (name, _rel(g, w))
-
-
-@pytest.mark.gpu
-def test_fused_sublayer_gradients_are_the_same_with_wgrad_after_dgrad(monkeypatch):
-  """fp8_mlp.WGRAD_AFTER_DGRAD (True or "sublayer") only delays W2's and W13's weight-gradient dots
-  (an optimization_barrier on an input gradient): every output and gradient of the speedrun's
-  sublayer (all its e4m3 options on) as without it, up to fp32 sum order."""
-  run = _sublayer_vjp((4, 256, 512, 1344), jnp.bfloat16)
-  got = {}
-  for mode in (False, True, "sublayer"):
-    monkeypatch.setattr(fp8_mlp, "WGRAD_AFTER_DGRAD", mode)
-    got[mode] = jax.jit(lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True,
-                                                                     True)))()
-  for mode in (True, "sublayer"):
-    for a, b in zip(jax.tree.leaves(got[mode]), jax.tree.leaves(got[False])):
-      assert a.dtype == b.dtype and a.shape == b.shape and _rel(a, b) < 1e-5, mode
 
 
 @pytest.mark.gpu
