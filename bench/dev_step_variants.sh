@@ -45,6 +45,8 @@
 #           bench/results/h100_session30/weight_grad_after_input_grad.patch` puts the switches back)
 #   dhlate - fp8_mlp.DH_WEIGHT_AHEAD=False (each qkv_dot backward makes its bf16 w / s for dh itself,
 #           as before the thirtieth session, instead of all layers' before the loop)
+#   actlate - fp8_mlp.ACT_COPY_AFTER_W2=True (W2's token-last e4m3 act copy made after the forward's
+#           W2 dot instead of before it, where it held that dot back ~27 us a layer)
 #   oldstarts - train.window_starts as fold_in + randint (a chain of four small kernels at the step's
 #           start), against the one threefry pass of bench/results/h100_session29/window_starts_threefry.patch
 #           (no gain, not adopted: apply the patch first, or this variant is the tree itself)
@@ -88,6 +90,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     wglast) pre="import fp8_mlp; fp8_mlp.WGRAD_AFTER_DGRAD = True; " ;;
     wgsub) pre="import fp8_mlp; fp8_mlp.WGRAD_AFTER_DGRAD = 'sublayer'; " ;;
     wgall) pre="import fp8_mlp, xent_kernel; fp8_mlp.WGRAD_AFTER_DGRAD = True; xent_kernel.DW_AFTER_DX = True; " ;;
+    actlate) pre="import fp8_mlp; fp8_mlp.ACT_COPY_AFTER_W2 = True; " ;;
     dhlate) pre="import fp8_mlp; fp8_mlp.DH_WEIGHT_AHEAD = False; " ;;
     oldstarts) pre="import jax, jax.numpy as jnp, train; train.window_starts = lambda k, s, b, n, t: jax.random.randint(jax.random.fold_in(k, s), (b,), 0, n - t, dtype=jnp.int32); " ;;
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;
