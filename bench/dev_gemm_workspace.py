@@ -48,7 +48,8 @@ def without_workspace(text, algorithm="keep"):
 
 
 def run_step(name, out_dir, xla_flags, extra=()):
-  """One bench_train run under XLA_FLAGS; (ms per step or None, its command, the error's tail)."""
+  """One bench_train run under XLA_FLAGS: (ms per step or None, its command, the error's tail or None,
+  the traced step's memsets and idle or None)."""
   out = os.path.join(out_dir, f"step_{name}.json")
   cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_train.py"), *STEP_ARGS, *extra, f"--out={out}"]
   env = dict(os.environ, XLA_FLAGS=" ".join(xla_flags))
