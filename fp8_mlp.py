@@ -53,14 +53,6 @@ NORM_IN_WGRAD = True
 # starts 13 us after the attention backward instead of 100; the B128 step measured 8.303 vs 8.333 ms
 # (means of five interleaved pairs, 3 of 5 faster: at the noise; `dhlate` in bench/dev_step_variants.sh).
 DH_WEIGHT_AHEAD = True
-# With fp8_wgrad_w2, W2's weight gradient reads a token-last copy of the forward's e4m3 act
-# (swiglu_kernel.transpose_fp8, ~31 us at B128). It depends on the forward alone, so the concurrent
-# command buffer runs it as soon as act exists, before the forward's W2 dot, which then started
-# ~27 us after the SwiGLU forward in every layer (the thirtieth session's H100 profile). True: the
-# copy is made from act behind an optimization_barrier with the W2 dot's output, so it runs after
-# that dot, beside the next norm and projection. Same values. Off: built in the thirtieth
-# session, not yet timed (`actlate` in bench/dev_step_variants.sh).
-ACT_COPY_AFTER_W2 = False
 
 
 def quantize_rows(x):
@@ -291,8 +283,6 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
                                                     write_act=not fp8_wgrad_w2)
     y_scale = a_scale * s2 if fp8_wgrad_w2 else a_scale
     y_BTD = dot8(a8, w2_8T, 1).reshape(B, T, D)   # unscaled: the norm kernel applies y_scale
-    if fp8_wgrad_w2 and ACT_COPY_AFTER_W2:   # the same bytes, released once the W2 dot is done
-      a8 = jax.lax.optimization_barrier((a8, y_BTD))[0]
     act_NF = (a8, a_scale) if fp8_wgrad_w2 else act_NF   # what W2's weight gradient reads
   else:
     act_NF = silu_mul_scaled(h13_N2F, hs, dtype)

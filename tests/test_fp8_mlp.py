@@ -411,24 +411,6 @@ def test_fused_sublayer_matches_the_xla_reference(shape, stream, fp8_w2, wgrad):
 
 
 @pytest.mark.gpu
-def test_fused_sublayer_is_the_same_with_the_act_copy_after_the_w2_dot(monkeypatch):
-  """fp8_mlp.ACT_COPY_AFTER_W2 only orders the token-last copy of act (W2's e4m3 weight gradient)
-  after the forward's W2 dot, through one more optimization_barrier in the program: every output
-  and gradient of the speedrun's sublayer (all its e4m3 options on) as without it."""
-  run = _sublayer_vjp((4, 256, 512, 1344), jnp.bfloat16)
-  f = lambda: run(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True, True))  # pylint: disable=unnecessary-lambda-assignment
-  got, barriers = {}, {}
-  for on in (False, True):
-    monkeypatch.setattr(fp8_mlp, "ACT_COPY_AFTER_W2", on)
-    jax.clear_caches()   # jit and make_jaxpr keep a trace per function, which would ignore the switch
-    barriers[on] = str(jax.make_jaxpr(f)()).count("optimization_barrier")
-    got[on] = jax.jit(f)()
-  assert barriers[True] == barriers[False] + 1, barriers
-  for a, b in zip(jax.tree.leaves(got[True]), jax.tree.leaves(got[False])):
-    assert a.dtype == b.dtype and a.shape == b.shape and _rel(a, b) < 1e-6
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(4, 256, 512, 1344), (3, 7, 64, 100)])
 def test_last_fused_sublayer_returns_no_stream_and_the_gradients_of_a_zero_one(shape):
   """keep_x=False (the model's last layer): x' is None and the gradients are the reference's with
