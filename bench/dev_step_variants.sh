@@ -46,12 +46,17 @@
 #   dhlate - fp8_mlp.DH_WEIGHT_AHEAD=False (each qkv_dot backward makes its bf16 w / s for dh itself,
 #           as before the thirtieth session, instead of all layers' before the loop)
 #   actlate - fp8_mlp.ACT_COPY_AFTER_W2=True (W2's token-last e4m3 act copy made after the forward's
-#           W2 dot instead of before it, where it held that dot back ~27 us a layer)
+#           W2 dot instead of before it, where it held that dot back ~27 us a layer; removed in the
+#           thirty-first session for no gain: `git apply
+#           bench/results/h100_session31/act_copy_after_w2.patch` puts it back)
 #   oldstarts - train.window_starts as fold_in + randint (a chain of four small kernels at the step's
 #           start), against the one threefry pass of bench/results/h100_session29/window_starts_threefry.patch
 #           (no gain, not adopted: apply the patch first, or this variant is the tree itself)
 #   bf16mom - --set=train.moment_dtype=bfloat16 (AdamW's moments stored in bf16: 20 instead of 28
 #           bytes a parameter through the update)
+#   spc2, spc4 - --set=train.steps_per_call=2 or 4 (that many steps unrolled in one compiled call;
+#           --steps counts calls, ms_per_step is per training step; tried in the thirty-first
+#           session for no gain: `git apply bench/results/h100_session31/steps_per_call.patch` first)
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
@@ -94,6 +99,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     dhlate) pre="import fp8_mlp; fp8_mlp.DH_WEIGHT_AHEAD = False; " ;;
     oldstarts) pre="import jax, jax.numpy as jnp, train; train.window_starts = lambda k, s, b, n, t: jax.random.randint(jax.random.fold_in(k, s), (b,), 0, n - t, dtype=jnp.int32); " ;;
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;
+    spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
+    spc4) set="$set"', "--set=train.steps_per_call=4"' ;;
   esac
   XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1
 }
