@@ -357,6 +357,28 @@ def _compiler_options(t):
   return {"xla_gpu_command_buffer_scheduling_mode": t.get("command_buffer_mode", "lhs").upper()}
 
 
+def _compilation_cache(path):
+  """Points JAX's persistent compilation cache at path ('' leaves it as it is): a rerun of the same
+  config (a resume, a second seed) loads the compiled step from disk instead of compiling it again
+  (the speedrun step on the H100: 37-40 s -> 0.2 s; tracing and the Triton kernels still take ~10
+  s). The key is the whole program, embedded Triton binaries included, so any change to the code or
+  the config's numbers compiles afresh. Returns the directory used, or None."""
+  if not path:
+    return None
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"config.train.compilation_cache_dir={path!r} cannot be created ({e}): point it "
+                    "at a writable directory, or pass --config.train.compilation_cache_dir= to "
+                    "compile without a cache") from e
+  if jax.config.jax_compilation_cache_dir != path:
+    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
+    compilation_cache.reset_cache()   # JAX opens its cache once a process; a new path needs a reset
+    compilation_cache.set_cache_dir(path)
+  return path
+
+
 def _check_config(config, n_dev):
   t = config.train
   if t.batch_size % t.microbatches or (t.batch_size // t.microbatches) % n_dev:
@@ -450,6 +472,7 @@ def train(config, workdir):
 
   # The train split goes to device memory once when it fits; batches are then sampled in the step.
   on_device = train_N.nbytes <= config.data.on_device_max_mb * 2**20
+  _compilation_cache(t.get("compilation_cache_dir", ""))
   step_fn = make_train_step(config, mesh, on_device)
   if on_device:
     source = jax.device_put(np.asarray(train_N), replicated)

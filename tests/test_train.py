@@ -265,6 +265,49 @@ def test_gradient_accumulation_equals_the_full_batch(base, data_dir, tmp_path):
   _assert_trees_close(_params(str(tmp_path)), _params(workdir), rtol=1e-4, atol=1e-6)
 
 
+@pytest.fixture
+def compile_cache_events():
+  """The names of JAX's monitoring events while a test runs; JAX's persistent compilation cache is
+  switched off again afterwards, so later tests compile as before."""
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
+  events = []
+  listener = lambda name, **_: events.append(name)  # pylint: disable=unnecessary-lambda-assignment
+  jax.monitoring.register_event_listener(listener)
+  min_s = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the tiny step compiles in < 1 s
+  try:
+    yield events
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_s)
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.monitoring.unregister_event_listener(listener)
+
+
+def test_compilation_cache_serves_a_rerun_with_the_same_losses(base, data_dir, tmp_path, compile_cache_events):
+  """train.compilation_cache_dir: the first run writes its compiled programs there, a rerun of the
+  config (a new workdir) loads them from disk (JAX reports cache hits), and both train exactly as
+  the base run compiled without a cache."""
+  workdir, ref = base
+  cache = tmp_path / "no" / "such" / "dir"   # made by train
+  config = _config(data_dir, compilation_cache_dir=str(cache))
+  first = train.train(config, str(tmp_path / "first"))
+  assert os.listdir(cache)
+  hits = compile_cache_events.count("/jax/compilation_cache/cache_hits")
+  second = train.train(config, str(tmp_path / "second"))
+  assert compile_cache_events.count("/jax/compilation_cache/cache_hits") > hits
+  for run in ("first", "second"):
+    assert _losses(str(tmp_path / run)) == _losses(workdir)
+  assert first["final_val_loss"] == second["final_val_loss"] == ref["final_val_loss"]
+
+
+def test_unwritable_compilation_cache_dir_names_the_key_and_the_fix(data_dir, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(UserError, match="compilation_cache_dir.*--config.train.compilation_cache_dir="):
+    train.train(_config(data_dir, compilation_cache_dir=str(blocker / "cache")), str(tmp_path / "w"))
+
+
 @pytest.mark.slow
 def test_host_memmap_batches_equal_device_batches(base, data_dir, tmp_path):
   workdir, _ = base
