@@ -73,17 +73,23 @@ def apply_overrides(config, items):
     config[section][field] = (value.lower() in ("1", "true")) if isinstance(old, bool) else type(old)(value)
 
 
-def compiled_step(config, backend, mesh, train_tokens):
-  """(config with the backend set, compiled train step, its state, random-token train split on the
-  device, compile seconds): what train.py runs, with fixed seeds."""
-  config = config.copy_and_resolve_references()
-  config.model.attention_backend = backend
+def step_inputs(config, mesh, train_tokens):
+  """(state, random-token train split), both replicated on mesh, with fixed seeds."""
   replicated = NamedSharding(mesh, P())
   state = jax.jit(lambda k: train._init_state(config, k), out_shardings=replicated)(jax.random.key(0))  # pylint: disable=protected-access
   state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), replicated)
   tokens_N = jax.device_put(
       np.random.default_rng(0).integers(0, config.model.vocab_size, train_tokens, dtype=np.uint16),
       replicated)
+  return state, tokens_N
+
+
+def compiled_step(config, backend, mesh, train_tokens):
+  """(config with the backend set, compiled train step, its state, random-token train split on the
+  device, compile seconds): what train.py runs, with fixed seeds."""
+  config = config.copy_and_resolve_references()
+  config.model.attention_backend = backend
+  state, tokens_N = step_inputs(config, mesh, train_tokens)
   t0 = time.perf_counter()
   step = train.make_train_step(config, mesh, on_device=True).lower(state, tokens_N).compile()
   return config, step, state, tokens_N, time.perf_counter() - t0

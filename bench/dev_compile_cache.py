@@ -28,18 +28,14 @@ def child(cache_dir, quick):
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
   import bench_train  # pylint: disable=import-outside-toplevel
   import train  # pylint: disable=import-outside-toplevel
   config = dict(bench_train.cases(quick))["speedrun B128" if not quick else "speedrun B64"]
   config = config.copy_and_resolve_references()
   config.model.attention_backend = "triton" if jax.default_backend() == "gpu" else "xla"
   mesh = Mesh(np.array(jax.devices()), ("data",))
-  replicated = NamedSharding(mesh, P())
-  state = jax.jit(lambda k: train._init_state(config, k), out_shardings=replicated)(jax.random.key(0))  # pylint: disable=protected-access
-  state["rng"] = jax.device_put(jax.random.key_data(jax.random.key(1)), replicated)
-  tokens = jax.device_put(np.random.default_rng(0).integers(0, config.model.vocab_size, 1_000_000,
-                                                            dtype=np.uint16), replicated)
+  state, tokens = bench_train.step_inputs(config, mesh, 1_000_000)
   t0 = time.perf_counter()
   lowered = train.make_train_step(config, mesh, on_device=True).lower(state, tokens)
   t1 = time.perf_counter()
