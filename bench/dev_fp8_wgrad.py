@@ -81,18 +81,22 @@ def main():
   # In a loop of asynchronous calls a kernel this short is partly launch-bound: compare tiles here,
   # take absolute times from a step's profile (bench_train.py --profile).
   copies = 8   # distinct inputs per timed call (timed_batch)
-  batches = {"bytes": [(jax.lax.bitcast_convert_type(
-      jax.lax.bitcast_convert_type(dh8, jnp.uint8) ^ jnp.uint8(i), jnp.float8_e4m3fn),) for i in range(copies)],
-             "scaled": [(h * (1 + i / 64), dhs, qmul) for i in range(copies)]}
-  for kind, args in (("bytes", batches["bytes"]), ("scaled", batches["scaled"])):
+  flip = lambda x8, i: jax.lax.bitcast_convert_type(  # pylint: disable=unnecessary-lambda-assignment
+      jax.lax.bitcast_convert_type(x8, jnp.uint8) ^ jnp.uint8(i), jnp.float8_e4m3fn)
+  # The step's four copies a layer: dH13's and act's e4m3 bytes (act [N, F]: the first F columns of
+  # dH13's copy stand in for it), h's and dY's scaled copies of a bf16 [N, D] array.
+  batches = [("bytes", f"dH13 e4m3 [{N},{2 * F}]", [(flip(dh8, i),) for i in range(copies)]),
+             ("bytes", f"act e4m3 [{N},{F}]", [(flip(dh8[:, :F], i),) for i in range(copies)]),
+             ("scaled", f"h bf16 -> scaled e4m3 [{N},{D}]", [(h * (1 + i / 64), dhs, qmul) for i in range(copies)])]
+  for kind, what, args in batches:
     default = swiglu_kernel.TRANSPOSE[kind]
     configs = [default]
     if a.sweep:
-      configs += [c for c in itertools.product((32, 64, 128), (32, 64, 128), (4,), (False, True)) if c != default]
+      configs += [c for c in itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (False, True)) if c != default]
     for cfg in configs:
       swiglu_kernel.TRANSPOSE[kind] = cfg
-      what = f"dH13 e4m3 [{N},{2 * F}]" if kind == "bytes" else f"h bf16 -> scaled e4m3 [{N},{D}]"
-      row(f"transpose_fp8 {cfg}: {what}", timed_batch(swiglu_kernel.transpose_fp8, args), tile=list(cfg), what=kind)
+      row(f"transpose_fp8 {cfg}: {what}", timed_batch(swiglu_kernel.transpose_fp8, args), tile=list(cfg), what=kind,
+          shape=what)
     swiglu_kernel.TRANSPOSE[kind] = default
   for write in (True, False):
     row(f"SwiGLU backward, write_dh13={write}",

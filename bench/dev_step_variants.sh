@@ -57,6 +57,8 @@
 #   spc2, spc4 - --set=train.steps_per_call=2 or 4 (that many steps unrolled in one compiled call;
 #           --steps counts calls, ms_per_step is per training step; tried in the thirty-first
 #           session for no gain: `git apply bench/results/h100_session31/steps_per_call.patch` first)
+#   NAME  - any other name: the Python statements in the environment variable PRE_NAME run before
+#           bench_train.py, e.g. PRE_dq64="import attention_kernel as a; a._DQ[32] = (64, 64, 4, 3)"
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
@@ -101,6 +103,10 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
     spc4) set="$set"', "--set=train.steps_per_call=4"' ;;
+    base) ;;
+    *) local v="PRE_$1"; pre="${!v:-}"   # any other name: the Python in $PRE_<name>, run first
+       [ -n "$pre" ] || { echo "unknown variant $1 (set PRE_$1 to the Python that makes it)"; return; }
+       pre="$pre; " ;;
   esac
   XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1
 }
