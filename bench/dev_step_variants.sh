@@ -3,6 +3,8 @@
 #   base  - the tree as it is
 #   nogemm - XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (every dot to cuBLAS, none to XLA's Triton GEMMs)
 #   cublaslt - XLA_FLAGS=--xla_gpu_enable_cublaslt=true (the bf16 dots through cuBLASLt too)
+#   exhaustive - XLA_FLAGS=--xla_gpu_exhaustive_tiling_search=true (the autotuner tries every tile
+#           config for the dots XLA gives its own Triton GEMMs, the e4m3 ones among them)
 #   concurrent - --set=train.command_buffer_mode=concurrent (the step's command buffer as a graph of
 #           its data dependencies, so independent kernels may run at once; XLA's default is lhs)
 #   lhsbuf - --set=train.command_buffer_mode=lhs (the command buffer in XLA's one scheduled order, as
@@ -80,6 +82,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     attn8perlayer) pre="import fp8_mlp; fp8_mlp.STACKED_WEIGHTS = False; "; set="$set"', "--set=model.attn_fp8=True"' ;;
     percast) pre="import model; model.STACKED_CASTS = False; " ;;
     nogemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
+    exhaustive) flags="--xla_gpu_exhaustive_tiling_search=true" ;;
     cublaslt) flags="--xla_gpu_enable_cublaslt=true" ;;
     concurrent) set="$set"', "--set=train.command_buffer_mode=concurrent"' ;;
     lhsbuf) set="$set"', "--set=train.command_buffer_mode=lhs"' ;;
