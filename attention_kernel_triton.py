@@ -30,7 +30,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, lo, hi, qk_scale
   for start_n in range(lo, hi, BLOCK_N):
     start_n = tl.multiple_of(start_n, BLOCK_N)
     cols = start_n + offs_n
-    if MASKED:  # the diagonal block (causal) or the ragged last block (T % BLOCK_N != 0)
+    if MASKED and T % BLOCK_N != 0:  # the ragged last block
       k = tl.load(k_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
     else:
       k = tl.load(k_ptrs + start_n * ROW)
@@ -51,7 +51,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, diag, start_m, lo, hi, qk_scale
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    if MASKED:
+    if MASKED and T % BLOCK_N != 0:
       v = tl.load(v_ptrs + start_n * V_ROW, mask=cols[:, None] < T, other=0.0)
     else:
       v = tl.load(v_ptrs + start_n * V_ROW)
@@ -115,14 +115,24 @@ def _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, offs_n, lo, h
     start_m = tl.multiple_of(start_m, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     rows = offs_m < T
-    q = tl.load(q_ptrs + start_m * ROW, mask=rows[:, None], other=0.0)
-    lse = tl.load(lse_ptr + offs_m, mask=rows, other=0.0)
+    if T % BLOCK_M == 0:
+      q = tl.load(q_ptrs + start_m * ROW)
+      lse = tl.load(lse_ptr + offs_m)
+    else:
+      q = tl.load(q_ptrs + start_m * ROW, mask=rows[:, None], other=0.0)
+      lse = tl.load(lse_ptr + offs_m, mask=rows, other=0.0)
     p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
     if MASKED:
       p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
-    do = tl.load(do_ptrs + start_m * ROW, mask=rows[:, None], other=0.0)
+    if T % BLOCK_M == 0:
+      do = tl.load(do_ptrs + start_m * ROW)
+    else:
+      do = tl.load(do_ptrs + start_m * ROW, mask=rows[:, None], other=0.0)
     dv = tl.dot(p_t.to(do.dtype), do, dv)
-    delta = tl.load(delta_ptr + offs_m, mask=rows, other=0.0)
+    if T % BLOCK_M == 0:
+      delta = tl.load(delta_ptr + offs_m)
+    else:
+      delta = tl.load(delta_ptr + offs_m, mask=rows, other=0.0)
     dp_t = tl.dot(v, tl.trans(do))
     ds_t = p_t * (dp_t - delta[None, :])
     dk = tl.dot(ds_t.to(q.dtype), q, dk)
@@ -183,7 +193,7 @@ def _dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, lo, hi, qk_scale,
   for start_n in range(lo, hi, BLOCK_N):
     start_n = tl.multiple_of(start_n, BLOCK_N)
     cols = start_n + offs_n
-    if MASKED:
+    if MASKED and T % BLOCK_N != 0:
       k = tl.load(k_ptrs + start_n * ROW, mask=cols[:, None] < T, other=0.0)
       v = tl.load(v_ptrs + start_n * V_ROW, mask=cols[:, None] < T, other=0.0)
     else:
