@@ -13,6 +13,9 @@ scale moves into the other's copy (wgrad_fp8: dH13's into h's, act's into dY's),
 need the token axis last (cuBLASLt's FP8 dots want the summed axis contiguous): one Triton pass
 writes each copy (swiglu_kernel.transpose_fp8), where XLA's transposes of e4m3 arrays cost more than
 the dot saves. W2's then reads the forward's e4m3 act, so no bf16 act is written or kept.
+With fp8_h13 (model.mlp_fp8_h13) x W13's output is e4m3 itself, written by the dot's epilogue at
+a scale bounded from W13 alone (out_scale), so both SwiGLU kernels read half the bytes; fp8_da
+(model.mlp_fp8_da) does the same for the backward's dY W2^T.
 
 Two implementations of the same arithmetic:
 - `mlp_sublayer` (GPU, norm_backend='triton'): residual add + RMSNorm -> MLP -> residual add +
@@ -101,6 +104,27 @@ def dot8(a8_NK, b8, b_contract, out=jnp.bfloat16):
   return jax.lax.dot_general(a8_NK, b8, (((1,), (b_contract,)), ((), ())), preferred_element_type=out)
 
 
+def out_scale(b8, contract):
+  """c (0-d fp32) such that e4m3(raw * c) cannot overflow for raw = a8 b8, a8 an e4m3 copy scaled per
+  row (every entry <= 448, as the norm kernels write them): by Cauchy-Schwarz |raw[t, j]| <= 448
+  sqrt(K) |b8_j|, so c = 1 / (sqrt(K) max_j |b8_j|) keeps raw * c <= 448, and no smaller c would
+  (a row lined up with b8's largest column, all entries at 448, reaches it). From the weight alone,
+  like static_scale: no pass over the output for its max. b8: one layer's e4m3 weight, contract its
+  axis of length K (as dot8's b_contract). A typical raw * c is ~448 cos(a_t, b_j) / (max|a8_t| /
+  rms(a8_t)), a few units for near-orthogonal rows, ~2^8 above e4m3's smallest normal (2^-6).
+  The MLP's x W13 (fp8_h13) and dY W2^T (fp8_da) use it."""
+  col2 = jnp.sum(jnp.square(b8.astype(jnp.float32)), axis=contract)
+  return jax.lax.stop_gradient(1.0 / jnp.maximum(jnp.sqrt(b8.shape[contract] * jnp.max(col2)), 1e-30))
+
+
+def dot8_e4m3(a8_NK, b8, b_contract, c):
+  """e4m3(a8 . b8 * c), clipped (out_scale's c never clips): cuBLASLt's FP8 GEMM writes the e4m3
+  output from its fp32 accumulator, the scale and clamp in its epilogue (XLA's GEMM rewriter fuses
+  this pattern; an H100 took 81 vs 90 us for x W13 at the speedrun shape with a bf16 output:
+  bench/dev_fp8_out_gemm.py), so the dot writes half the bytes and the SwiGLU kernels read half."""
+  return jnp.clip(dot8(a8_NK, b8, b_contract, out=jnp.float32) * c, -F8_MAX, F8_MAX).astype(E4M3)
+
+
 def wgrad_fp8(h_ND, r_N, dh8_NE):
   """h^T dH in fp32 [D, E] from e4m3 operands, where dH = dh8 * r[token] (r: dh8's per-row scale):
   W13's weight gradient (h, dH13) and, transposed, W2's (dY, act). The sum over tokens cannot take a
@@ -126,38 +150,48 @@ def silu_mul_scaled(h13_N2F, scale_N, dtype):
 # ----------------------------------------------------------------------------- the XLA reference
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def swiglu(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def swiglu(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False,
+           fp8_da=False):
   """W2(SiLU(h W1) * (h W3)), w13 = [W1 | W3] as D x 2 x F (fp32 masters), with the module's FP8 dots
   (act W2 among them with fp8_w2, W13's weight gradient with fp8_wgrad, W2's with fp8_wgrad_w2 and
-  fp8_w2: wgrad_fp8); outputs in dtype."""
-  return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2)[0]
+  fp8_w2: wgrad_fp8; x W13's output in e4m3 with fp8_h13 and dY W2^T's with fp8_da: dot8_e4m3);
+  outputs in dtype."""
+  return _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da)[0]
 
 
 def _ref_fwd(h_BTD, w13_D2F, w2_FD, dtype, fp8_w2=False, fp8_wgrad=False,  # pylint: disable=unused-argument
-             fp8_wgrad_w2=False):
+             fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False):
   B, T, D = h_BTD.shape
   h_ND = h_BTD.reshape(B * T, D).astype(dtype)
   h8, hs = quantize_rows(h_ND)
   w13_8, s13 = quantize_tensor(w13_D2F.reshape(D, -1))
-  h13_N2F = dot8(h8, w13_8, 0)
-  act_NF = silu_mul_scaled(h13_N2F, hs * s13, dtype)
+  if fp8_h13:
+    c13 = out_scale(w13_8, 0)
+    h13_N2F, hs13 = dot8_e4m3(h8, w13_8, 0, c13), hs * s13 / c13
+  else:
+    h13_N2F, hs13 = dot8(h8, w13_8, 0), hs * s13
+  act_NF = silu_mul_scaled(h13_N2F, hs13, dtype)
   if fp8_w2:
     a8, as_ = quantize_rows(act_NF)
     w2_8, s2 = quantize_tensor(w2_FD)
     y_ND = (dot8(a8, w2_8, 0).astype(jnp.float32) * (as_ * s2)[:, None]).astype(dtype)
   else:
     y_ND = jnp.dot(act_NF, w2_FD.astype(dtype))
-  return y_ND.reshape(B, T, D), (h_ND, h13_N2F, hs * s13, act_NF, w13_8, s13, w13_D2F, w2_FD)
+  return y_ND.reshape(B, T, D), (h_ND, h13_N2F, hs13, act_NF, w13_8, s13, w13_D2F, w2_FD)
 
 
-def _ref_bwd(dtype, fp8_w2, fp8_wgrad, fp8_wgrad_w2, res, dy_BTD):  # pylint: disable=unused-argument
+def _ref_bwd(dtype, fp8_w2, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, res, dy_BTD):  # pylint: disable=unused-argument
   h_ND, h13_N2F, hs, act_NF, w13_8, s13, w13_D2F, w2_FD = res
   B, T, D = dy_BTD.shape
   dy_ND = dy_BTD.reshape(B * T, D).astype(dtype)
   w2_8, s2 = quantize_tensor(w2_FD)
   dy8, dys = quantize_rows(dy_ND)
-  da_NF = dot8(dy8, w2_8, 1).astype(jnp.float32) * (dys * s2)[:, None]
+  if fp8_da:
+    c2 = out_scale(w2_8, 1)
+    da_NF = dot8_e4m3(dy8, w2_8, 1, c2).astype(jnp.float32) * (dys * s2 / c2)[:, None]
+  else:
+    da_NF = dot8(dy8, w2_8, 1).astype(jnp.float32) * (dys * s2)[:, None]
   if fp8_w2 and fp8_wgrad_w2:   # act = a8 * as[token]: as moves into dY's copy
     a8, as_ = quantize_rows(act_NF)
     dw2 = wgrad_fp8(dy_ND, as_, a8).T
@@ -249,9 +283,9 @@ def head_logits(h8_ND, qh, w_VD):
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10, 11, 12))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10, 11, 12, 13, 14))
 def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None,
-                 keep_x=True, fp8_wgrad=False, fp8_wgrad_w2=False):
+                 keep_x=True, fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False):
   """(x', h') with s = x + attn, x' = s + MLP(RMSNorm(s) * g_mlp), h' = RMSNorm(x') * g_next: the
   values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots (act W2
   among them with fp8_w2). With q_next (static_scale(g_next)), a third output:
@@ -261,45 +295,53 @@ def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=F
   XLA writes (21 us a B128 step on the H200) and the norm backward reads. fp8_wgrad: W13's weight
   gradient as an e4m3 dot (wgrad_fp8), its token-last operands written by swiglu_kernel.transpose_fp8,
   and the SwiGLU backward without its bf16 dH13. fp8_wgrad_w2 (with fp8_w2): W2's the same way, from
-  the forward's e4m3 act, and the SwiGLU forward without its bf16 act."""
+  the forward's e4m3 act, and the SwiGLU forward without its bf16 act. fp8_h13: x W13's output in
+  e4m3 (dot8_e4m3 at out_scale), which both SwiGLU kernels read instead of bf16; fp8_da: the
+  backward's dY W2^T too, which the SwiGLU backward reads."""
   return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2, q_next, w8, keep_x, fp8_wgrad,
-              fp8_wgrad_w2)[0]
+              fp8_wgrad_w2, fp8_h13, fp8_da)[0]
 
 
 def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None, keep_x=True,
-         fp8_wgrad=False, fp8_wgrad_w2=False):  # pylint: disable=unused-argument  (fp8_wgrad: the same forward)
+         fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False):  # pylint: disable=unused-argument  (fp8_wgrad: the same forward)
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
   w13_8, w13_8T, s13, w2_8, s2, w2_8T = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
   # h itself is read again only by W13's weight gradient, which can remake it (NORM_IN_WGRAD).
   s_BTD, h_BTD, rstd1, (h8, hs) = norm_kernel.forward(x_BTD, attn_BTD, g_mlp, dtype, fp8_qmul=s13,
                                                       write_h=not (fp8_wgrad and NORM_IN_WGRAD))
-  h13_N2F = dot8(h8, w13_8T, 1)   # cuBLASLt's FP8 dots want both operands K-major
+  # cuBLASLt's FP8 dots want both operands K-major. hs13: the rows' scale of h13 (hs, which carries
+  # s13, over the e4m3 output's c13); hs itself stays for W13's weight gradient.
+  if fp8_h13:
+    c13 = out_scale(w13_8T, 1)
+    h13_N2F, hs13 = dot8_e4m3(h8, w13_8T, 1, c13), hs / c13
+  else:
+    h13_N2F, hs13 = dot8(h8, w13_8T, 1), hs
   if fp8_w2:
     import swiglu_kernel  # pylint: disable=import-outside-toplevel
     # With fp8_wgrad_w2, act's own row scales (max|act[t]| / 448) are kept for W2's gradient, so
     # they must not carry s2: zero for a zero W2 (zero_init_out), which would zero that gradient.
-    act_NF, a8, a_scale = swiglu_kernel.forward_fp8(h13_N2F, hs, _ONE if fp8_wgrad_w2 else s2,
-                                                    write_act=not fp8_wgrad_w2)
+    act_NF, a8, a_scale = swiglu_kernel.forward_fp8(h13_N2F, hs13, _ONE if fp8_wgrad_w2 else s2,
+                                                    write_act=not fp8_wgrad_w2, dtype=dtype)
     y_scale = a_scale * s2 if fp8_wgrad_w2 else a_scale
     y_BTD = dot8(a8, w2_8T, 1).reshape(B, T, D)   # unscaled: the norm kernel applies y_scale
     act_NF = (a8, a_scale) if fp8_wgrad_w2 else act_NF   # what W2's weight gradient reads
   else:
-    act_NF = silu_mul_scaled(h13_N2F, hs, dtype)
+    act_NF = silu_mul_scaled(h13_N2F, hs13, dtype)
     y_BTD, y_scale = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D), None
   x_out, h_next, rstd2, fp8 = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype, fp8_qmul=q_next, fp8_rows=False,
                                                   y_scale=y_scale)
-  res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next,
+  res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next,
          jnp.zeros((0,), attn_BTD.dtype), jnp.zeros((0,), w13_D2F.dtype), jnp.zeros((0,), w2_FD.dtype), q_next,
          None if w8 is None else ())   # () marks a given w8 (a leafless pytree, unlike a bool)
   outs = (x_out if keep_x else None, h_next)
   return (outs if q_next is None else (*outs, fp8[0].reshape(x_out.shape))), res
 
 
-def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
+def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, res, cotangents):  # pylint: disable=unused-argument
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
-  (s_BTD, rstd1, h_BTD, h13_N2F, hs, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next, attn_like, w13_like,
+  (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next, attn_like, w13_like,
    w2_like, q_next, w8_mark) = res
   cotangents = cotangents[:2]   # the e4m3 copy's (when q_next is given) is zero: qkv_dot passes nothing to it
   B, T, D = x_out.shape
@@ -309,9 +351,14 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, res, cotangents):
   # dY's row scales without s2 for W2's gradient too (as act's above); dA's take s2 here.
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype,
                                                      fp8_qmul=_ONE if w2_wgrad8 else s2)
-  da_NF = dot8(d8, w2_8, 1)
-  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs, da_NF, ds * s2 if w2_wgrad8 else ds, s13,
-                                                  write_dh13=not fp8_wgrad)
+  das = ds * s2 if w2_wgrad8 else ds   # dA's row scales: dY's, with W2's scale
+  if fp8_da:   # dA in e4m3 from the dot's epilogue; its scale c2 moves into the rows'
+    c2 = out_scale(w2_8, 1)
+    da_NF, das = dot8_e4m3(d8, w2_8, 1, c2), das / c2
+  else:
+    da_NF = dot8(d8, w2_8, 1)
+  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs13, da_NF, das, s13, write_dh13=not fp8_wgrad,
+                                                  dtype=dtype)
   dh_ND = dot8(dh8, w13_8, 1)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
   if w2_wgrad8:

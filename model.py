@@ -44,6 +44,8 @@ def default_model_config():
       mlp_fp8_w2=False,        # with mlp_fp8: the forward's act x W2 in e4m3 too (four of six); else unused
       mlp_fp8_wgrad=False,     # with mlp_fp8: W13's weight gradient in e4m3 too (fp8_mlp.wgrad_fp8); else unused
       mlp_fp8_wgrad_w2=False,  # with mlp_fp8 and mlp_fp8_w2: W2's weight gradient in e4m3 too; else unused
+      mlp_fp8_h13=False,       # with mlp_fp8: x W13's output in e4m3 too (fp8_mlp.dot8_e4m3); else unused
+      mlp_fp8_da=False,        # with mlp_fp8: the backward's dY W2^T output in e4m3 too; else unused
       head_fp8=False,          # the LM head's forward logits from an e4m3 dot (fp8_mlp.head_logits); gradients bf16
       tie_embeddings=True,
       compute_dtype="bfloat16",  # matmul dtype; 'float32' for exact CPU checks
@@ -230,14 +232,17 @@ def apply_rope(x_BTHK, cos_TK, sin_TK):
   return out.reshape(x_BTHK.shape).astype(x_BTHK.dtype)
 
 
-def swiglu(p, h_BTD, dtype, backend="xla", fp8=False, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False):
+def swiglu(p, h_BTD, dtype, backend="xla", fp8=False, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False,
+           fp8_h13=False, fp8_da=False):
   """W2(SiLU(W1 h) * W3 h) with W1, W3 fused in p['w13'] (D x 2 x F); backend 'triton' runs the
   gate's backward as one kernel (swiglu_kernel.py), same forward values; fp8 runs three of its six
   matmuls in e4m3, fp8_w2 a fourth, fp8_wgrad W13's weight gradient too, fp8_wgrad_w2 (with fp8_w2)
-  W2's (fp8_mlp.swiglu, the XLA version; _hidden_fused_norms uses the fused one)."""
+  W2's, fp8_h13 writes x W13 in e4m3 and fp8_da dY W2^T (fp8_mlp.swiglu, the XLA version;
+  _hidden_fused_norms uses the fused one)."""
   if fp8:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
-    return fp8_mlp.swiglu(h_BTD, p["w13"], p["w2"], dtype, bool(fp8_w2), bool(fp8_wgrad), bool(fp8_wgrad_w2))
+    return fp8_mlp.swiglu(h_BTD, p["w13"], p["w2"], dtype, bool(fp8_w2), bool(fp8_wgrad), bool(fp8_wgrad_w2),
+                          bool(fp8_h13), bool(fp8_da))
   h13_BT2F = jnp.einsum("btd,dsf->btsf", h_BTD, p["w13"].astype(dtype))
   if backend == "triton":
     import swiglu_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
@@ -395,7 +400,7 @@ def block(p, x_BTD, rope, cfg):
   x_BTD = _residual_add(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype, h8))
   mlp_BTD = swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend"),
                    _option(cfg, "mlp_fp8"), _option(cfg, "mlp_fp8_w2"), _option(cfg, "mlp_fp8_wgrad"),
-                   _option(cfg, "mlp_fp8_wgrad_w2"))
+                   _option(cfg, "mlp_fp8_wgrad_w2"), _option(cfg, "mlp_fp8_h13"), _option(cfg, "mlp_fp8_da"))
   return _residual_add(x_BTD, mlp_BTD)
 
 
@@ -480,7 +485,8 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
       x_BTD, h_BTD, *h8_next = fp8_mlp.mlp_sublayer(
           x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype, bool(_option(cfg, "mlp_fp8_w2")), q_next,
           None if w8 is None else tuple(a[i] for a in w8), not last,   # the last x_BTD is None: unused
-          bool(_option(cfg, "mlp_fp8_wgrad")), bool(_option(cfg, "mlp_fp8_wgrad_w2")))
+          bool(_option(cfg, "mlp_fp8_wgrad")), bool(_option(cfg, "mlp_fp8_wgrad_w2")), bool(_option(cfg, "mlp_fp8_h13")),
+          bool(_option(cfg, "mlp_fp8_da")))
       h8 = (h8_next[0], q_next) if h8_next else None
       continue
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_BTD, p["mlp_norm"], dtype)

@@ -71,7 +71,7 @@ def swiglu_bwd_fp8_kernel(H13, HS, DA, DAS, QMUL, DH13, DH8, DHS, N: tl.constexp
                           BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, ROWS: tl.constexpr,
                           WRITE_DH13: tl.constexpr):
   """swiglu_bwd_kernel for fp8_mlp.py, on FP8 dots' unscaled outputs: gate, up = H13 * HS[row] and
-  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in H13's dtype (for a bf16 weight gradient; not
+  da = DA * DAS[row]. Writes DH13 = [dgate | dup] in its dtype, bf16 (for a bf16 weight gradient; not
   when WRITE_DH13 is False, and DH13 is then a 1-element placeholder of that dtype) and in e4m3
   with one scale per row over both halves (DH8; DHS = QMUL * max|row| / 448), so a program owns
   ROWS whole rows, as a BLOCK_F tile and a BLOCK_T tile (see above).
@@ -117,8 +117,8 @@ def _fwd_fp8_tile(H13, ACT, hs, r64, cols, mask, F: tl.constexpr, WRITE_ACT: tl.
 def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.constexpr, BLOCK_F: tl.constexpr,
                           BLOCK_T: tl.constexpr, ROWS: tl.constexpr, WRITE_ACT: tl.constexpr):
   """fp8_mlp.py's forward gate with mlp_fp8_w2: gate, up = H13 * HS[row] (an FP8 dot's unscaled
-  output); ACT = silu(gate) * up in H13's dtype (a bf16 weight gradient's operand; not written when
-  WRITE_ACT is False, and ACT is then a 1-element placeholder of that dtype) and in e4m3 with one
+  output, bf16 or e4m3); ACT = silu(gate) * up in its dtype, bf16 (a bf16 weight gradient's operand; not
+  written when WRITE_ACT is False, and ACT is then a 1-element placeholder of that dtype) and in e4m3 with one
   scale per row (ACT8; AS = QMUL * max|row| / 448), the operand of the FP8 dot with W2. Rows as
   in swiglu_bwd_fp8_kernel."""
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)

@@ -154,8 +154,15 @@ def norm_bwd(n, d, rng, fp8=True, has_dxout=True):
   return errs + [check_fp8_rows(d8, ds, dx.double().numpy(), 2.5, "norm bwd")]
 
 
-def swiglu_bwd(n, f, rng):
-  h13 = torch.from_numpy((rng.standard_normal((n, 2 * f)) * 300).astype(np.float32)).to(torch.float16)
+def _h13(n, f, rng, e4m3):
+  """An FP8 dot's unscaled [gate | up]: fp16 (bf16's stand-in) or, as with fp8_h13, e4m3 itself."""
+  if e4m3:
+    return torch.from_numpy((rng.standard_normal((n, 2 * f)) * 30).clip(-448, 448).astype(np.float32)).to(E4M3)
+  return torch.from_numpy((rng.standard_normal((n, 2 * f)) * 300).astype(np.float32)).to(torch.float16)
+
+
+def swiglu_bwd(n, f, rng, e4m3=False):
+  h13 = _h13(n, f, rng, e4m3)
   hs = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32))
   da = torch.from_numpy((rng.standard_normal((n, f)) * 50).astype(np.float32)).to(torch.float16)
   das = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 50).astype(np.float32))
@@ -179,9 +186,10 @@ def swiglu_bwd(n, f, rng):
           check_fp8_rows(dh8, dhs, dh13.double().numpy(), 0.01, "swiglu bwd")]
 
 
-def swiglu_fwd(n, f, rng):
-  """swiglu_fwd_fp8_kernel: the gate on an FP8 dot's unscaled output, and its e4m3 copy."""
-  h13 = torch.from_numpy((rng.standard_normal((n, 2 * f)) * 300).astype(np.float32)).to(torch.float16)
+def swiglu_fwd(n, f, rng, e4m3=False):
+  """swiglu_fwd_fp8_kernel: the gate on an FP8 dot's unscaled output (fp16, or e4m3 as with
+  fp8_h13: the act is still rounded to the 16-bit ACT's dtype first), and its e4m3 copy."""
+  h13 = _h13(n, f, rng, e4m3)
   hs = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32))
   qmul = torch.tensor([0.02])
   act, act8, as_ = torch.empty((n, f), dtype=torch.float16), torch.empty((n, f), dtype=E4M3), torch.empty(n)
@@ -304,9 +312,10 @@ def jax_side():
   errors.triton_kernels = lambda name, option: (InterpretedJaxTriton, importlib.import_module(name))
   rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32)))  # pylint: disable=unnecessary-lambda-assignment
 
-  def ref(x, attn, g_mlp, w13, w2, g_next, fp8_w2, wgrad=False, wgrad_w2=False):
+  def ref(x, attn, g_mlp, w13, w2, g_next, fp8_w2, wgrad=False, wgrad_w2=False, h13=False, da=False):
     s = (x.astype(jnp.float32) + attn.astype(jnp.float32)).astype(x.dtype)
-    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2, wgrad, wgrad_w2)
+    y = fp8_mlp.swiglu(model.rms_norm(s, g_mlp, jnp.bfloat16), w13, w2, jnp.bfloat16, fp8_w2, wgrad, wgrad_w2, h13,
+                       da)
     x_out = (s.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
     return x_out, model.rms_norm(x_out, g_next, jnp.bfloat16)
 
@@ -364,6 +373,21 @@ def jax_side():
           assert bool(jnp.array_equal(g, w)), f"NORM_IN_WGRAD changed {name} ({tag})"
       finally:
         fp8_mlp.NORM_IN_WGRAD = True
+  # fp8_h13: x W13's output in e4m3 (dot8_e4m3), read by both SwiGLU kernels, against the reference's
+  # same recipe; without and with the e4m3 act x W2 and weight gradients; fp8_da: dY W2^T as well.
+  for fp8_w2, wgrad, wgrad_w2, da in ((False, False, False, False), (True, True, True, False),
+                                      (False, False, False, True), (True, True, True, True)):
+    tag = f"fp8 h13{', fp8 dA' if da else ''}{', fp8 W2, fp8 wgrad W13+W2' if fp8_w2 else ''}"
+    fns = (lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, fp8_w2, None, None, True, wgrad, wgrad_w2, True, da),
+           lambda *a: ref(*a, fp8_w2, wgrad, wgrad_w2, True, da))
+    outs = []
+    for f in fns:
+      y, vjp = jax.vjp(f, *args)
+      outs.append((*y, *vjp(cot)))
+    for name, g, w in zip(("x_out", "h_next", "dx", "dattn", "dg_mlp", "dw13", "dw2", "dg_next"), *outs):
+      assert g.dtype == w.dtype and g.shape == w.shape, (name, tag)
+      assert np.isfinite(np.asarray(g, np.float32)).all(), (name, tag)
+      errs[f"{name} ({tag})"] = rel(g, w)
   # An all-zero W13 (its e4m3 scale is 0): the e4m3 weight gradient is zero too, not 0 / 0.
   zero_args = (*args[:3], jnp.zeros_like(args[3]), *args[4:])
   _, vjp = jax.vjp(lambda *a: fp8_mlp.mlp_sublayer(*a, jnp.bfloat16, True, None, None, True, True), *zero_args)
@@ -382,12 +406,15 @@ def jax_side():
       errs[f"{name} (zero W2, fp8 W2, fp8 wgrad W13+W2)"] = rel(g, w)
     else:   # no gradient reaches the MLP's input side through a zero W2
       assert not bool(jnp.any(g)), f"zero W2: {name} must be 0 as the reference's"
-  for fp8_w2, wgrad, wgrad_w2 in ((False, False, False), (True, False, False), (True, True, False), (True, True, True)):
-    tag = (", fp8 W2" if fp8_w2 else "") + (", fp8 wgrad" if wgrad else "") + (" W13+W2" if wgrad_w2 else "")
+  for fp8_w2, wgrad, wgrad_w2, h13 in ((False, False, False, False), (True, False, False, False),
+                                      (True, True, False, False), (True, True, True, False), (True, True, True, True),
+                                      (True, True, True, "da")):
+    tag = ((", fp8 W2" if fp8_w2 else "") + (", fp8 wgrad" if wgrad else "") + (" W13+W2" if wgrad_w2 else "")
+           + (", fp8 h13" if h13 else "") + (" + dA" if h13 == "da" else ""))
     cfg = model.default_model_config()
     cfg.update(dict(vocab_size=300, context_length=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
                     residual_dtype="bfloat16", mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad,
-                    mlp_fp8_wgrad_w2=wgrad_w2))
+                    mlp_fp8_wgrad_w2=wgrad_w2, mlp_fp8_h13=bool(h13), mlp_fp8_da=h13 == "da"))
     params = model.init_params(jax.random.PRNGKey(0), cfg)
     tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
     grads = lambda c: jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c))(params)  # pylint: disable=unnecessary-lambda-assignment,cell-var-from-loop
@@ -431,9 +458,11 @@ def main():
     print(f"norm fwd, Y row-scaled, N={n} D={d}: x_out {e[0]:.1e}, h {e[1]:.1e}", flush=True)
     worst = max(worst, *e)
   for n, f in [(1, 64), (5, 100), (3, 1344)]:
-    e = swiglu_bwd(n, f, rng) + swiglu_fwd(n, f, rng)
-    print(f"swiglu N={n} F={f}: dh13 {e[0]:.1e}, dh8 {e[1]:.1e}; forward act {e[2]:.1e}, act8 {e[3]:.1e}", flush=True)
-    worst, worst8 = max(worst, e[0], e[2]), max(worst8, e[1], e[3])
+    for e4m3 in (False, True):
+      e = swiglu_bwd(n, f, rng, e4m3) + swiglu_fwd(n, f, rng, e4m3)
+      print(f"swiglu N={n} F={f}{' (e4m3 h13)' if e4m3 else ''}: dh13 {e[0]:.1e}, dh8 {e[1]:.1e}; forward act "
+            f"{e[2]:.1e}, act8 {e[3]:.1e}", flush=True)
+      worst, worst8 = max(worst, e[0], e[2]), max(worst8, e[1], e[3])
   for n, c in [(1, 1), (21, 200), (130, 64), (64, 513)]:
     for wide in (False, True):
       transpose(n, c, rng, wide)

@@ -56,6 +56,10 @@
 #           (no gain, not adopted: apply the patch first, or this variant is the tree itself)
 #   bf16mom - --set=train.moment_dtype=bfloat16 (AdamW's moments stored in bf16: 20 instead of 28
 #           bytes a parameter through the update)
+#   h13   - --set=model.mlp_fp8_h13=True (x W13's output in e4m3 from cuBLASLt's epilogue, so the
+#           SwiGLU kernels read half the bytes); noh13 the reverse
+#   da    - --set=model.mlp_fp8_da=True (the backward's dY W2^T in e4m3 the same way, read by the SwiGLU
+#           backward)
 #   spc2, spc4 - --set=train.steps_per_call=2 or 4 (that many steps unrolled in one compiled call;
 #           --steps counts calls, ms_per_step is per training step; tried in the thirty-first
 #           session for no gain: `git apply bench/results/h100_session31/steps_per_call.patch` first)
@@ -104,6 +108,9 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     dhlate) pre="import fp8_mlp; fp8_mlp.DH_WEIGHT_AHEAD = False; " ;;
     oldstarts) pre="import jax, jax.numpy as jnp, train; train.window_starts = lambda k, s, b, n, t: jax.random.randint(jax.random.fold_in(k, s), (b,), 0, n - t, dtype=jnp.int32); " ;;
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;
+    h13) set="$set"', "--set=model.mlp_fp8_h13=True"' ;;
+    noh13) set="$set"', "--set=model.mlp_fp8_h13=False"' ;;
+    da) set="$set"', "--set=model.mlp_fp8_da=True"' ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
     spc4) set="$set"', "--set=train.steps_per_call=4"' ;;
     base) ;;
@@ -112,6 +119,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
        pre="$pre; " ;;
   esac
   XLA_FLAGS=$flags python3 -c "import runpy, sys; sys.argv = ['bench/bench_train.py', $ARGS$set, '--out=$2']; ${pre}runpy.run_path('bench/bench_train.py', run_name='__main__')" 2>&1 | tail -1
+  # The figures in the log too, so a call that brings back few files still has them.
+  python3 -c "import json; r = json.load(open('$2'))['results'][0]; print('$1: %.3f ms a step, %.0f tokens/s, MFU %.1f%%' % (r['ms_per_step'], r['tokens_per_s'], 100 * r['mfu']))" 2>/dev/null
 }
 for i in $(seq "${ROUNDS:-2}"); do
   for v in $VARIANTS; do echo "$v $i"; run "$v" "$OUT/step_${v}_$i.json"; done

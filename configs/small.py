@@ -21,6 +21,8 @@ def get_config():
   m.mlp_fp8_w2 = False  # (unused without mlp_fp8; off so the saved config says what ran)
   m.mlp_fp8_wgrad = False  # (likewise)
   m.mlp_fp8_wgrad_w2 = False  # (likewise)
+  m.mlp_fp8_h13 = False  # (likewise)
+  m.mlp_fp8_da = False  # (likewise)
   m.attn_fp8 = False  # the attention's x Wqkv in the compute dtype, as the MLP's.
   m.head_fp8 = False  # the LM head's forward logits too.
   config.train.lr = 6e-4  # wider models want a lower peak learning rate.

@@ -34,6 +34,8 @@ def get_config():
   m.mlp_fp8_w2 = False  # with mlp_fp8: act x W2 in e4m3 too (unused without it)
   m.mlp_fp8_wgrad = False  # with mlp_fp8: W13's weight gradient in e4m3 too (unused without it)
   m.mlp_fp8_wgrad_w2 = False  # with mlp_fp8 and mlp_fp8_w2: W2's weight gradient in e4m3 too
+  m.mlp_fp8_h13 = False  # with mlp_fp8: x W13's output in e4m3 too (the SwiGLU kernels read half the bytes)
+  m.mlp_fp8_da = False  # with mlp_fp8: the backward's dY W2^T in e4m3 too (read by the SwiGLU backward)
   m.head_fp8 = False  # the LM head's forward logits in the compute dtype too (an e4m3 dot with True).
   m.residual_dtype = "float32"  # the residual stream; "bfloat16" is faster on the GPU (docs/model.md).
   m.scan_layers = True

@@ -62,6 +62,13 @@ def get_config():
   # (twenty-second); val loss at 200 steps 3.018 / 2.986 vs 3.032 / 2.982 and 3.018 / 3.015 vs
   # 3.030 / 2.985 (2 seeds each, within their spread). bench/results/h100_session23/, docs/model.md.
   m.mlp_fp8_wgrad_w2 = True
+  # x W13's output in e4m3 from cuBLASLt's epilogue (fp8_mlp.dot8_e4m3), its scale bounded from the weight
+  # alone (fp8_mlp.out_scale), so the dot writes and both SwiGLU kernels read half the bytes: B128
+  # 8.223 / 8.201 vs 8.488 / 8.428 ms a step (H100, interleaved); val loss at 200 steps, 5 seeds, mean
+  # 3.002 vs 2.997 (per-seed differences +0.032 .. -0.009). bench/results/h100_session34/, docs/model.md.
+  m.mlp_fp8_h13 = True
+  # The backward's dY W2^T in e4m3 the same way (its scale from W2), read by the SwiGLU backward. Being measured.
+  m.mlp_fp8_da = False
   # The LM head's forward logits from an e4m3 dot (fp8_mlp.head_logits): the last fused norm writes
   # the head's e4m3 input, the loss kernel applies the scale as it reads the logits; the head's two
   # gradient dots stay bf16. B128 8.50 / 8.49 vs 8.69 / 8.63 ms a step (H100, interleaved); val loss

@@ -82,16 +82,22 @@ def test_stacked_weights_quantize_each_layer_alone():
     np.testing.assert_allclose([got[2][0], got[4][0]], [s13, s2], rtol=1e-6)
 
 
-def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False):
+def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False):
   """The module docstring's recipe in float64, rounding to bf16 / e4m3 where the dots' outputs do;
   fp8_wgrad: W13's gradient from e4m3 operands as fp8_mlp.wgrad_fp8 documents; fp8_wgrad_w2 (with
-  fp8_w2): W2's, from the forward's e4m3 act and a copy of dY carrying act's row scales."""
+  fp8_w2): W2's, from the forward's e4m3 act and a copy of dY carrying act's row scales; fp8_h13:
+  x W13 rounded to e4m3 at c = 1 / (sqrt(D) max_j |w13_8[:, j]|) instead of to bf16; fp8_da: dY W2^T
+  likewise, at c = 1 / (sqrt(D) max_j |w2_8[j]|)."""
   h, dy = np.asarray(h, np.float64)[0], np.asarray(dy, np.float64)[0]
   d, _, f = w13.shape
   w13, w2 = np.asarray(w13, np.float64).reshape(d, 2 * f), np.asarray(w2, np.float64)
   h8, hs = _q_rows(h)
   w13_8, s13 = _q_tensor(w13)
-  h13 = _bf16(h8 @ w13_8) * (hs * s13)[:, None]
+  if fp8_h13:
+    c = 1.0 / np.sqrt(d * (w13_8 ** 2).sum(0).max())
+    h13 = ((h8 @ w13_8) * c).astype(np.float32).astype(E4M3).astype(np.float64) * (hs * s13 / c)[:, None]
+  else:
+    h13 = _bf16(h8 @ w13_8) * (hs * s13)[:, None]
   g, u = h13[:, :f], h13[:, f:]
   sg = 1 / (1 + np.exp(-g))
   act = _bf16(g * sg * u)
@@ -102,7 +108,11 @@ def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=Fa
   else:
     y = _bf16(act @ _bf16(w2))
   dy8, dys = _q_rows(dy)
-  da = _bf16(dy8 @ w2_8.T) * (dys * s2)[:, None]
+  if fp8_da:
+    c = 1.0 / np.sqrt(d * (w2_8 ** 2).sum(1).max())
+    da = ((dy8 @ w2_8.T) * c).astype(np.float32).astype(E4M3).astype(np.float64) * (dys * s2 / c)[:, None]
+  else:
+    da = _bf16(dy8 @ w2_8.T) * (dys * s2)[:, None]
   dh13 = _bf16(np.concatenate([da * u * sg * (1 + g * (1 - sg)), da * g * sg], 1))
   dh8, dhs = _q_rows(dh13)
   dx = _bf16(_bf16(dh8 @ w13_8.T) * (dhs * s13)[:, None])
@@ -134,6 +144,56 @@ def test_reference_mlp_is_the_documented_recipe(fp8_w2):
   assert _rel(y16[0], want[0]) > 1e-2 and _rel(vjp16(dy)[0][0], want[1]) > 1e-2
   other = _numpy_recipe(h, w13, w2, dy, not fp8_w2)[0]
   assert _rel(y[0], other) > 1e-2, _rel(y[0], other)
+
+
+@pytest.mark.parametrize("which", ["h13", "da"])
+def test_dot_outputs_in_e4m3_are_the_documented_recipe(which):
+  """fp8_h13 (mlp_fp8_h13): x W13 comes out of its dot in e4m3 at out_scale's c, and both SwiGLU
+  halves read it with the row scale hs s13 / c; fp8_da (mlp_fp8_da): dY W2^T likewise, read by the
+  SwiGLU backward. The changed outputs match the NumPy emulation (<= 3e-3) and sit e4m3 noise
+  (1e-2..1e-1) from the recipe without the option: told apart from it, and from a misapplied
+  scale (O(1)). fp8_da leaves y and W2's gradient (act^T dY: no dA in it) bit for bit."""
+  h, w13, w2, dy = _inputs()
+  opts = (True, True, True)   # the speedrun's: e4m3 act x W2 and both weight gradients
+  outs = {}
+  for on in (False, True):
+    flags = (on, False) if which == "h13" else (True, on)   # fp8_da on top of fp8_h13, as it would be adopted
+    y, vjp = jax.vjp(lambda h, a, b, f=flags: fp8_mlp.swiglu(h, a, b, jnp.bfloat16, *opts, *f), h, w13, w2)
+    outs[on] = (y[0],) + tuple(g[0] if i == 0 else g for i, g in enumerate(vjp(dy)))
+  base = dict(fp8_h13=True) if which == "da" else {}
+  want = _numpy_recipe(h, w13, w2, dy, *opts, **{**base, f"fp8_{which}": True})
+  without = _numpy_recipe(h, w13, w2, dy, *opts, **base)
+  for i, (name, g, w, w0) in enumerate(zip(("y", "dx", "dw13", "dw2"), outs[True], want, without)):
+    assert _rel(g, w) < 3e-3, (name, _rel(g, w))
+    if which == "da" and name in ("y", "dw2"):
+      np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(outs[False][i], np.float32))
+      continue
+    assert 1e-2 < _rel(g, w0) < 1e-1, (name, _rel(g, w0))
+    assert 1e-2 < _rel(g, outs[False][i]) < 1e-1, (name, _rel(g, outs[False][i]))
+
+
+def test_out_scale_is_the_tightest_bound_that_never_overflows():
+  """out_scale's c = 1 / (sqrt(D) max_j |w8[:, j]|): for an e4m3 row of h at 448 in every entry, lined
+  up with the weight column of largest norm whose entries share one magnitude, |h8 . w_j| c is 448
+  exactly (the bound is reached, so no smaller c would do) and nothing clips; for rows as the norm
+  kernel makes them (one entry at 448, the rest spread) the values sit well inside e4m3's normal
+  range, a few units, ~2^8 above its smallest normal (2^-6)."""
+  d, e = 64, 48
+  rng = np.random.default_rng(0)
+  w8 = np.array(jnp.asarray(rng.standard_normal((d, e)) * 100, jnp.float32).astype(fp8_mlp.E4M3).astype(jnp.float32))
+  w8[:, 7] = 448.0 * np.where(rng.standard_normal(d) > 0, 1.0, -1.0)   # the largest column, equal magnitudes
+  c = float(fp8_mlp.out_scale(jnp.asarray(w8).astype(fp8_mlp.E4M3), 0))
+  assert np.isclose(c, 1.0 / np.sqrt(d * (w8.astype(np.float64) ** 2).sum(0).max()), rtol=1e-6)
+  assert np.isclose(float(fp8_mlp.out_scale(jnp.asarray(w8.T).astype(fp8_mlp.E4M3), 1)), c, rtol=1e-6)  # [2F, D] too
+  h8 = np.sign(w8[:, 7])[None, :] * 448.0
+  worst = fp8_mlp.dot8_e4m3(jnp.asarray(h8).astype(fp8_mlp.E4M3), jnp.asarray(w8).astype(fp8_mlp.E4M3), 0,
+                            jnp.float32(c)).astype(jnp.float32)
+  assert float(worst[0, 7]) == 448.0 and float(jnp.max(jnp.abs(worst))) <= 448.0
+  h = rng.standard_normal((256, d))
+  h8 = jnp.asarray(h * (448.0 / np.abs(h).max(1, keepdims=True)), jnp.float32).astype(fp8_mlp.E4M3)
+  typical = np.abs(np.asarray(fp8_mlp.dot8_e4m3(h8, jnp.asarray(w8).astype(fp8_mlp.E4M3), 0, jnp.float32(c)),
+                              np.float32))
+  assert 0.5 < np.median(typical) < 50 and (typical < 2.0 ** -6).mean() < 0.01, (np.median(typical), (typical < 2.0 ** -6).mean())
 
 
 @pytest.mark.parametrize("which", ["w13", "w2"])
@@ -439,10 +499,15 @@ def test_last_fused_sublayer_returns_no_stream_and_the_gradients_of_a_zero_one(s
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fp8_w2,wgrad,head,wgrad_w2", [(False, False, False, False), (True, False, False, False),
-                                                        (True, True, False, False), (True, True, True, False),
-                                                        (True, True, True, True)])
-def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad, head, wgrad_w2):
+@pytest.mark.parametrize("fp8_w2,wgrad,head,wgrad_w2,h13,da", [(False, False, False, False, False, False),
+                                                               (True, False, False, False, False, False),
+                                                               (True, True, False, False, False, False),
+                                                               (True, True, True, False, False, False),
+                                                               (True, True, True, True, False, False),
+                                                               (False, False, False, False, True, True),
+                                                               (True, True, True, True, True, False),
+                                                               (True, True, True, True, True, True)])
+def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad, head, wgrad_w2, h13, da):
   """model.py picks the fused sublayer with norm_backend='triton': the same loss as the XLA norms
   with the reference MLP, and every block gradient closer to it than the bf16 model's is.
 
@@ -452,9 +517,11 @@ def test_model_fused_path_matches_the_xla_path(fp8_w2, wgrad, head, wgrad_w2):
   times bf16 vs XLA FP8 in every parameter (the MLP norm's gain: 4e-2 vs 6e-2); a misapplied
   scale or a wrong operand is O(1). With head, the last sublayer's norm kernel writes the head's
   e4m3 input (head_fp8), where the XLA path quantizes the final norm's output. With wgrad_w2, W2's
-  weight gradient reads the SwiGLU forward's e4m3 act (mlp_fp8_wgrad_w2)."""
+  weight gradient reads the SwiGLU forward's e4m3 act (mlp_fp8_wgrad_w2). With h13, both SwiGLU
+  kernels read x W13 in e4m3 from cuBLASLt's epilogue (mlp_fp8_h13); with da, the SwiGLU backward
+  reads dY W2^T in e4m3 (mlp_fp8_da)."""
   kw = dict(mlp_fp8=True, mlp_fp8_w2=fp8_w2, mlp_fp8_wgrad=wgrad, head_fp8=head, mlp_fp8_wgrad_w2=wgrad_w2,
-            d_model=128, d_ff=320)
+            mlp_fp8_h13=h13, mlp_fp8_da=da, d_model=128, d_ff=320)
   cfg = _cfg(**kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)

@@ -471,21 +471,24 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   base = model.default_model_config().to_dict()
   ident = train._model_identity(base)  # pylint: disable=protected-access
   assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "mlp_fp8_w2": True,  # pylint: disable=protected-access
-                                "mlp_fp8_wgrad": True, "mlp_fp8_wgrad_w2": True, "head_fp8": True,
+                                "mlp_fp8_wgrad": True, "mlp_fp8_wgrad_w2": True, "mlp_fp8_h13": True, "mlp_fp8_da": True,
+                                "head_fp8": True,
                                 "norm_backend": "triton",
                                 "scan_layers": True}) == ident
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad,head,wgrad_w2", [
-    ("speedrun", False, False, True, True, False, True), ("speedrun", True, False, False, False, False, False),
-    ("speedrun", True, True, False, False, False, False), ("speedrun", True, True, True, False, False, False),
-    ("speedrun", True, True, True, True, False, False), ("speedrun", True, True, True, True, True, False),
-    ("speedrun", True, True, True, False, True, True), ("speedrun", True, True, True, True, True, True),
-    ("speedrun", True, False, False, False, True, True), ("speedrun", False, False, False, False, True, False),
-    ("small", False, False, False, False, False, False)])
+@pytest.mark.parametrize("name,mlp_fp8,attn_fp8,fp8_w2,wgrad,head,wgrad_w2,h13", [
+    ("speedrun", False, False, True, True, False, True, False), ("speedrun", True, False, False, False, False, False, False),
+    ("speedrun", True, True, False, False, False, False, False), ("speedrun", True, True, True, False, False, False, False),
+    ("speedrun", True, True, True, True, False, False, False), ("speedrun", True, True, True, True, True, False, False),
+    ("speedrun", True, True, True, False, True, True, False), ("speedrun", True, True, True, True, True, True, False),
+    ("speedrun", True, False, False, False, True, True, False), ("speedrun", False, False, False, False, True, False, False),
+    ("speedrun", True, True, True, True, True, True, True), ("speedrun", True, False, False, False, False, False, True),
+    ("speedrun", True, True, True, True, True, True, "da"),
+    ("small", False, False, False, False, False, False, False)])
 def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch, name, mlp_fp8, attn_fp8, fp8_w2,
-                                                                    wgrad, head, wgrad_w2):
+                                                                    wgrad, head, wgrad_w2, h13):
   """The train step of a GPU config, traced on this machine with each Triton launch replaced by a
   compile for sm_90 (tests/hopper_compile.py): every kernel the step launches on the H100 compiles,
   within the SM's shared memory. A kernel that only a GPU run would reject fails here, on the CPU.
@@ -497,6 +500,7 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
   config.model.mlp_fp8, config.model.attn_fp8, config.model.mlp_fp8_w2 = mlp_fp8, attn_fp8, fp8_w2
   config.model.mlp_fp8_wgrad, config.model.head_fp8, config.model.mlp_fp8_wgrad_w2 = wgrad, head, wgrad_w2
+  config.model.mlp_fp8_h13, config.model.mlp_fp8_da = bool(h13), h13 == "da"   # "da": both
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
