@@ -10,9 +10,7 @@ profiler trace, 20 calls; bench/dev_memory_kernels.device_ms); the summary is ea
 over the rounds. Writes JSON (device, date, commit, command, rows, medians).
 """
 import argparse
-import datetime
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -26,7 +24,6 @@ import jax  # pylint: disable=wrong-import-position
 import attention_kernel  # pylint: disable=wrong-import-position
 import dev_memory_kernels as dmk  # pylint: disable=wrong-import-position
 import model  # pylint: disable=wrong-import-position
-from bench_train import _git_commit  # pylint: disable=wrong-import-position
 
 
 def load(name, path):
@@ -55,12 +52,8 @@ def main():
   def f(x, c, s, dy):
     return jax.vjp(lambda x: attention_kernel._flash_rope(x, c, s, True, dmk.K ** -0.5, cfg), x)[1](dy)  # pylint: disable=protected-access
 
-  dev = jax.devices()[0]
-  result = {"device": dev.device_kind, "jax": jax.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": _git_commit(), "command": " ".join(["bench/dev_attn_ab.py"] + sys.argv[1:]),
-            "config": cfg, "rows": []}
-  print(f"{dev.device_kind}; jax {jax.__version__}; config {cfg}", flush=True)
+  result = {**dmk.header("bench/dev_attn_ab.py"), "config": cfg, "rows": []}
+  print(f"{result['device']}; jax {jax.__version__}; config {cfg}", flush=True)
   original = attention_kernel._triton  # pylint: disable=protected-access
   try:
     for r in range(args.rounds):
@@ -86,11 +79,7 @@ def main():
       med[name]["total"] = statistics.median(row["ms"] for row in rows)
       print(f"median {name:10s} " + "  ".join(f"{k} {v * 1e3:.1f}" for k, v in med[name].items()), flush=True)
   result["medians_ms"] = med
-  out = args.out or os.path.join(ROOT, "bench", "results", "attn_ab.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as fh:
-    json.dump(result, fh, indent=1)
-  print(f"wrote {out}")
+  dmk.write_json(result, args.out or os.path.join(ROOT, "bench", "results", "attn_ab.json"))
 
 
 if __name__ == "__main__":

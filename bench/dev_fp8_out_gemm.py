@@ -9,7 +9,6 @@ Prints, per form, the custom calls in XLA's compiled HLO and the device time (20
 writes them as JSON.
 """
 import argparse
-import datetime
 import json
 import os
 import re
@@ -23,7 +22,6 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
 import dev_memory_kernels as dmk  # pylint: disable=wrong-import-position
-from bench_train import _git_commit  # pylint: disable=wrong-import-position
 
 E4M3 = jnp.float8_e4m3fn
 
@@ -60,11 +58,7 @@ def main():
   a = (jax.random.normal(jax.random.PRNGKey(0), (n, d)) * 30).astype(E4M3)
   b = (jax.random.normal(jax.random.PRNGKey(1), (e, d)) * 30).astype(E4M3)
   c = jnp.full((), 1.0 / 4096.0, jnp.float32)
-  dev = jax.devices()[0]
-  result = {"device": dev.device_kind, "jax": jax.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": _git_commit(), "command": " ".join(["bench/dev_fp8_out_gemm.py"] + sys.argv[1:]),
-            "shape": [n, d, e], "rows": []}
+  result = {**dmk.header("bench/dev_fp8_out_gemm.py"), "shape": [n, d, e], "rows": []}
   ref = None
   for name, fn in forms().items():
     row = {"form": name}
@@ -84,11 +78,7 @@ def main():
       row["error"] = f"{type(ex).__name__}: {str(ex)[:400]}"
     print(json.dumps(row)[:1500], flush=True)
     result["rows"].append(row)
-  out = args.out or os.path.join(ROOT, "bench", "results", "fp8_out_gemm.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as fh:
-    json.dump(result, fh, indent=1)
-  print(f"wrote {out}")
+  dmk.write_json(result, args.out or os.path.join(ROOT, "bench", "results", "fp8_out_gemm.json"))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,20 @@ def device_ms(fn, *args):
   return sum(by.values()), by
 
 
+def header(script):
+  """The JSON header every dev benchmark writes: device, jax, date, commit and the command that ran."""
+  return {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "git_commit": _git_commit(), "command": " ".join([script] + sys.argv[1:])}
+
+
+def write_json(result, out):
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"wrote {out}")
+
+
 def rand(key, shape, dtype=jnp.bfloat16, scale=1.0):
   return (scale * jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float32)).astype(dtype)
 
@@ -204,10 +218,7 @@ def main():
   dev = jax.devices()[0]
   device = re.sub(r"[^A-Za-z0-9]+", "_", dev.device_kind).strip("_").lower()
   out = args.out or os.path.join(ROOT, "bench", "results", f"memory_kernels_{device}.json")
-  result = {"device": dev.device_kind, "jax": jax.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": _git_commit(), "command": " ".join(["bench/dev_memory_kernels.py"] + sys.argv[1:]),
-            "rows": []}
+  result = {**header("bench/dev_memory_kernels.py"), "rows": []}
   print(f"{dev.device_kind}; jax {jax.__version__}", flush=True)
   for name in args.only.split(","):
     best = None
@@ -234,10 +245,7 @@ def main():
         best = row
     if best:
       print(f"{name:7s} best triton: {best['ms'] * 1e3:.1f} us {best['config']}", flush=True)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=1)
-  print(f"wrote {out}")
+  write_json(result, out)
 
 
 if __name__ == "__main__":
