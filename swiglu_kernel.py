@@ -68,17 +68,26 @@ def _row_tiles(F):
 FP8_ROWS, FP8_WARPS = 1, 4
 
 
+def _out_dtype(h13_N2F, dtype):
+  """The 16-bit dtype the FP8 kernels round act / dH13 to: dtype, else h13's, except that an e4m3 h13
+  (fp8_h13) means bf16, never e4m3 (an unscaled e4m3 rounding before the row-scaled copy would lose
+  most of its precision)."""
+  if dtype is not None:
+    return dtype
+  return jnp.bfloat16 if h13_N2F.dtype == jnp.float8_e4m3fn else h13_N2F.dtype
+
+
 def backward_fp8(h13_N2F, hs_N, da_NF, das_N, qmul, write_dh13=True, dtype=None):
   """fp8_mlp.py's SwiGLU backward from FP8 dots' unscaled outputs: gate, up = h13 * hs[row] and
-  dA = da * das[row]. Returns (dh13 [N, 2F] in dtype (default: h13's), dh13 in e4m3 [N, 2F], its
-  per-row scale times qmul [N]): a bf16 weight gradient's operand (None when write_dh13 is False:
-  the e4m3 copy then feeds that gradient too) and the input gradient's FP8 operand. h13 may be
-  e4m3 itself (fp8_mlp's fp8_h13); dtype (bf16) is then what the gradients are rounded to first."""
+  dA = da * das[row]. Returns (dh13 [N, 2F] in _out_dtype, dh13 in e4m3 [N, 2F], its per-row scale
+  times qmul [N]): a bf16 weight gradient's operand (None when write_dh13 is False: the e4m3 copy
+  then feeds that gradient too) and the input gradient's FP8 operand. h13 may be e4m3 itself
+  (fp8_mlp's fp8_h13); the gradients are still rounded to 16 bits first."""
   jt, kern = _triton()
   N, F = da_NF.shape
   dh13, dh8, dhs = jt.triton_call(
       h13_N2F, hs_N, da_NF, das_N, qmul, kernel=kern.swiglu_bwd_fp8_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, 2 * F) if write_dh13 else (1,), dtype or h13_N2F.dtype),
+      out_shape=(jax.ShapeDtypeStruct((N, 2 * F) if write_dh13 else (1,), _out_dtype(h13_N2F, dtype)),
                  jax.ShapeDtypeStruct((N, 2 * F), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((N,), jnp.float32)),
       grid=(-(-N // FP8_ROWS),), num_warps=FP8_WARPS, num_stages=1, N=N, F=F, ROWS=FP8_ROWS,
       WRITE_DH13=bool(write_dh13), **_row_tiles(F))
@@ -127,15 +136,15 @@ FWD_FP8_ROWS, FWD_FP8_WARPS = 1, 2
 
 def forward_fp8(h13_N2F, hs_N, qmul, write_act=True, dtype=None):
   """fp8_mlp.py's gate with mlp_fp8_w2, from an FP8 dot's unscaled output: gate, up = h13 * hs[row].
-  Returns (silu(gate) * up [N, F] in dtype (default: h13's), the same in e4m3, its per-row scale
-  times qmul [N]): a bf16 weight gradient's operand (None when write_act is False: W2's gradient
-  then takes the e4m3 copy, mlp_fp8_wgrad_w2) and the forward dot's. h13 may be e4m3 itself
-  (fp8_mlp's fp8_h13); act is then rounded to dtype (bf16) before its e4m3 copy, as otherwise."""
+  Returns (silu(gate) * up [N, F] in _out_dtype, the same in e4m3, its per-row scale times qmul [N]):
+  a bf16 weight gradient's operand (None when write_act is False: W2's gradient then takes the
+  e4m3 copy, mlp_fp8_wgrad_w2) and the forward dot's. h13 may be e4m3 itself (fp8_mlp's fp8_h13);
+  act is still rounded to 16 bits before its e4m3 copy."""
   jt, kern = _triton()
   N, F = h13_N2F.shape[0], h13_N2F.shape[1] // 2
   act, a8, as_ = jt.triton_call(
       h13_N2F, hs_N, qmul, kernel=kern.swiglu_fwd_fp8_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, F) if write_act else (1,), dtype or h13_N2F.dtype),
+      out_shape=(jax.ShapeDtypeStruct((N, F) if write_act else (1,), _out_dtype(h13_N2F, dtype)),
                  jax.ShapeDtypeStruct((N, F), jnp.float8_e4m3fn), jax.ShapeDtypeStruct((N,), jnp.float32)),
       grid=(-(-N // FWD_FP8_ROWS),), num_warps=FWD_FP8_WARPS, num_stages=1, N=N, F=F, ROWS=FWD_FP8_ROWS,
       WRITE_ACT=bool(write_act), **_row_tiles(F))
