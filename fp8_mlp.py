@@ -77,12 +77,16 @@ def quantize_tensor(w):
 
 def mlp_weights(w13_D2F, w2_FD):
   """The e4m3 weights of mlp_sublayer, (w13_8 [D, 2F], its transpose, s13, w2_8 [F, D], s2, w2_8's
-  transpose), of one layer or, with a leading layer axis on both, of all layers at once: a few
-  passes for the whole stack instead of several small launch-bound ones per layer (model.py slices
-  out each layer's). The last is used with fp8_w2 only (XLA drops it otherwise)."""
+  transpose, c13, c2), of one layer or, with a leading layer axis on both, of all layers at once: a
+  few passes for the whole stack instead of several small launch-bound ones per layer (model.py
+  slices out each layer's). w2_8's transpose is used with fp8_w2 only, c13 (out_scale of x W13)
+  with fp8_h13 only, c2 (of dY W2^T) with fp8_da only; XLA drops what is unused. Made here for
+  the stack, c13 and c2 are two reductions a step instead of two or three small kernels per layer
+  each (dev_step_variants.sh's profile of fp8_da counted 12 more kernels than without it)."""
   w13_8, s13 = quantize_tensor(jax.lax.stop_gradient(w13_D2F).reshape(*w13_D2F.shape[:-2], -1))
   w2_8, s2 = quantize_tensor(jax.lax.stop_gradient(w2_FD))
-  return w13_8, jnp.swapaxes(w13_8, -1, -2), s13, w2_8, s2, jnp.swapaxes(w2_8, -1, -2)
+  w13_8T = jnp.swapaxes(w13_8, -1, -2)
+  return w13_8, w13_8T, s13, w2_8, s2, jnp.swapaxes(w2_8, -1, -2), out_scale(w13_8T, -1), out_scale(w2_8, -1)
 
 
 def static_scale(gain_D):
@@ -112,9 +116,11 @@ def out_scale(b8, contract):
   like static_scale: no pass over the output for its max. b8: one layer's e4m3 weight, contract its
   axis of length K (as dot8's b_contract). A typical raw * c is ~448 cos(a_t, b_j) / (max|a8_t| /
   rms(a8_t)), a few units for near-orthogonal rows, ~2^8 above e4m3's smallest normal (2^-6).
-  The MLP's x W13 (fp8_h13) and dY W2^T (fp8_da) use it."""
+  The MLP's x W13 (fp8_h13) and dY W2^T (fp8_da) use it. b8 may carry leading (layer) axes: contract
+  is then one of the last two (negative), and c comes out per layer."""
+  assert contract in (b8.ndim - 2, b8.ndim - 1, -2, -1), "contract one of a matrix's two axes"
   col2 = jnp.sum(jnp.square(b8.astype(jnp.float32)), axis=contract)
-  return jax.lax.stop_gradient(1.0 / jnp.maximum(jnp.sqrt(b8.shape[contract] * jnp.max(col2)), 1e-30))
+  return jax.lax.stop_gradient(1.0 / jnp.maximum(jnp.sqrt(b8.shape[contract] * jnp.max(col2, axis=-1)), 1e-30))
 
 
 def dot8_e4m3(a8_NK, b8, b_contract, c):
@@ -306,14 +312,13 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
          fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False):  # pylint: disable=unused-argument  (fp8_wgrad: the same forward)
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
-  w13_8, w13_8T, s13, w2_8, s2, w2_8T = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
+  w13_8, w13_8T, s13, w2_8, s2, w2_8T, c13, c2 = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
   # h itself is read again only by W13's weight gradient, which can remake it (NORM_IN_WGRAD).
   s_BTD, h_BTD, rstd1, (h8, hs) = norm_kernel.forward(x_BTD, attn_BTD, g_mlp, dtype, fp8_qmul=s13,
                                                       write_h=not (fp8_wgrad and NORM_IN_WGRAD))
   # cuBLASLt's FP8 dots want both operands K-major. hs13: the rows' scale of h13 (hs, which carries
   # s13, over the e4m3 output's c13); hs itself stays for W13's weight gradient.
   if fp8_h13:
-    c13 = out_scale(w13_8T, 1)
     h13_N2F, hs13 = dot8_e4m3(h8, w13_8T, 1, c13), hs / c13
   else:
     h13_N2F, hs13 = dot8(h8, w13_8T, 1), hs
@@ -331,7 +336,7 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
     y_BTD, y_scale = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D), None
   x_out, h_next, rstd2, fp8 = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype, fp8_qmul=q_next, fp8_rows=False,
                                                   y_scale=y_scale)
-  res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next,
+  res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, c2, g_mlp, g_next,
          jnp.zeros((0,), attn_BTD.dtype), jnp.zeros((0,), w13_D2F.dtype), jnp.zeros((0,), w2_FD.dtype), q_next,
          None if w8 is None else ())   # () marks a given w8 (a leafless pytree, unlike a bool)
   outs = (x_out if keep_x else None, h_next)
@@ -341,8 +346,8 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
 def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, res, cotangents):  # pylint: disable=unused-argument
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
-  (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, g_mlp, g_next, attn_like, w13_like,
-   w2_like, q_next, w8_mark) = res
+  (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, c2, g_mlp, g_next, attn_like,
+   w13_like, w2_like, q_next, w8_mark) = res
   cotangents = cotangents[:2]   # the e4m3 copy's (when q_next is given) is zero: qkv_dot passes nothing to it
   B, T, D = x_out.shape
   F = w2_8.shape[0]
@@ -353,7 +358,6 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, res, c
                                                      fp8_qmul=_ONE if w2_wgrad8 else s2)
   das = ds * s2 if w2_wgrad8 else ds   # dA's row scales: dY's, with W2's scale
   if fp8_da:   # dA in e4m3 from the dot's epilogue; its scale c2 moves into the rows'
-    c2 = out_scale(w2_8, 1)
     da_NF, das = dot8_e4m3(d8, w2_8, 1, c2), das / c2
   else:
     da_NF = dot8(d8, w2_8, 1)
@@ -371,7 +375,7 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, res, c
   else:
     dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,
-          None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 6)
+          None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 8)
 
 
 mlp_sublayer.defvjp(_fwd, _bwd)

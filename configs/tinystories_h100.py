@@ -67,8 +67,11 @@ def get_config():
   # 8.223 / 8.201 vs 8.488 / 8.428 ms a step (H100, interleaved); val loss at 200 steps, 5 seeds, mean
   # 3.002 vs 2.997 (per-seed differences +0.032 .. -0.009). bench/results/h100_session34/, docs/model.md.
   m.mlp_fp8_h13 = True
-  # The backward's dY W2^T in e4m3 the same way (its scale from W2), read by the SwiGLU backward: built,
-  # not yet timed on the GPU (docs/model.md, "Thirty-fourth session").
+  # The backward's dY W2^T in e4m3 the same way (its scale from W2), read by the SwiGLU backward. Off:
+  # within noise when cuBLASLt runs that dot (H100 10-step loops 8.097 / 8.106 vs 8.136 / 8.171 ms,
+  # 200-step 8.214 / 8.211 vs 8.223 / 8.237; val loss at 200 steps +0.002 +- 0.003 over 5 seeds), and
+  # XLA's autotuner may give it to a Triton GEMM 2.5x slower (+0.35 ms a step on one machine).
+  # bench/results/h100_session36/, docs/model.md "Thirty-sixth session".
   m.mlp_fp8_da = False
   # The LM head's forward logits from an e4m3 dot (fp8_mlp.head_logits): the last fused norm writes
   # the head's e4m3 input, the loss kernel applies the scale as it reads the logits; the head's two

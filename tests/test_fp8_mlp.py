@@ -67,7 +67,9 @@ def test_quantizers_round_like_ml_dtypes():
 
 def test_stacked_weights_quantize_each_layer_alone():
   """mlp_weights on the stacked blocks (model.py, all layers at once) gives each layer the e4m3
-  values and scale it would get alone, per-layer scales rather than one for the stack."""
+  values and scale it would get alone, per-layer scales rather than one for the stack, and so for
+  the output scales of x W13 and dY W2^T (fp8_h13, fp8_da): 1 / (sqrt(D) max column norm of the
+  contracted e4m3 weight), each layer's from its own weight."""
   k = jax.random.split(jax.random.PRNGKey(3), 2)
   w13 = jax.random.normal(k[0], (3, 16, 2, 24)) * jnp.array([1e-2, 1.0, 30.0])[:, None, None, None]
   w2 = jax.random.normal(k[1], (3, 24, 16)) * jnp.array([5.0, 1e-3, 1.0])[:, None, None]
@@ -80,6 +82,9 @@ def test_stacked_weights_quantize_each_layer_alone():
                        ("w2_8T", got[5], w2_8.T)):
       np.testing.assert_array_equal(g, w, err_msg=name)
     np.testing.assert_allclose([got[2][0], got[4][0]], [s13, s2], rtol=1e-6)
+    c13 = 1.0 / np.sqrt(16 * (w13_8 ** 2).sum(0).max())   # x W13 sums over D: w13_8's columns
+    c2 = 1.0 / np.sqrt(16 * (w2_8 ** 2).sum(1).max())     # dY W2^T sums over D: w2_8's rows
+    np.testing.assert_allclose([float(got[6]), float(got[7])], [c13, c2], rtol=1e-6)
 
 
 def _numpy_recipe(h, w13, w2, dy, fp8_w2=False, fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False):
