@@ -81,8 +81,8 @@ def mlp_weights(w13_D2F, w2_FD):
   few passes for the whole stack instead of several small launch-bound ones per layer (model.py
   slices out each layer's). w2_8's transpose is used with fp8_w2 only, c13 (out_scale of x W13)
   with fp8_h13 only, c2 (of dY W2^T) with fp8_da only; XLA drops what is unused. Made here for
-  the stack, c13 and c2 are two reductions a step instead of two or three small kernels per layer
-  each (dev_step_variants.sh's profile of fp8_da counted 12 more kernels than without it)."""
+  the stack, c13 and c2 cost a few kernels a step instead of a few per layer each (H100 profiles:
+  283 instead of 288 kernels a step, 290 instead of 300 with fp8_da; docs/model.md)."""
   w13_8, s13 = quantize_tensor(jax.lax.stop_gradient(w13_D2F).reshape(*w13_D2F.shape[:-2], -1))
   w2_8, s2 = quantize_tensor(jax.lax.stop_gradient(w2_FD))
   w13_8T = jnp.swapaxes(w13_8, -1, -2)
