@@ -3,13 +3,38 @@ computation it calls), from an XLA dump, so a profile's kernel name can be read 
 
   XLA_FLAGS=--xla_dump_to=/tmp/dump python bench/bench_train.py "--cases=speedrun B128" --backends=triton ...
   python bench/dev_hlo_fusion.py /tmp/dump loop_convert_fusion_3 [more names]
+  python bench/dev_hlo_fusion.py /tmp/dump --timeline=OUT.json [--after_gemm_us=60]
 
-A profile writes the HLO name with '_' where the dump has '.' (loop_convert_fusion.3).
+A profile writes the HLO name with '_' where the dump has '.' (loop_convert_fusion.3). With
+--timeline (bench_train.py's --out JSON of the same profiled run), it lists the step's kernels from
+its start to that many us after its first GEMM, each with its fusion's HLO line (output shapes,
+operands, the op that made it): what the first GEMM waits behind.
 """
 import glob
+import json
 import os
 import re
 import sys
+
+
+def _hlo_name(kernel):
+  return re.sub(r"_(\d+)$", r".\1", kernel)
+
+
+def _instruction(lines, kernel):
+  """The dump's line that defines the fusion a profile calls `kernel`, or None (library kernels)."""
+  name = _hlo_name(kernel)
+  return next((l.strip() for l in lines if re.search(rf"%{re.escape(name)} = ", l)), None)
+
+
+def _timeline(lines, path, after_gemm_us):
+  t = json.load(open(path))["results"][0]["profile"]["timeline_one_step"]
+  gemm = next(row for row in t if row[0].startswith("nvjet"))
+  print(f"first GEMM at {gemm[1]:.1f} us")
+  for kernel, start, dur, _ in t:
+    if start > gemm[1] + after_gemm_us:
+      break
+    print(f"{start:7.1f} {dur:6.1f} {kernel:34s} {(_instruction(lines, kernel) or '')[:260]}")
 
 
 def main():
@@ -17,19 +42,21 @@ def main():
   if not files:
     sys.exit(f"no *jit_step_fn*after_optimizations.txt under {sys.argv[1]}")
   lines = open(files[-1]).read().splitlines()
-  for want in sys.argv[2:]:
-    name = re.sub(r"_(\d+)$", r".\1", want)
-    calls = [l for l in lines if re.search(rf"%{re.escape(name)} = ", l)]
-    for line in calls:
-      print(f"== {want}\n{line.strip()[:2000]}")
-      called = re.search(r"calls=%([\w.\-]+)", line)
-      if not called:
-        continue
-      start = next(i for i, l in enumerate(lines) if re.match(rf"%?{re.escape(called.group(1))} ", l.strip()))
-      end = next(i for i in range(start, len(lines)) if lines[i].strip() == "}")
-      print("\n".join(l[:400] for l in lines[start:end + 1]))
-    if not calls:
+  flags = dict(a[2:].split("=", 1) for a in sys.argv[2:] if a.startswith("--"))
+  if "timeline" in flags:
+    _timeline(lines, flags["timeline"], float(flags.get("after_gemm_us", 60)))
+  for want in [a for a in sys.argv[2:] if not a.startswith("--")]:
+    line = _instruction(lines, want)
+    if line is None:
       print(f"== {want}: not found")
+      continue
+    print(f"== {want}\n{line[:2000]}")
+    called = re.search(r"calls=%([\w.\-]+)", line)
+    if not called:
+      continue
+    start = next(i for i, l in enumerate(lines) if re.match(rf"%?{re.escape(called.group(1))} ", l.strip()))
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "}")
+    print("\n".join(l[:400] for l in lines[start:end + 1]))
 
 
 if __name__ == "__main__":
