@@ -414,8 +414,10 @@ def hidden(params, tokens_BT, cfg):
   return _hidden(params, tokens_BT, cfg)[0]
 
 
-def _hidden(params, tokens_BT, cfg):
-  """(hidden(), and with head_fp8 its e4m3 copy for the head's dot as (h8, static scale), else None)."""
+def _hidden(params, tokens_BT, cfg, head_w=None):
+  """(hidden(), and with head_fp8 its e4m3 copy for the head's dot as (h8, static scale), else None);
+  with head_w (loss_fn's head weight) a third item: that weight, which with a tied head and
+  norm_kernel.EMBED_GRAD_IN_FIRST_NORM comes out of the first norm (see _hidden_fused_norms)."""
   _check(cfg)
   T = tokens_BT.shape[1]
   if T > cfg.context_length:
@@ -425,17 +427,22 @@ def _hidden(params, tokens_BT, cfg):
   rope = rope_tables(T, _rope_dim(cfg), cfg.rope_theta)   # shared by all layers
   # The residual stream: fp32 by default (as PyTorch AMP keeps it); bf16 halves the bytes of every
   # norm and residual add, the largest memory traffic of the step (docs/model.md).
-  x_BTD = params["embed"][tokens_BT].astype(DTYPES[_option(cfg, "residual_dtype")])
+  stream_dtype = DTYPES[_option(cfg, "residual_dtype")]
   blocks = params["blocks"]
   if _option(cfg, "norm_backend") == "triton":
-    return _hidden_fused_norms(params, x_BTD, rope, cfg)
+    import norm_kernel  # pylint: disable=import-outside-toplevel  (imports anywhere; its kernels need a GPU)
+    if norm_kernel.EMBED_IN_FIRST_NORM or norm_kernel.EMBED_GRAD_IN_FIRST_NORM:   # the first norm owns the lookup
+      return _hidden_fused_norms(params, tokens_BT, rope, cfg, head_w)
+    return _hidden_fused_norms(params, params["embed"][tokens_BT].astype(stream_dtype), rope, cfg, head_w)
+  x_BTD = params["embed"][tokens_BT].astype(stream_dtype)
   if cfg.scan_layers:
     x_BTD, _ = jax.lax.scan(lambda x, p: (block(p, x, rope, cfg), None), x_BTD, blocks)
   else:
     for i in range(cfg.n_layers):
       x_BTD = block(jax.tree.map(lambda a, i=i: a[i], blocks), x_BTD, rope, cfg)
   h_BTD = rms_norm(x_BTD, params["final_norm"], dtype)
-  return h_BTD, _head_input_fp8(h_BTD, params["final_norm"], cfg)
+  out = h_BTD, _head_input_fp8(h_BTD, params["final_norm"], cfg)
+  return out if head_w is None else (*out, head_w)
 
 
 def _head_input_fp8(h_BTD, gain_D, cfg):
@@ -447,11 +454,13 @@ def _head_input_fp8(h_BTD, gain_D, cfg):
   return fp8_mlp.quantize_static(h_BTD, q), q
 
 
-def _hidden_fused_norms(params, x_BTD, rope, cfg):
+def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
   """_hidden()'s layers with each residual add and the norm after it in one kernel: the same
   values as block() (sum rounded to the stream dtype, then normalized), regrouped so every add
   carries the next norm's gain: attn -> (add, mlp_norm) -> mlp -> (add, next attn_norm or final).
-  With mlp_fp8, the final norm's kernel also writes the head's e4m3 input (head_fp8)."""
+  With mlp_fp8, the final norm's kernel also writes the head's e4m3 input (head_fp8). x_BTD is the
+  embedded stream, or the tokens [B, T] (integers) for the first norm to look up itself
+  (norm_kernel.embed_rms_norm_first). head_w: as in _hidden."""
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   dtype = DTYPES[cfg.compute_dtype]
   attn_fn = _ATTENTION[cfg.attention][1]
@@ -460,7 +469,19 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
     import fp8_mlp  # pylint: disable=import-outside-toplevel
   # The first norm has no add before it: the kernel's no-add form, its e4m3 copy (attn_fp8) with it.
   q0 = fp8_mlp.static_scale(blocks["attn_norm"][0]) if _option(cfg, "attn_fp8") else None
-  x_BTD, h_BTD, h8_BTD = norm_kernel.rms_norm_first(x_BTD, blocks["attn_norm"][0], dtype, q0)
+  if jnp.issubdtype(x_BTD.dtype, jnp.integer):
+    # With a tied head and EMBED_GRAD_IN_FIRST_NORM the head's weight comes out of the first norm,
+    # so the head's share of the table's gradient reaches the norm's backward kernel, which adds
+    # the lookup's share to it (norm_kernel.embed_rms_norm_first).
+    route = head_w is not None and cfg.tie_embeddings and norm_kernel.EMBED_GRAD_IN_FIRST_NORM
+    x_BTD, h_BTD, h8_BTD, *w = norm_kernel.embed_rms_norm_first(
+        params["embed"], x_BTD, blocks["attn_norm"][0], DTYPES[_option(cfg, "residual_dtype")], dtype, q0,
+        head_w.dtype if route else None)
+    if route:
+      assert head_w.shape == params["embed"].shape, "head_w must be the tied head's weight, params['embed'] cast"
+      head_w = w[0]
+  else:
+    x_BTD, h_BTD, h8_BTD = norm_kernel.rms_norm_first(x_BTD, blocks["attn_norm"][0], dtype, q0)
   h8 = None if q0 is None else (h8_BTD, q0)
   w8 = wq8 = None
   if _option(cfg, "mlp_fp8") or h8 is not None:
@@ -493,7 +514,7 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg):
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, swiglu(p, h_BTD, dtype, _option(cfg, "swiglu_backend")), gain,
                                             dtype)
     h8 = _head_input_fp8(h_BTD, gain, cfg) if last else _attn_input_fp8(h_BTD, gain, cfg)
-  return h_BTD, h8
+  return (h_BTD, h8) if head_w is None else (h_BTD, h8, head_w)
 
 
 def _head(params, cfg):
@@ -521,7 +542,8 @@ def softcap(logits, cap):
 def loss_fn(params, tokens_BT, targets_BT, cfg):
   """Mean next-token cross-entropy, in fp32 via logsumexp."""
   spec, w = _head(params, cfg)
-  (h_BTD, h8), cap = _hidden(params, tokens_BT, cfg), float(_option(cfg, "logit_softcap"))
+  h_BTD, h8, w = _hidden(params, tokens_BT, cfg, head_w=w)
+  cap = float(_option(cfg, "logit_softcap"))
   if _option(cfg, "xent_backend") == "triton":
     import xent_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
     return xent_kernel.head_cross_entropy(spec, h_BTD, w, targets_BT.astype(jnp.int32), cap, h8)

@@ -121,6 +121,101 @@ def _first_bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
 _first.defvjp(_first_fwd, _first_bwd)
 
 
+# The lookup inside the first norm's kernel (embed_norm_fwd_kernel: no gather pass writing the stream
+# for the norm to read back). Off: no gain in the thirty-eighth and thirty-ninth sessions' timings (it
+# ran beside the weights' casts); False: XLA gathers the rows inside embed_rms_norm_first.
+EMBED_IN_FIRST_NORM = False
+# model.py hands the first norm the table and the tokens, and with a tied head the head's weight
+# copy comes out of it too, so the norm's backward kernel adds each row's gradient straight into the
+# table's (the head's share already in it: embed_norm_bwd_kernel), where XLA wrote the stream's
+# gradient and scattered it into the table's: passes at the very end of the backward, which AdamW
+# waits on (the 33.5 MB gradient written and read back, and a 39 us scatter on the H100). Five
+# interleaved rounds on an H200: 7.400 vs 7.452 ms a step, at the noise (docs/model.md,
+# "Thirty-ninth session"). False: XLA's gather, rms_norm_first, and those passes.
+EMBED_GRAD_IN_FIRST_NORM = True
+
+
+def embed_rms_norm_first(table_VD, tokens_BT, gain_D, stream_dtype, dtype, fp8_qmul=None, head_dtype=None):
+  """rms_norm_first(table[tokens] in stream_dtype, gain, dtype, fp8_qmul) as one op that owns the
+  lookup: (x, h, h8), x the residual stream [B, T, D]; with head_dtype a fourth item, the table in
+  head_dtype (a tied head's weight), whose cotangent joins the table's gradient in the backward.
+  The lookup runs inside the norm's kernel with EMBED_IN_FIRST_NORM, else as XLA's gather. The
+  backward gives the table the gradient the gather (and the cast) would: the norm's one backward
+  pass, each row's gradient rounded to stream_dtype and summed into the table's row in fp32, plus
+  the head's cotangent in fp32; with EMBED_GRAD_IN_FIRST_NORM all in the norm's backward kernel,
+  else in XLA. The tokens get no gradient."""
+  return _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype)
+
+
+def _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype):
+  D = table_VD.shape[-1]
+  N = tokens_BT.size
+  fp8 = fp8_qmul is not None
+  shape = (*tokens_BT.shape, D)
+  if EMBED_IN_FIRST_NORM:
+    jt, kern = _triton()
+    consts = _consts(D)
+    x, h, rstd, h8 = jt.triton_call(
+        table_VD, tokens_BT.reshape(N).astype(jnp.int32), gain_D,
+        fp8_qmul if fp8 else jnp.ones((1,), jnp.float32), kernel=kern.embed_norm_fwd_kernel,
+        out_shape=(jax.ShapeDtypeStruct((N, D), stream_dtype), jax.ShapeDtypeStruct((N, D), dtype),
+                   jax.ShapeDtypeStruct((N,), jnp.float32),
+                   jax.ShapeDtypeStruct((N, D) if fp8 else (1,), jnp.float8_e4m3fn)),
+        grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS, FP8=fp8, **consts)
+    x, h, h8 = x.reshape(shape), h.reshape(shape), h8.reshape(shape) if fp8 else None
+  else:
+    x = table_VD[tokens_BT].astype(stream_dtype)
+    _, h, rstd, h8 = forward(x, None, gain_D, dtype, fp8_qmul=fp8_qmul, fp8_rows=False)
+    h8 = None if h8 is None else h8[0].reshape(shape)
+  outs = (x, h, h8) + (() if head_dtype is None else (table_VD.astype(head_dtype),))
+  # table_like: a [V, 0] array, so the backward knows the table's rows and dtype without keeping it.
+  return outs, (x, rstd, gain_D, fp8_qmul, tokens_BT, jnp.zeros((table_VD.shape[0], 0), table_VD.dtype))
+
+
+def _embed_first_bwd(stream_dtype, dtype, head_dtype, res, cotangents):  # pylint: disable=unused-argument
+  x_BTD, rstd, gain_D, fp8_qmul, tokens_BT, table_like = res
+  dx_out, dh = cotangents[:2]   # h8's cotangent is dropped, as in _first_bwd
+  D = x_BTD.shape[-1]
+  V, tdtype = table_like.shape[0], table_like.dtype
+  base = jnp.zeros((V, D), tdtype) if head_dtype is None else cotangents[3].astype(tdtype)
+  if EMBED_GRAD_IN_FIRST_NORM:
+    d_table, dgain = _embed_backward(dx_out, dh, x_BTD, rstd, gain_D, tokens_BT, base)
+  else:
+    dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype)
+    d_table = base.at[tokens_BT.reshape(-1)].add(dx.reshape(-1, D).astype(tdtype))
+  return d_table, None, dgain, None if fp8_qmul is None else jnp.zeros_like(fp8_qmul)
+
+
+def _embed_backward(dx_out, dh, x_out, rstd, gain_D, tokens_BT, base_VD):
+  """(base + the lookup's gradient of the table, dgain) from embed_norm_bwd_kernel (fp32 table)."""
+  jt, kern = _triton()
+  D, N, consts, programs = _bwd_grid(x_out)
+  d_table, dg_part = jt.triton_call(
+      dx_out.reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D,
+      tokens_BT.reshape(N).astype(jnp.int32), base_VD.astype(jnp.float32), kernel=kern.embed_norm_bwd_kernel,
+      out_shape=(jax.ShapeDtypeStruct(base_VD.shape, jnp.float32), jax.ShapeDtypeStruct((programs, D), jnp.float32)),
+      input_output_aliases={6: 0}, grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs,
+      **consts)
+  return d_table.astype(base_VD.dtype), jnp.sum(dg_part, 0).astype(gain_D.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype):
+  return _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype)[0]
+
+
+_embed_first.defvjp(_embed_first_fwd, _embed_first_bwd)
+
+
+def _bwd_grid(x_out):
+  """(D, N, the kernel's block constants, programs) of the persistent backward over x_out's rows."""
+  D = x_out.shape[-1]
+  N = x_out.size // D
+  consts = _consts(D)
+  consts["ROWS"] = max(1, min(BWD_ROWS, TILE // consts["BLOCK_D"]))
+  return D, N, consts, max(1, min(-(-N // consts["ROWS"]), BWD_PROGRAMS_PER_SM * _sm_count()))
+
+
 def _sm_count():
   """Multiprocessors of the GPU (132 on an H100/H200 SXM): the persistent backward's grid."""
   return int(getattr(jax.devices()[0], "core_count", 0) or 132)
@@ -132,11 +227,7 @@ def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=N
   dh_scale [N] multiplies dh's rows (dh is then an FP8 dot's unscaled output), and fp8_qmul adds a
   4th item, dx in e4m3 with its scale per row times fp8_qmul: (d8 [N, D], ds [N])."""
   jt, kern = _triton()
-  D = x_out.shape[-1]
-  N = x_out.size // D
-  consts = _consts(D)
-  consts["ROWS"] = max(1, min(BWD_ROWS, TILE // consts["BLOCK_D"]))
-  programs = max(1, min(-(-N // consts["ROWS"]), BWD_PROGRAMS_PER_SM * _sm_count()))
+  D, N, consts, programs = _bwd_grid(x_out)
   # The residual add hands one gradient to both of its inputs: with one dtype (the bf16 stream) it
   # is written once and returned twice; DY is then a 1-element dummy the kernel never writes.
   two = x_out.dtype != y_dtype

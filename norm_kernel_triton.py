@@ -94,6 +94,34 @@ def add_norm_fwd_fp8_kernel(X, Y, G, QMUL, YS, XOUT, H, RSTD, H8, HS, N: tl.cons
 
 
 @triton.jit
+def embed_norm_fwd_kernel(E, IDS, G, QMUL, XOUT, H, RSTD, H8, N: tl.constexpr, D: tl.constexpr,
+                          BLOCK_D: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr, FP8: tl.constexpr):
+  """The first layer's norm with the embedding lookup in it: XOUT[r] = E[IDS[r]] rounded to XOUT's
+  dtype (the residual stream), H = RMSNorm(XOUT) * G, RSTD saved; with FP8 also H8 = e4m3(H * QMUL)
+  (QMUL the whole tensor's static scale, as add_norm_fwd_fp8_kernel without ROW_SCALE). The rows of
+  the [V, D] table E come straight from L2 (20 MB at the speedrun's shape), so the step's start has
+  no separate gather pass writing the stream for this kernel to read back. H8 and QMUL are
+  1-element dummies without FP8."""
+  rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+  cols = tl.arange(0, BLOCK_D)
+  live = rows < N
+  mask = live[:, None] & (cols[None, :] < D)
+  ids = tl.load(IDS + rows, mask=live, other=0).to(tl.int64)
+  s = tl.load(E + ids[:, None] * D + cols[None, :], mask=mask, other=0.0).to(XOUT.dtype.element_ty)
+  offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+  tl.store(XOUT + offs, s, mask=mask)
+  s = s.to(tl.float32)
+  rstd = tl.math.rsqrt(tl.sum(s * s, 1) / D + EPS)
+  g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
+  h = (s * rstd[:, None] * g[None, :]).to(H.dtype.element_ty)
+  tl.store(H + offs, h, mask=mask)
+  tl.store(RSTD + rows, rstd, mask=live)
+  if FP8:   # quantized from H as stored, as add_norm_fwd_fp8_kernel does
+    tl.store(H8 + offs, tl.clamp(h.to(tl.float32) * tl.load(QMUL), -F8_MAX, F8_MAX).to(H8.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
 def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk, cols, N: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
                DH_SCALED: tl.constexpr, HAS_DXOUT: tl.constexpr):
   """One block's inputs: (rows, row offsets, mask, s, dh, dxout, rstd, dh's row scale or 1); rows
@@ -117,9 +145,12 @@ def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk, cols, N: tl.constexpr, D: tl.con
 @triton.jit
 def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
                        D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
-                       TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr, HAS_DXOUT: tl.constexpr):
+                       TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr, HAS_DXOUT: tl.constexpr,
+                       IDS=None, SCATTER: tl.constexpr = False):
   """The persistent backward (add_norm_bwd_kernel's docstring); DH_SCALED, FP8 and HAS_DXOUT as in
-  add_norm_bwd_fp8_kernel. With DH_SCALED and FP8 False, DHS, QMUL, D8 and DS are never touched."""
+  add_norm_bwd_fp8_kernel. With DH_SCALED and FP8 False, DHS, QMUL, D8 and DS are never touched.
+  SCATTER (embed_norm_bwd_kernel): row r's gradient, rounded to XOUT's dtype, is added into row
+  IDS[r] of the fp32 table DX instead of being stored as row r."""
   pid = tl.program_id(0)
   cols = tl.arange(0, BLOCK_D)
   g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
@@ -133,7 +164,12 @@ def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8,
       dh = dh * dhs[:, None]
     u = dh * g[None, :]
     d = dxo + r[:, None] * u - s * (r * r * r * tl.sum(u * s, 1) / D)[:, None]
-    tl.store(DX + offs, d.to(DX.dtype.element_ty), mask=mask)
+    if SCATTER:   # relaxed fp32 atomics: repeated tokens sum in any order, as XLA's scatter-add does
+      ids = tl.load(IDS + rows, mask=rows < N, other=0).to(tl.int64)
+      tl.atomic_add(DX + ids[:, None] * D + cols[None, :],
+                    d.to(XOUT.dtype.element_ty).to(tl.float32), mask=mask, sem="relaxed")
+    else:
+      tl.store(DX + offs, d.to(DX.dtype.element_ty), mask=mask)
     if TWO_OUT:
       tl.store(DY + offs, d.to(DY.dtype.element_ty), mask=mask)
     if FP8:   # quantized from the gradient as the y input's dtype stores it (fp8_mlp.swiglu's)
@@ -176,3 +212,15 @@ def add_norm_bwd_fp8_kernel(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART
   add_norm_bwd_kernel."""
   _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N, D, BLOCK_D, ROWS,
                      PROGRAMS, TWO_OUT, DH_SCALED, FP8, HAS_DXOUT)
+
+
+@triton.jit
+def embed_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, IDS, DE_IN, DE, DG_PART, N: tl.constexpr, D: tl.constexpr,
+                          BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr):
+  """The first norm's backward (add_norm_bwd_kernel with DXOUT, one output) with the embedding
+  lookup's backward in it: each row's gradient of the stream, rounded to XOUT's dtype as the stream
+  stores it, is added into row IDS[r] of the fp32 table gradient DE (which aliases DE_IN: the head's
+  share of the tied table's gradient, or zeros). No [N, D] gradient is written for an XLA scatter to
+  read back, at the very end of the step's backward, where AdamW waits on the table's gradient."""
+  _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, RSTD, RSTD, DE, DE, DG_PART, DE, RSTD, N, D, BLOCK_D, ROWS,
+                     PROGRAMS, False, False, False, True, IDS, True)

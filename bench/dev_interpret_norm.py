@@ -76,6 +76,39 @@ def run(n, d, stream_dtype):
                                      HAS_DXOUT=False)
   ref0 = ref - dxo.double().numpy()
   errs += [rel(dx0.double().numpy(), ref0), rel(dg0.double().numpy().sum(0), dg_ref)]
+  # The first norm with the lookup in it (embed_norm_fwd_kernel): the stream is the table's rows
+  # rounded once to its dtype, H their norm, and the e4m3 copy e4m3(H as stored * QMUL).
+  v = 37
+  table = t(rng.standard_normal((v, d)) * 2, torch.float32)
+  ids = torch.from_numpy(rng.integers(0, v, n).astype(np.int32))
+  xe, he, re, h8 = torch.empty((n, d), dtype=stream_dtype), torch.empty((n, d), dtype=torch.float16), \
+      torch.empty(n), torch.empty((n, d), dtype=torch.float8_e4m3fn)
+  qmul = torch.tensor([9.0])
+  K.embed_norm_fwd_kernel[grid](table, ids, g, qmul, xe, he, re, h8, n, EPS=EPS, FP8=True, **c)
+  se = table[ids.long()].to(stream_dtype).double().numpy()
+  re_ref = 1 / np.sqrt((se * se).mean(1) + EPS)
+  he_ref = se * re_ref[:, None] * g.double().numpy()
+  h8_ref = torch.from_numpy(np.clip(he.double().numpy() * 9.0, -448, 448)).to(torch.float8_e4m3fn)
+  assert np.array_equal(xe.double().numpy(), se), "the stream must be the table's rows, rounded once"
+  got8, ref8 = h8.view(torch.uint8).int().numpy(), h8_ref.view(torch.uint8).int().numpy()
+  # e4m3 codes: one code away is rounding; eight below a power of two is the interpreter dropping the
+  # carry when a value rounds up to one, and at or below the smallest normal (code 8) its subnormal
+  # rounding is off (its known fp8 bugs, docs/model.md "Twenty-fourth session").
+  off = np.abs(got8 - ref8)
+  unexplained = (off > 1) & ~((ref8 - got8 == 8) & (ref8 % 8 == 0)) & ((ref8 & 0x7F) > 8)
+  assert not unexplained.any(), (got8[unexplained][:8], ref8[unexplained][:8])
+  errs += [np.abs(he.double().numpy() - he_ref).max() / np.abs(he_ref).max(), np.abs(re.double().numpy() / re_ref - 1).max(),
+           float((off == 1).mean()) * 1e-2]   # the share of one-code neighbours, x 1e-2
+  # The first norm's backward with the lookup's in it (embed_norm_bwd_kernel): each row's gradient
+  # (the one add_norm_bwd_kernel wrote above, rounded to the stream's dtype) summed into its token's
+  # row of the fp32 table, on top of what the table held (the head's share).
+  base = t(rng.standard_normal((v, d)), torch.float32)
+  de, dge = base.clone(), torch.empty((programs, d))
+  K.embed_norm_bwd_kernel[(programs,)](dxo, dh, xo, r, g, ids, de, de, dge, n, D=d, BLOCK_D=c["BLOCK_D"], ROWS=rows,
+                                       PROGRAMS=programs)
+  de_ref = base.double().numpy().copy()
+  np.add.at(de_ref, ids.long().numpy(), dx.double().numpy())
+  errs += [rel(de.double().numpy(), de_ref), rel(dge.double().numpy().sum(0), dg_ref)]
   return errs
 
 
@@ -87,7 +120,8 @@ def main():
       errs = run(n, d, stream)
       assert np.isfinite(errs).all(), errs
       worst = max(worst, *errs)
-      print(f"N={n} D={d} stream={stream}: err sum/h/h and rstd without y/dx/dy/dgain, without dxout dx/dgain " + " ".join(f"{e:.1e}" for e in errs), flush=True)
+      print(f"N={n} D={d} stream={stream}: err sum/h/h and rstd without y/dx/dy/dgain, without dxout dx/dgain/"
+            "embedded h/rstd/share of e4m3 neighbours x 1e-2/scattered table/dgain " + " ".join(f"{e:.1e}" for e in errs), flush=True)
   print(f"worst error {worst:.2e}")
   assert worst < 2e-3, worst   # fp16 outputs: ~5e-4 relative
 

@@ -8,7 +8,7 @@ rather than a copy: each row whose attention column is "triton, B128" and whose 
 figure (the tree of that session, as opposed to the variants beside it) gives one point per bold
 ms/step figure, as tokens/s = 128 x 256 / ms. A row's device is its own or, for "same machine"
 rows, the nearest row above that names one. H100 and H200 points are drawn apart: the H200's faster
-memory made the same step ~4% quicker.
+memory made the same step 4-9% quicker (docs/model.md, "Thirty-ninth session").
 """
 import argparse
 import os
@@ -36,8 +36,9 @@ def read_points(doc):
     if len(cells) < 8:
       continue
     date_cell, device_cell, attention, ms_cell = cells[0], cells[1], cells[4], cells[5]
-    if "H100" in device_cell or "H200" in device_cell:
-      device = "H100" if "H100" in device_cell else "H200"
+    chips = re.findall(r"H[12]00", device_cell)
+    if chips:   # the chip the cell names first ("1x H200 (... no H100 ...)" is an H200)
+      device = chips[0]
     bold = re.findall(r"\*\*([^*]+)\*\*", ms_cell)
     if attention != "triton, B128" or not bold or device is None:
       continue

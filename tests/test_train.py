@@ -526,8 +526,8 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # so does W2's (nothing without mlp_fp8_w2 either: it reads the SwiGLU forward's e4m3 act).
   expected |= {"transpose_fp8_kernel"} if (wgrad or (wgrad_w2 and fp8_w2)) and mlp_fp8 else set()
   # The first layer's norm (no add before it) runs the no-add forward, e4m3 copy included with
-  # attn_fp8, and the plain backward.
-  expected |= {"add_norm_bwd_kernel"} | ({"add_norm_fwd_fp8_kernel"} if attn_fp8 else {"add_norm_fwd_kernel"})
+  # attn_fp8, and a backward that adds the lookup's gradient into the table's (EMBED_GRAD_IN_FIRST_NORM).
+  expected |= {"embed_norm_bwd_kernel"} | ({"add_norm_fwd_fp8_kernel"} if attn_fp8 else {"add_norm_fwd_kernel"})
   assert names == expected, (sorted(expected - names), sorted(names - expected))
   too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
   assert not too_big, too_big
