@@ -68,7 +68,8 @@
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
 #           commit 324a5f6, reverted for being slower: run this script in a checkout of it)
 # preceded by the loss kernel's sweep (bench/dev_memory_kernels.py --only=xent; SWEEP=0 skips it)
-# and followed by a profiled step of each of PROFILE_VARIANTS (default: base; PROFILE=0 skips them).
+# and followed by the rounds paired against the first variant (bench/dev_paired.py) and a profiled
+# step of each of PROFILE_VARIANTS (default: base; PROFILE=0 skips them).
 # ROUNDS (default 2) sets how many times the variants are interleaved.
 #   OUT=dir VARIANTS="base nogemm lane" bash bench/dev_step_variants.sh
 set -uo pipefail
@@ -125,6 +126,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
 for i in $(seq "${ROUNDS:-2}"); do
   for v in $VARIANTS; do echo "$v $i"; run "$v" "$OUT/step_${v}_$i.json"; done
 done
+# The rounds paired against the first variant (mean difference, rounds faster, paired t).
+[ -n "$VARIANTS" ] && python3 bench/dev_paired.py "$OUT" $VARIANTS
 if [ "${PROFILE:-1}" = 1 ]; then
   for v in ${PROFILE_VARIANTS:-base}; do
     echo "profile $v"; run "$v" "$OUT/step_profile_$v.json" ', "--profile=/tmp/trace_'"$v"'", "--profile_top=40"'
