@@ -319,35 +319,64 @@ def _out_proj_bwd(res, dy_BTD):
 out_proj.defvjp(_out_proj_fwd, _out_proj_bwd)
 
 
+@jax.custom_vjp
+def out_proj_over_s(o_BTHK, wo_s_HKD, wo_HKD):
+  """out_proj(o, wo_s) with wo_s = Wo s (attn_fp8: qkv_dot's scale s folded into Wo), whose backward
+  hands o the cotangent dY Wo^T made from the unscaled wo: the true one divided by s, which the
+  attention passes on to qkv_dot(..., over_s=True) (model._mha). wo gets no gradient; wo_s gets
+  o^T dY, so Wo's own gradient (through Wo s) is unchanged."""
+  return out_proj(o_BTHK, wo_s_HKD)
+
+
+def _out_proj_over_s_fwd(o_BTHK, wo_s_HKD, wo_HKD):
+  return out_proj(o_BTHK, wo_s_HKD), (o_BTHK, wo_HKD)
+
+
+def _out_proj_over_s_bwd(res, dy_BTD):
+  o_BTHK, wo_HKD = res
+  do_BTHK, dwo_s_HKD = _out_proj_bwd((o_BTHK, wo_HKD), dy_BTD)   # dwo_s does not involve wo
+  return do_BTHK, dwo_s_HKD, jnp.zeros_like(wo_HKD)
+
+
+out_proj_over_s.defvjp(_out_proj_over_s_fwd, _out_proj_over_s_bwd)
+
+
 def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   """Multi-head attention with RoPE on q and k; returns the block's B x T x D output. With h8 =
   (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights]) (attn_fp8), x Wqkv runs in e4m3
   (fp8_mlp.qkv_dot)."""
   cos, sin = rope
   wo = p["wo"]
+  project = lambda o_BTHK: out_proj(o_BTHK, wo.astype(dtype))
   if h8 is None:
     qkv_BT3HK = jnp.einsum("btd,dshk->btshk", h_BTD, p["wqkv"].astype(dtype))
   else:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
     B, T, D = h_BTD.shape
+    over_s = fp8_mlp.QKV_GRAD_OVER_S
     raw_NE, s = fp8_mlp.qkv_dot(h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1),
-                                *h8[2:])
+                                h8[2] if len(h8) > 2 else None, over_s)
     qkv_BT3HK = raw_NE.reshape(B, T, *p["wqkv"].shape[1:])
     # The dot's scale s, folded in where its output is read: RoPE is linear in its tables, so rotated
     # q and k come out scaled; v's scale passes through softmax(.) v linearly into the output
     # projection. No pass over the B x T x 3D projection; gradients follow (s is a constant).
-    cos, sin, wo = cos * s, sin * s, wo * s
+    cos, sin = cos * s, sin * s
+    if over_s:
+      # The projection's backward hands the attention dO made from the unscaled Wo, i.e. divided by
+      # s; the attention's backward is linear in dO, so the projection's cotangent arrives at
+      # qkv_dot divided by s too, as over_s tells it (fp8_mlp.QKV_GRAD_OVER_S).
+      project = lambda o_BTHK: out_proj_over_s(o_BTHK, (wo * s).astype(dtype), wo.astype(dtype))
+    else:
+      project = lambda o_BTHK: out_proj(o_BTHK, (wo * s).astype(dtype))
   if cfg.attention_backend == "triton" and not _option(cfg, "qk_norm"):
     # RoPE's backward and the q/k/v split inside the kernel's custom VJP: 11.49 -> 11.14 ms per B128
     # step on the H100 (docs/model.md, "Fused kernels").
     import attention_kernel  # pylint: disable=import-outside-toplevel
-    o_BTHK = attention_kernel.flash_attention_rope(qkv_BT3HK, cos, sin)
-    return out_proj(o_BTHK, wo.astype(dtype))
+    return project(attention_kernel.flash_attention_rope(qkv_BT3HK, cos, sin))
   q_BTHK, k_BTHK = qk_norm(p, qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], cfg, dtype)
   q_BTHK = apply_rope(q_BTHK, cos, sin)
   k_BTHK = apply_rope(k_BTHK, cos, sin)
-  o_BTHK = attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend)
-  return out_proj(o_BTHK, wo.astype(dtype))
+  return project(attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend))
 
 
 def _attn_input_fp8(h_BTD, gain_D, cfg):
@@ -490,8 +519,10 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
         w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"])
       if h8 is not None:
         # Layer i's h8 has the static scale of its own attention norm's gain.
+        # With QKV_GRAD_OVER_S the backward's dh reads the plain bf16 Wqkv, made here with the rest.
         qh = jax.vmap(fp8_mlp.static_scale)(blocks["attn_norm"]) if fp8_mlp.DH_WEIGHT_AHEAD else None
-        wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1), qh)
+        wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1), qh,
+                                  plain_dh=fp8_mlp.QKV_GRAD_OVER_S and fp8_mlp.DH_WEIGHT_AHEAD)
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
     attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8 if wq8 is None else (*h8, tuple(a[i] for a in wq8)))

@@ -3,13 +3,17 @@ speedrun shape under several versions of attention_kernel_triton.py, interleaved
 a kernel change is timed against the tree on the same machine and clock.
 
   python bench/dev_attn_ab.py --variants "tree unmasked=path/to/module.py" [--rounds=3] [--out=FILE]
+  python bench/dev_attn_ab.py --variants "tree small:_FWD[32]=(32,32,4,3)"
 
 A variant is NAME=PATH (a copy of attention_kernel_triton.py with the change, loaded as a module of
-its own) or `tree` (the product's). Each round times every variant once (device time from a
+its own), NAME:STATEMENTS (Python run in attention_kernel's namespace before the variant is timed,
+e.g. `HEADS_PER_PROGRAM=(2,1,1);_FWD[32]=(32,32,4,3)`, no spaces; the settings are put back after
+it) or `tree` (the product's). Each round times every variant once (device time from a
 profiler trace, 20 calls; bench/dev_memory_kernels.device_ms); the summary is each kernel's median
 over the rounds. Writes JSON (device, date, commit, command, rows, medians).
 """
 import argparse
+import copy
 import importlib.util
 import os
 import statistics
@@ -41,24 +45,38 @@ def main():
   p.add_argument("--out", default=None)
   args = p.parse_args()
   jt, tree = attention_kernel._triton()  # pylint: disable=protected-access
-  variants = {}
+  variants, statements = {}, {}
   for spec in args.variants.split():
+    if ":" in spec:
+      name, _, statement = spec.partition(":")
+      variants[name], statements[name] = tree, statement
+      continue
     name, _, path = spec.partition("=")
     variants[name] = tree if name == "tree" else load(name, path)
+  # What a statement may change, put back before each variant (HEADS_PER_PROGRAM only exists with
+  # bench/results/h100_session40/two_heads_a_program.patch applied).
+  settings = [k for k in ("HEADS_PER_PROGRAM", "_FWD", "_DKDV", "_DQ") if hasattr(attention_kernel, k)]
+  saved = {k: copy.deepcopy(getattr(attention_kernel, k)) for k in settings}
   qkv, do = dmk.rand(0, (dmk.B, dmk.T, 3, dmk.H, dmk.K)), dmk.rand(1, (dmk.B, dmk.T, dmk.H, dmk.K))
   cos, sin = (x.astype("float32") for x in model.rope_tables(dmk.T, dmk.K, 10_000.0))
   cfg = attention_kernel.block_config(dmk.T, dmk.K)
 
   def f(x, c, s, dy):
+    # The block table is read at trace time, so a variant's settings take effect in its own trace.
+    cfg = attention_kernel.block_config(dmk.T, dmk.K)
     return jax.vjp(lambda x: attention_kernel._flash_rope(x, c, s, True, dmk.K ** -0.5, cfg), x)[1](dy)  # pylint: disable=protected-access
 
-  result = {**dmk.header("bench/dev_attn_ab.py"), "config": cfg, "rows": []}
+  result = {**dmk.header("bench/dev_attn_ab.py"), "config": cfg, "statements": statements, "rows": []}
   print(f"{result['device']}; jax {jax.__version__}; config {cfg}", flush=True)
   original = attention_kernel._triton  # pylint: disable=protected-access
   try:
     for r in range(args.rounds):
       for name, module in variants.items():
         attention_kernel._triton = lambda module=module: (jt, module)  # pylint: disable=protected-access
+        for k, v in saved.items():
+          setattr(attention_kernel, k, copy.deepcopy(v))
+        if name in statements:
+          exec(statements[name], attention_kernel.__dict__)  # pylint: disable=exec-used
         try:
           ms, by = dmk.device_ms(f, qkv, cos, sin, do)
         except Exception as e:  # pylint: disable=broad-except  (a variant that does not compile)
@@ -70,6 +88,8 @@ def main():
               flush=True)
   finally:
     attention_kernel._triton = original  # pylint: disable=protected-access
+    for k, v in saved.items():
+      setattr(attention_kernel, k, v)
   med = {}
   for name in variants:
     rows = [row for row in result["rows"] if row["variant"] == name]

@@ -47,6 +47,10 @@
 #           bench/results/h100_session30/weight_grad_after_input_grad.patch` puts the switches back)
 #   dhlate - fp8_mlp.DH_WEIGHT_AHEAD=False (each qkv_dot backward makes its bf16 w / s for dh itself,
 #           as before the thirtieth session, instead of all layers' before the loop)
+#   overs - fp8_mlp.QKV_GRAD_OVER_S=True (x Wqkv's cotangent handed over divided by s: no divide pass
+#           over its weight gradients, no w / s copy; built in the fortieth session, off, untimed)
+#   noegrad - norm_kernel.EMBED_GRAD_IN_FIRST_NORM=False (the embedding's gradient by XLA's scatter, as
+#           before the thirty-ninth session)
 #   actlate - fp8_mlp.ACT_COPY_AFTER_W2=True (W2's token-last e4m3 act copy made after the forward's
 #           W2 dot instead of before it, where it held that dot back ~27 us a layer; removed in the
 #           thirty-first session for no gain: `git apply
@@ -107,6 +111,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     wgall) pre="import fp8_mlp, xent_kernel; fp8_mlp.WGRAD_AFTER_DGRAD = True; xent_kernel.DW_AFTER_DX = True; " ;;
     actlate) pre="import fp8_mlp; fp8_mlp.ACT_COPY_AFTER_W2 = True; " ;;
     dhlate) pre="import fp8_mlp; fp8_mlp.DH_WEIGHT_AHEAD = False; " ;;
+    overs) pre="import fp8_mlp; fp8_mlp.QKV_GRAD_OVER_S = True; " ;;
+    noegrad) pre="import norm_kernel; norm_kernel.EMBED_GRAD_IN_FIRST_NORM = False; " ;;
     oldstarts) pre="import jax, jax.numpy as jnp, train; train.window_starts = lambda k, s, b, n, t: jax.random.randint(jax.random.fold_in(k, s), (b,), 0, n - t, dtype=jnp.int32); " ;;
     bf16mom) set="$set"', "--set=train.moment_dtype=bfloat16"' ;;
     h13) set="$set"', "--set=model.mlp_fp8_h13=True"' ;;
