@@ -346,8 +346,7 @@ def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights]) (attn_fp8), x Wqkv runs in e4m3
   (fp8_mlp.qkv_dot)."""
   cos, sin = rope
-  wo = p["wo"]
-  project = lambda o_BTHK: out_proj(o_BTHK, wo.astype(dtype))
+  wo, wo_plain = p["wo"], None
   if h8 is None:
     qkv_BT3HK = jnp.einsum("btd,dshk->btshk", h_BTD, p["wqkv"].astype(dtype))
   else:
@@ -360,23 +359,23 @@ def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
     # The dot's scale s, folded in where its output is read: RoPE is linear in its tables, so rotated
     # q and k come out scaled; v's scale passes through softmax(.) v linearly into the output
     # projection. No pass over the B x T x 3D projection; gradients follow (s is a constant).
-    cos, sin = cos * s, sin * s
-    if over_s:
-      # The projection's backward hands the attention dO made from the unscaled Wo, i.e. divided by
-      # s; the attention's backward is linear in dO, so the projection's cotangent arrives at
-      # qkv_dot divided by s too, as over_s tells it (fp8_mlp.QKV_GRAD_OVER_S).
-      project = lambda o_BTHK: out_proj_over_s(o_BTHK, (wo * s).astype(dtype), wo.astype(dtype))
-    else:
-      project = lambda o_BTHK: out_proj(o_BTHK, (wo * s).astype(dtype))
+    # With over_s (fp8_mlp.QKV_GRAD_OVER_S) the projection's backward makes the attention's dO from
+    # the unscaled Wo, i.e. divided by s; the attention's backward is linear in dO, so raw's
+    # cotangent reaches qkv_dot divided by s too, as over_s tells it.
+    cos, sin, wo, wo_plain = cos * s, sin * s, wo * s, wo if over_s else None
   if cfg.attention_backend == "triton" and not _option(cfg, "qk_norm"):
     # RoPE's backward and the q/k/v split inside the kernel's custom VJP: 11.49 -> 11.14 ms per B128
     # step on the H100 (docs/model.md, "Fused kernels").
     import attention_kernel  # pylint: disable=import-outside-toplevel
-    return project(attention_kernel.flash_attention_rope(qkv_BT3HK, cos, sin))
-  q_BTHK, k_BTHK = qk_norm(p, qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], cfg, dtype)
-  q_BTHK = apply_rope(q_BTHK, cos, sin)
-  k_BTHK = apply_rope(k_BTHK, cos, sin)
-  return project(attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend))
+    o_BTHK = attention_kernel.flash_attention_rope(qkv_BT3HK, cos, sin)
+  else:
+    q_BTHK, k_BTHK = qk_norm(p, qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], cfg, dtype)
+    q_BTHK = apply_rope(q_BTHK, cos, sin)
+    k_BTHK = apply_rope(k_BTHK, cos, sin)
+    o_BTHK = attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend)
+  if wo_plain is None:
+    return out_proj(o_BTHK, wo.astype(dtype))
+  return out_proj_over_s(o_BTHK, wo.astype(dtype), wo_plain.astype(dtype))
 
 
 def _attn_input_fp8(h_BTD, gain_D, cfg):
