@@ -4,8 +4,10 @@
 # One run per NAME=OVERRIDES argument and seed; a summary JSON of every eval goes to $OUT.
 #   OUT=dir SEEDS="0 1" STEPS=200 bash bench/dev_loss_ab.sh bf16="--config.model.mlp_fp8=False" fp8=
 # An argument may start with ENV=VALUE words (exported for that run only): name="LM_X=0 --config...".
+# TRAIN=script runs a drop-in for train.py that takes its flags (e.g. bench/dev_qkv_grad_sim.py).
 set -euo pipefail
 OUT=${OUT:-/tmp/loss_ab}; SEEDS=${SEEDS:-0 1}; STEPS=${STEPS:-200}; DATA=${DATA:-/tmp/ts_sample_10k}
+TRAIN=${TRAIN:-train.py}
 mkdir -p "$OUT" /tmp/loss_ab_runs
 if [ ! -f "$DATA/meta.json" ]; then
   src=$(mktemp -d)
@@ -19,7 +21,7 @@ for arg in "$@"; do
   for w in $over; do if [[ $w == --* ]]; then flags+=("$w"); else envs+=("$w"); fi; done
   for s in $SEEDS; do
     wd=/tmp/loss_ab_runs/${name}_s$s; rm -rf "$wd"
-    env "${envs[@]}" python3 train.py --config=configs/tinystories_h100.py --config.data.dir="$DATA" \
+    env "${envs[@]}" python3 "$TRAIN" --config=configs/tinystories_h100.py --config.data.dir="$DATA" \
       --config.train.eval_tokens=0 --config.train.steps="$STEPS" --config.train.warmup_steps=$((STEPS / 10)) \
       --config.train.eval_every=50 --config.train.log_every=50 --config.train.seed="$s" "${flags[@]}" \
       --workdir="$wd" 2>&1 | tail -2
