@@ -17,6 +17,9 @@ e4m3 copy h8). The dots themselves run in fp32 on the rounded values, so only th
 
 QKV_GRAD_SIM: e4m3 | e5m2 (the cotangent's format); unset or 'off' runs train.py unchanged. Needs
 model.attn_fp8 (the only path through qkv_dot); the probe says so and stops otherwise.
+QKV_GRAD_SIM_LOG=FILE (with a format) appends max|cotangent| of every qkv_dot backward to FILE, one
+line a call (layers last to first within a step; a host callback, so the step runs slower): how far
+the tensor's range moves over training, which decides whether a fixed scale could replace a measured one.
 """
 import os
 import sys
@@ -45,8 +48,16 @@ def fake_quant(x, fmt):
 
 def simulated_bwd(fmt):
   """fp8_mlp._qkv_bwd with FP8-rounded operands (see the module docstring); same signature."""
+  log = os.environ.get("QKV_GRAD_SIM_LOG")
+
+  def append(amax):
+    with open(log, "a", encoding="utf-8") as f:
+      f.write(f"{float(amax):.6e}\n")
+
   def bwd(over_s, res, cotangents):
     h_ND, h8_ND, qh, w_DE, s, _, w8_cot = res
+    if log:
+      jax.debug.callback(append, jnp.max(jnp.abs(cotangents[0].astype(jnp.float32))))
     d = fake_quant(cotangents[0], fmt)                  # d_raw, or d_raw / s with over_s
     w = fake_quant(w_DE, "e4m3")
     h = h8_ND.astype(jnp.float32) / qh                  # the forward's e4m3 copy of h, dequantized
