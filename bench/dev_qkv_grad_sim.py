@@ -59,7 +59,8 @@ def simulated_bwd(fmt):
     if log:
       jax.debug.callback(append, jnp.max(jnp.abs(cotangents[0].astype(jnp.float32))))
     d = fake_quant(cotangents[0], fmt)                  # d_raw, or d_raw / s with over_s
-    w = fake_quant(w_DE, "e4m3")
+    w8, sw = fp8_mlp.quantize_tensor(w_DE)              # w per tensor in e4m3, as the forward's w8
+    w = w8.astype(jnp.float32) * sw
     h = h8_ND.astype(jnp.float32) / qh                  # the forward's e4m3 copy of h, dequantized
     div = 1.0 if over_s else s                          # d_raw = s dL/d(h w) unless over_s
     dh_ND = jnp.dot(d, w.T, precision="highest") / div
