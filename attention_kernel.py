@@ -237,3 +237,143 @@ def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
   sm_scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
   return _flash_rope(qkv_BT3HK, cos_TK.astype(jnp.float32), sin_TK.astype(jnp.float32), bool(causal), sm_scale,
                      block_config(t, d))
+
+
+# ----------------------------------------------------------------------------- x Wqkv + attention, FP8 backward
+# model.attn_fp8_dqkv: x Wqkv (fp8_mlp.qkv_dot's e4m3 forward) and flash_attention_rope as one
+# custom VJP, so that the attention's backward kernels can hand x Wqkv's backward its cotangent dQKV
+# as e5m2, in both layouts its two dots read (bwd_*_rope_fp8_kernel), and both dots run on cuBLASLt's
+# FP8 path: dh = dQKV Wqkv^T and dWqkv = h^T dQKV, 67 + 72 us a layer in bf16 on the H100
+# (docs/model.md, "Thirty-eighth session"). dQKV's bytes stay what the bf16 stores wrote.
+#
+# One scale for the whole tensor, known before the kernels run (a program holds one head's columns
+# of a few tokens, so neither a token's nor the tensor's max is at hand): G = qh * 2^(DQKV_LOG2 +
+# ceil(log2 N)). Why that is enough: the cotangent the kernels make is d = s dL/dqkv (s = sw / qh,
+# the forward's scale), so d G = sw N 2^DQKV_LOG2 dL/dqkv; N dL/dqkv is the gradient of the summed
+# (not averaged) token losses, and sw = max|Wqkv| / 448. Over 200 speedrun steps on the H100, four
+# seeds, max|d| ran 8e-12 .. 9.5e-9 (forty-second session, bench/results/h100_session42/loss/), so
+# max|d G| ran ~0.17 .. 200: e5m2 holds 57344 (the stores clip there) and keeps full precision down
+# to 6e-5, ~2^12 below the smallest of those maxima. e5m2, not e4m3: its 2^30 of range is what lets a
+# scale from no measurement hold (e4m3 has 2^17); both cost about the same in val loss (+0.008 +-
+# 0.005 at 200 steps, four seeds, with the best-case scale: bench/dev_qkv_grad_sim.py).
+#
+# ceil(log2 N) keeps the dots' own correction 2^-(DQKV_LOG2 + ceil(log2 N)) a power of two and a
+# constant, so cuBLASLt can apply it as its alpha and dh needs no pass of its own.
+DQKV_LOG2 = 15
+
+
+def _dqkv_log2(n):
+  return DQKV_LOG2 + max(0, n - 1).bit_length()
+
+
+def _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_dtype, w_dtype, h8_DN=None):
+  """x Wqkv's gradients from e5m2 d8 = e5m2(d G) (both layouts): dh = d (w / s)^T, dw = h^T d / s.
+  With w = w8 sw, h = h8 / qh, s = sw / qh, d = d8 / G: dh = d8 w8^T 2^-k and dw = h8^T d8 2^-k /
+  (qh sw), k = _dqkv_log2(N). h8_DN: h8's token-last copy (made here by XLA when None)."""
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  inv = 2.0 ** -_dqkv_log2(d8_NE.shape[0])
+  dh_ND = fp8_mlp.dot8(d8_NE, w8_DE, 1) * inv
+  h8_DN = h8_ND.T if h8_DN is None else h8_DN
+  dw_DE = fp8_mlp.dot8(h8_DN, d8_EN, 1, out=jnp.float32) * (inv / (qh * sw))
+  return dh_ND.astype(h_dtype), dw_DE.astype(w_dtype)
+
+
+def _qkv_fp8_forward(h8_ND, qh, w8, cos_TK, sin_TK, shape):
+  """The packed projection (unscaled e4m3 dot, [B, T, 3, H, K]), its scale s, and the RoPE tables
+  times s (the dot's scale folded into the rotation, as model._mha does with attn_fp8)."""
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  w8_ED, sw = w8[0], w8[1]
+  s = jax.lax.stop_gradient(sw / qh)
+  return fp8_mlp.dot8(h8_ND, w8_ED, 1).reshape(shape), s, cos_TK * s, sin_TK * s
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels):
+  return _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels)[0]
+
+
+def _reference_attention(qkv_BT3HK, cos_TK, sin_TK, sm_scale):
+  """The kernels' values by XLA (CPU tests): RoPE on q, k, causal softmax attention in fp32."""
+  import model  # pylint: disable=import-outside-toplevel
+  q, k = (model.apply_rope(qkv_BT3HK[:, :, i], cos_TK, sin_TK).astype(jnp.float32) for i in (0, 1))
+  s = jnp.einsum("bqhk,bshk->bhqs", q, k) * sm_scale
+  t = s.shape[-1]
+  s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+  return jnp.einsum("bhqs,bshk->bqhk", jax.nn.softmax(s, -1),
+                    qkv_BT3HK[:, :, 2].astype(jnp.float32)).astype(qkv_BT3HK.dtype)
+
+
+def _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels):
+  qkv, s, cos_s, sin_s = _qkv_fp8_forward(h8_ND, qh, w8, cos_TK, sin_TK, shape)
+  if kernels:
+    o_BTHK, res = _flash_rope_fwd(qkv, cos_s, sin_s, True, sm_scale, block_config(shape[1], shape[4]))
+  else:
+    o_BTHK, res = _reference_attention(qkv, cos_s, sin_s, sm_scale), (qkv, cos_s, sin_s)
+  return (o_BTHK, s), (res, h8_ND, qh, w8[1], w8[2], jnp.zeros((0,), h_ND.dtype), jnp.zeros((0,), w_DE.dtype),
+                       tuple(None for _ in w8))
+
+
+def _dqkv8(res, do_BTHK, g, sm_scale, kernels):
+  """e5m2(dQKV g) as [N, 3HK] and [3HK, N]: the attention's backward kernels, or XLA (CPU tests)."""
+  if not kernels:
+    qkv, cos_s, sin_s = res
+    _, vjp = jax.vjp(lambda x: _reference_attention(x, cos_s, sin_s, sm_scale), qkv)
+    d = vjp(do_BTHK.astype(qkv.dtype))[0].astype(jnp.float32).reshape(-1, qkv[0, 0].size)
+    d8_NE = jnp.clip(d * g, -E5M2_MAX, E5M2_MAX).astype(jnp.float8_e5m2)
+    return d8_NE, d8_NE.T
+  jt, kern = _triton()
+  qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT = res
+  b, t, h, d = q_BTHK.shape
+  consts = dict(T=t, H=h, D=d, SM_SCALE=sm_scale, CAUSAL=True)
+  config = block_config(t, d)
+  out = (jax.ShapeDtypeStruct(qkv_BT3HK.shape, jnp.float8_e5m2), jax.ShapeDtypeStruct((3 * h * d, b * t), jnp.float8_e5m2))
+  bm, bn, warps, stages = config[2]
+  delta_BHT, d8, d8t = jt.triton_call(
+      q_BTHK, k_BTHK, qkv_BT3HK, o_BTHK, do_BTHK.astype(q_BTHK.dtype), lse_BHT, cos_TK, sin_TK, g,
+      kernel=kern.bwd_dq_rope_fp8_kernel, out_shape=(jax.ShapeDtypeStruct((b, h, t), jnp.float32), *out),
+      grid=(-(-t // bm), b * h), num_warps=warps, num_stages=stages, BLOCK_M=bm, BLOCK_N=bn, **consts)
+  ins = (q_BTHK, k_BTHK, qkv_BT3HK, do_BTHK.astype(q_BTHK.dtype), lse_BHT, delta_BHT, cos_TK, sin_TK, g, d8, d8t)
+  bm, bn, warps, stages = config[1]
+  d8, d8t = jt.triton_call(*ins, kernel=kern.bwd_dkdv_rope_fp8_kernel, out_shape=out,
+                           input_output_aliases={len(ins) - 2: 0, len(ins) - 1: 1}, grid=(-(-t // bn), b * h),
+                           num_warps=warps, num_stages=stages, BLOCK_M=bm, BLOCK_N=bn, **consts)
+  return d8.reshape(b * t, -1), d8t
+
+
+E5M2_MAX = 57344.0   # the largest finite e5m2 value (attention_kernel_triton.E5M2_MAX, the kernels' clip)
+
+
+def _qkv_flash_fp8_bwd(shape, sm_scale, kernels, saved, cotangents):
+  res, h8_ND, qh, sw, w8_DE, h_like, w_like, w8_cot = saved
+  n = h8_ND.shape[0]
+  g = (qh * 2.0 ** _dqkv_log2(n)).astype(jnp.float32).reshape(1)
+  d8_NE, d8_EN = _dqkv8(res, cotangents[0], g, sm_scale, kernels)
+  h8_DN = None
+  if kernels:   # h8's token-last copy by one Triton pass (XLA's e4m3 transposes cost more)
+    import swiglu_kernel  # pylint: disable=import-outside-toplevel
+    h8_DN = swiglu_kernel.transpose_fp8(h8_ND)
+  dh_ND, dw_DE = _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_like.dtype, w_like.dtype, h8_DN)
+  cos_s, sin_s = res[3:5] if kernels else res[1:3]   # the tables are constants: zero cotangents
+  return dh_ND, jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE, w8_cot, jnp.zeros_like(cos_s), jnp.zeros_like(sin_s)
+
+
+_qkv_flash_fp8.defvjp(_qkv_flash_fp8_fwd, _qkv_flash_fp8_bwd)
+
+
+def flash_attention_qkv_fp8(h_ND, h8_ND, qh, w_DE, n_heads, cos_TK, sin_TK, batch, w8=None, kernels=True):
+  """(o [B, T, H, K] times 1 / s, s [1]): causal flash_attention_rope(x Wqkv) with x Wqkv as
+  fp8_mlp.qkv_dot computes it (e4m3 h8 = e4m3(h qh), e4m3 w, one scale each), s the dot's scale, left
+  for the caller to fold into Wo (model._mha). Its backward hands x Wqkv's two dots dQKV in e5m2 from
+  the attention's backward kernels (above). h_ND [N, D] (N = batch * T) only receives the gradient;
+  w_DE [D, 3 H K]; w8 = fp8_mlp.qkv_weights(w_DE, fp8_dh=True) when the caller made it (for all
+  layers at once). kernels=False: the same arithmetic by XLA (CPU tests; the reference)."""
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  n, e = h_ND.shape[0], w_DE.shape[1]
+  k = e // (3 * n_heads)
+  if e != 3 * n_heads * k or k not in HEAD_DIMS or n % batch:
+    raise UserError(f"flash_attention_qkv_fp8 wants w of [D, 3 * heads * head_dim] with head_dim in {HEAD_DIMS} "
+                    f"and h of [batch * T, D]; got w {w_DE.shape}, {n_heads} heads, h {h_ND.shape}, batch {batch}")
+  w8 = fp8_mlp.qkv_weights(w_DE, fp8_dh=True) if w8 is None else w8
+  shape = (batch, n // batch, 3, n_heads, k)
+  return _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, tuple(w8), cos_TK.astype(jnp.float32), sin_TK.astype(jnp.float32),
+                        shape, 1.0 / math.sqrt(k), bool(kernels))

@@ -289,14 +289,10 @@ def _rope_tile(COS, SIN, offs, T: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SCALE: tl.constexpr,
-                         T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """bwd_dkdv_kernel for the packed layout: writes dK (rotated back) and dV into DQKV[:, :, 1:3].
-
-  DQKV_IN is the dQ kernel's output, aliased to DQKV (the same buffer), so the three gradients
-  end up in one array without a copy.
-  """
+def _dkdv_rope_block(Q, K, QKV, DO, LSE, DELTA, COS, SIN, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """This program's dK (rotated back) and dV for the packed layout, its keys offs_n, their offsets kv3
+  in the packed [B, T, 3, H, D] array (at part 0) and the in-range mask rows."""
   start_n = tl.program_id(0) * BLOCK_N
   bh = tl.program_id(1)
   ROW: tl.constexpr = H * D
@@ -311,7 +307,22 @@ def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_
   dk, dv = _dkdv_block(Q, k, v, DO, LSE, DELTA, base, bh, start_n, SM_SCALE, T, ROW, D, BLOCK_M, BLOCK_N,
                        CAUSAL)
   cos, sin = _rope_tile(COS, SIN, offs_n, T, D)
-  tl.store(DQKV + ROW + kv3, _unrotate(dk, cos, sin, BLOCK_N, D).to(DQKV.dtype.element_ty), mask=rows)
+  return _unrotate(dk, cos, sin, BLOCK_N, D), dv, offs_n, kv3, rows
+
+
+@triton.jit
+def bwd_dkdv_rope_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, DQKV_IN, DQKV, SM_SCALE: tl.constexpr,
+                         T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """bwd_dkdv_kernel for the packed layout: writes dK (rotated back) and dV into DQKV[:, :, 1:3].
+
+  DQKV_IN is the dQ kernel's output, aliased to DQKV (the same buffer), so the three gradients
+  end up in one array without a copy.
+  """
+  dk, dv, _, kv3, rows = _dkdv_rope_block(Q, K, QKV, DO, LSE, DELTA, COS, SIN, SM_SCALE, T, H, D, BLOCK_M, BLOCK_N,
+                                          CAUSAL)
+  ROW: tl.constexpr = H * D
+  tl.store(DQKV + ROW + kv3, dk.to(DQKV.dtype.element_ty), mask=rows)
   tl.store(DQKV + 2 * ROW + kv3, dv.to(DQKV.dtype.element_ty), mask=rows)
 
 
@@ -320,7 +331,9 @@ def bwd_dq_rope_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, DELTA, DQKV, SM_SCALE: t
                        T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
   """bwd_dq_kernel for the packed layout: writes dQ (rotated back) into DQKV[:, :, 0], and delta.
-  The dK/dV kernel fills DQKV[:, :, 1:3] after it."""
+  The dK/dV kernel fills DQKV[:, :, 1:3] after it. Its body is _dq_rope_block's, written out: through
+  the helper ptxas allocates its registers differently (same instruction count), and this kernel's
+  SASS is what the step was timed with."""
   start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
   bh = tl.program_id(1)
   ROW: tl.constexpr = H * D
@@ -332,6 +345,71 @@ def bwd_dq_rope_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, DELTA, DQKV, SM_SCALE: t
   cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
   tl.store(DQKV + base3 + offs_m[:, None] * (3 * ROW) + tl.arange(0, D)[None, :],
            _unrotate(dq, cos, sin, BLOCK_M, D).to(DQKV.dtype.element_ty), mask=offs_m[:, None] < T)
+
+
+# x Wqkv's backward in FP8 (attention_kernel.flash_attention_qkv_fp8): the two kernels above with
+# e5m2 stores of dQKV times G[0] (one scale for the tensor), each tile stored twice, packed and
+# token-last. The bf16 kernels stay as they are (their SASS is what the step was timed with).
+E5M2_MAX = tl.constexpr(57344.0)   # the largest finite e5m2 value: the stores clip to it, not to inf
+
+
+@triton.jit
+def _store_dqkv8(DQKV, DQKV_T, g, x, b, hh, part, offs, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
+  """Stores e5m2(x * g), clipped, for x [len(offs), D] fp32 the gradient of part (0 q, 1 k, 2 v) of
+  head hh at the tokens offs of batch b: into the packed DQKV [B, T, 3, H, D], and the same bytes
+  token-last into DQKV_T [3 H D, B T] (x Wqkv's weight gradient sums over tokens, and cuBLASLt's
+  FP8 dots want the summed axis contiguous); each of the tile's D rows there is a contiguous run of
+  len(offs) bytes."""
+  ROW: tl.constexpr = H * D
+  offs_d = tl.arange(0, D)
+  rows = offs < T
+  x8 = tl.clamp(x * g, -E5M2_MAX, E5M2_MAX).to(tl.float8e5)
+  packed = b.to(tl.int64) * T * 3 * ROW + part * ROW + hh * D + offs[:, None] * (3 * ROW) + offs_d[None, :]
+  tl.store(DQKV + packed, x8, mask=rows[:, None])
+  cols = (part * ROW + hh * D + offs_d).to(tl.int64) * (tl.num_programs(1) // H * T)   # B T tokens a row
+  tl.store(DQKV_T + cols[:, None] + b * T + offs[None, :], tl.trans(x8), mask=rows[None, :])
+
+
+@triton.jit
+def bwd_dkdv_rope_fp8_kernel(Q, K, QKV, DO, LSE, DELTA, COS, SIN, G, DQKV_IN, DQKV_T_IN, DQKV, DQKV_T,
+                             SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """bwd_dkdv_rope_kernel storing e5m2(dK, dV times G[0]) into both of the dQ kernel's e5m2 arrays,
+  aliased in place as there: DQKV [B, T, 3, H, D] and its token-last copy DQKV_T [3 H D, B T]."""
+  dk, dv, offs_n, _, _ = _dkdv_rope_block(Q, K, QKV, DO, LSE, DELTA, COS, SIN, SM_SCALE, T, H, D, BLOCK_M, BLOCK_N,
+                                          CAUSAL)
+  bh = tl.program_id(1)
+  g = tl.load(G)
+  _store_dqkv8(DQKV, DQKV_T, g, dk, bh // H, bh % H, 1, offs_n, T, H, D)
+  _store_dqkv8(DQKV, DQKV_T, g, dv, bh // H, bh % H, 2, offs_n, T, H, D)
+
+
+@triton.jit
+def _dq_rope_block(Q, K, QKV, O, DO, LSE, DELTA, COS, SIN, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
+                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """This program's dQ (rotated back) for the packed layout (and delta, stored), its queries offs_m and
+  the offset base3 of its head's row 0 in the packed [B, T, 3, H, D] array."""
+  start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+  bh = tl.program_id(1)
+  ROW: tl.constexpr = H * D
+  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
+  base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
+  dq = _dq_block(Q, K, QKV + base3 + 2 * ROW, O, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW, 3 * ROW, D,
+                 BLOCK_M, BLOCK_N, CAUSAL)
+  offs_m = start_m + tl.arange(0, BLOCK_M)
+  cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
+  return _unrotate(dq, cos, sin, BLOCK_M, D), offs_m, base3
+
+
+@triton.jit
+def bwd_dq_rope_fp8_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, G, DELTA, DQKV, DQKV_T, SM_SCALE: tl.constexpr,
+                           T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """bwd_dq_rope_kernel storing e5m2(dQ times G[0]) into DQKV [B, T, 3, H, D] and DQKV_T [3 H D, B T]
+  (and delta, as there)."""
+  dq, offs_m, _ = _dq_rope_block(Q, K, QKV, O, DO, LSE, DELTA, COS, SIN, SM_SCALE, T, H, D, BLOCK_M, BLOCK_N, CAUSAL)
+  bh = tl.program_id(1)
+  _store_dqkv8(DQKV, DQKV_T, tl.load(G), dq, bh // H, bh % H, 0, offs_m, T, H, D)
 
 
 @triton.jit

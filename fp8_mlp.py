@@ -229,15 +229,18 @@ swiglu.defvjp(_ref_fwd, _ref_bwd)
 # ----------------------------------------------------------------------------- the attention's x Wqkv
 
 
-def qkv_weights(w_DE, qh=None, plain_dh=False):
+def qkv_weights(w_DE, qh=None, plain_dh=False, fp8_dh=False):
   """qkv_dot's e4m3 weight and its scale, (w8 [E, D], sw [1]): quantized in the [E, D] layout, both
   operands K-major as cuBLASLt's FP8 path wants (the backward's dh is bf16 and needs no e4m3 copy
   of w in the other layout). Of one layer or, w [L, D, E], of all layers at once (model.py). With
   qh (the static scale of h, [1] or [L, 1]), a third: the backward's bf16 w / s (s = sw / qh), made
   here, before the layer loop, rather than in the backward (DH_WEIGHT_AHEAD); with plain_dh, the
-  third is w itself in bf16 (what dh reads with over_s)."""
+  third is w itself in bf16 (what dh reads with over_s); with fp8_dh (model.attn_fp8_dqkv), w8's own
+  transpose [D, E], dh's e4m3 operand in attention_kernel.flash_attention_qkv_fp8."""
   w_DE = jax.lax.stop_gradient(w_DE)
   w8_ED, sw = quantize_tensor(jnp.swapaxes(w_DE, -1, -2))
+  if fp8_dh:
+    return w8_ED, sw, jnp.swapaxes(w8_ED, -1, -2)
   if plain_dh:
     return w8_ED, sw, w_DE.astype(jnp.bfloat16)
   if qh is None:

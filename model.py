@@ -41,6 +41,8 @@ def default_model_config():
       swiglu_backend="xla",    # 'xla' | 'triton': SwiGLU's backward in one kernel (swiglu_kernel.py, GPU only)
       mlp_fp8=False,           # three of the MLP's six matmuls in e4m3 (fp8_mlp.py); decode.py stays bf16
       attn_fp8=False,          # the attention's x Wqkv in e4m3 (fp8_mlp.qkv_dot); MHA without qk_norm
+      attn_fp8_dqkv=False,     # with attn_fp8: x Wqkv's backward dots in FP8 too, on e5m2 dQKV from the
+                               # attention's kernels (attention_kernel.flash_attention_qkv_fp8)
       mlp_fp8_w2=False,        # with mlp_fp8: the forward's act x W2 in e4m3 too (four of six); else unused
       mlp_fp8_wgrad=False,     # with mlp_fp8: W13's weight gradient in e4m3 too (fp8_mlp.wgrad_fp8); else unused
       mlp_fp8_wgrad_w2=False,  # with mlp_fp8 and mlp_fp8_w2: W2's weight gradient in e4m3 too; else unused
@@ -112,6 +114,9 @@ def _check(cfg):
     # projections, would sit between the dot and those.
     raise UserError("config.model.attn_fp8=True supports attention='mha' without qk_norm; set "
                     "--config.model.attn_fp8=False")
+  if _option(cfg, "attn_fp8_dqkv") and not _option(cfg, "attn_fp8"):
+    raise UserError("config.model.attn_fp8_dqkv=True is x Wqkv's FP8 backward and needs its FP8 forward: set "
+                    "--config.model.attn_fp8=True too, or --config.model.attn_fp8_dqkv=False")
   for name in ("mlp_fp8", "attn_fp8", "head_fp8"):
     older_sm = _option(cfg, name) and gpu_without_fp8()
     if older_sm:
@@ -352,6 +357,15 @@ def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   else:
     import fp8_mlp  # pylint: disable=import-outside-toplevel
     B, T, D = h_BTD.shape
+    if _option(cfg, "attn_fp8_dqkv"):
+      # x Wqkv and the attention as one custom VJP, whose backward hands the dot's FP8 backward dQKV in
+      # e5m2 from the attention's kernels; o comes out divided by the dot's scale s, folded into Wo as
+      # below. Without the triton backend, XLA computes the same arithmetic (the reference).
+      import attention_kernel  # pylint: disable=import-outside-toplevel
+      o_BTHK, s = attention_kernel.flash_attention_qkv_fp8(
+          h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1), cfg.n_heads, cos, sin,
+          B, h8[2] if len(h8) > 2 else None, kernels=cfg.attention_backend == "triton")
+      return out_proj(o_BTHK, (wo * s).astype(dtype))
     over_s = fp8_mlp.QKV_GRAD_OVER_S
     raw_NE, s = fp8_mlp.qkv_dot(h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1),
                                 h8[2] if len(h8) > 2 else None, over_s)
@@ -521,7 +535,8 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
         # With QKV_GRAD_OVER_S the backward's dh reads the plain bf16 Wqkv, made here with the rest.
         qh = jax.vmap(fp8_mlp.static_scale)(blocks["attn_norm"]) if fp8_mlp.DH_WEIGHT_AHEAD else None
         wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1), qh,
-                                  plain_dh=fp8_mlp.QKV_GRAD_OVER_S and fp8_mlp.DH_WEIGHT_AHEAD)
+                                  plain_dh=fp8_mlp.QKV_GRAD_OVER_S and fp8_mlp.DH_WEIGHT_AHEAD,
+                                  fp8_dh=bool(_option(cfg, "attn_fp8_dqkv")))
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
     attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8 if wq8 is None else (*h8, tuple(a[i] for a in wq8)))

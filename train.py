@@ -256,7 +256,7 @@ def _optimizer(t):
 
 # How the model is computed, not what it is: a run may resume with another kernel or layer loop.
 _EXECUTION_KEYS = ("attention_backend", "xent_backend", "norm_backend", "swiglu_backend", "scan_layers", "mlp_fp8",
-                   "attn_fp8", "mlp_fp8_w2", "mlp_fp8_wgrad", "mlp_fp8_wgrad_w2", "mlp_fp8_h13", "mlp_fp8_da",
+                   "attn_fp8", "attn_fp8_dqkv", "mlp_fp8_w2", "mlp_fp8_wgrad", "mlp_fp8_wgrad_w2", "mlp_fp8_h13", "mlp_fp8_da",
                    "head_fp8")
 
 

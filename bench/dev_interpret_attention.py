@@ -1,6 +1,8 @@
 """Dev check (not a test, not the product): runs the Triton kernels of attention_kernel_triton.py
 in Triton's CPU interpreter on torch tensors and compares O, dQ, dK, dV with NumPy float64, for
-q/k/v given apart and for the packed-QKV + RoPE path (V read in place, dQ/dK rotated back).
+q/k/v given apart and for the packed-QKV + RoPE path (V read in place, dQ/dK rotated back), whose
+FP8 backward kernels (e5m2 dQKV times a scale, packed and token-last) are checked against the same
+float64 values.
 
   pip install torch triton   # CPU builds
   TRITON_INTERPRET=1 python bench/dev_interpret_attention.py
@@ -113,8 +115,45 @@ def run_rope(b, t, h, d, causal, dtype, cfg):
   ro, rdq, rdk, rdv = reference(q, k, v, do, causal, scale)
   want = (ro, rotate(rdq, cos, sin, -1.0), rotate(rdk, cos, sin, -1.0), rdv)
   got = (o, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])
-  return rope_errs + [np.linalg.norm(g.to(torch.float64).numpy() - r) / max(np.linalg.norm(r), 1.0)
+  errs = rope_errs + [np.linalg.norm(g.to(torch.float64).numpy() - r) / max(np.linalg.norm(r), 1.0)
                       for g, r in zip(got, want)]
+  # The FP8 kernels (attention_kernel.flash_attention_qkv_fp8): e5m2 of dQKV * g in both layouts.
+  # g = 2^12 puts the gradients (~1e-2 here) near e5m2's middle; g * 2^20 (past its largest value, 57344)
+  # checks that the stores clip instead of writing inf.
+  for g in (2.0 ** 12, 2.0 ** 32):
+    tg = torch.tensor([g], dtype=torch.float32)
+    d8 = torch.zeros_like(qkv, dtype=torch.float8_e5m2)
+    d8t = torch.zeros((3 * h * d, b * t), dtype=torch.float8_e5m2)
+    K.bwd_dq_rope_fp8_kernel[(-(-t // bm2), b * h)](tq, tk, qkv, o, tdo, lse, tcos, tsin, tg, delta, d8, d8t,
+                                                   SM_SCALE=scale, BLOCK_M=bm2, BLOCK_N=bn2, CAUSAL=causal, **common)
+    K.bwd_dkdv_rope_fp8_kernel[(-(-t // bn1), b * h)](tq, tk, qkv, tdo, lse, delta, tcos, tsin, tg, d8, d8t, d8, d8t,
+                                                     SM_SCALE=scale, BLOCK_M=bm1, BLOCK_N=bn1, CAUSAL=causal, **common)
+    x8 = d8.to(torch.float64).numpy()
+    # The token-last copy holds the same bytes: [3 H D, B T] is the [B T, 3 H D] layout transposed.
+    assert np.array_equal(d8t.to(torch.float64).numpy(), x8.reshape(b * t, -1).T), "d8t != d8^T"
+    ref = np.stack(want[1:], axis=2) * g
+    if g > 2.0 ** 20:   # every entry clipped to +-57344 where the scaled gradient passes it
+      assert np.isfinite(x8).all() and np.abs(x8).max() == 57344.0, np.abs(x8).max()
+      big = np.abs(ref) > max(57344, 2e-3 * np.abs(ref).max())   # beyond the kernels' own error
+      np.testing.assert_array_equal(x8[big], 57344 * np.sign(ref[big]))
+      continue
+    # e5m2 keeps 2 mantissa bits: each entry within 2^-3 relative (half an ulp) of the fp32 value,
+    # which is itself within the kernels' error (~1e-3 of the largest entry) of the float64 one.
+    # Skipped: entries that round up to a power of two (mantissa >= 1.75, or just above 1 in float64:
+    # the kernel's fp32 value may lie just below). Triton's interpreter
+    # converts those wrongly (interpreter.py's _convert_float ORs the carried significand into the
+    # exponent bits, so 1923 becomes 1024); the GPU's cvt does not, and tests/test_attention_kernel.py
+    # checks every entry there.
+    mant = np.abs(ref) / 2.0 ** np.floor(np.log2(np.maximum(np.abs(ref), 1e-300)))
+    ok = (mant < 1.74) & (mant > 1.01)
+    atol = 2e-3 * np.abs(ref).max() + 2.0 ** -16
+    worst = np.max((np.abs(x8 - ref) - 0.126 * np.abs(ref))[ok])
+    assert worst <= atol, (worst, atol)
+    x8 = np.where(ok, x8, ref)
+    err = np.linalg.norm(x8 - ref) / max(np.linalg.norm(ref), g)
+    assert err < 0.08, err   # ~2^-3 / sqrt(12) for uniform rounding
+    errs.append(err / 8)     # reported scaled by 1/8, so main's bound for the bf16 values applies
+  return errs
 
 
 def main():
@@ -128,7 +167,7 @@ def main():
       # off by 1e10 there); bfloat16 is checked on the GPU by tests/test_attention_kernel.py.
       for dtype in (torch.float16,):
         cfg = attention_kernel.block_config(t, d)
-        for name, fn, what in (("split", run, "o/dq/dk/dv"), ("rope", run_rope, "rope q/rope k/o/dq/dk/dv")):
+        for name, fn, what in (("split", run, "o/dq/dk/dv"), ("rope", run_rope, "rope q/rope k/o/dq/dk/dv/fp8 dqkv (x1/8)")):
           errs = fn(b, t, h, d, causal, dtype, cfg)
           assert np.isfinite(errs).all(), (name, errs)   # NaN: an element left unwritten (max() would drop it)
           worst = max(worst, max(errs))

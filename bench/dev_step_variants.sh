@@ -49,6 +49,8 @@
 #           as before the thirtieth session, instead of all layers' before the loop)
 #   overs - fp8_mlp.QKV_GRAD_OVER_S=True (x Wqkv's cotangent handed over divided by s: no divide pass
 #           over its weight gradients, no w / s copy; built in the fortieth session, off, untimed)
+#   dqkv8 - --set=model.attn_fp8_dqkv=True (x Wqkv's backward dots in FP8 on e5m2 dQKV stored by the
+#           attention's backward kernels, attention_kernel.flash_attention_qkv_fp8; forty-second session)
 #   noegrad - norm_kernel.EMBED_GRAD_IN_FIRST_NORM=False (the embedding's gradient by XLA's scatter, as
 #           before the thirty-ninth session)
 #   actlate - fp8_mlp.ACT_COPY_AFTER_W2=True (W2's token-last e4m3 act copy made after the forward's
@@ -118,6 +120,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     h13) set="$set"', "--set=model.mlp_fp8_h13=True"' ;;
     noh13) set="$set"', "--set=model.mlp_fp8_h13=False"' ;;
     da) set="$set"', "--set=model.mlp_fp8_da=True"' ;;
+    dqkv8) set="$set"', "--set=model.attn_fp8_dqkv=True"' ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
     spc4) set="$set"', "--set=train.steps_per_call=4"' ;;
     base) ;;

@@ -24,6 +24,7 @@ def get_config():
   m.mlp_fp8_h13 = False  # (likewise)
   m.mlp_fp8_da = False  # (likewise)
   m.attn_fp8 = False  # the attention's x Wqkv in the compute dtype, as the MLP's.
+  m.attn_fp8_dqkv = False  # with attn_fp8: its backward dots in FP8 too (e5m2 dQKV from the attention)
   m.head_fp8 = False  # the LM head's forward logits too.
   config.train.lr = 6e-4  # wider models want a lower peak learning rate.
   config.train.min_lr = 6e-5

@@ -31,6 +31,7 @@ def get_config():
   m.swiglu_backend = "xla"  # SwiGLU's backward in plain XLA (the Triton kernel needs a GPU).
   m.mlp_fp8 = False  # the MLP's matmuls in the compute dtype (FP8 pays only on an H100-class GPU).
   m.attn_fp8 = False  # the attention's x Wqkv in the compute dtype, as the MLP's.
+  m.attn_fp8_dqkv = False  # with attn_fp8: its backward dots in FP8 too (e5m2 dQKV from the attention)
   m.mlp_fp8_w2 = False  # with mlp_fp8: act x W2 in e4m3 too (unused without it)
   m.mlp_fp8_wgrad = False  # with mlp_fp8: W13's weight gradient in e4m3 too (unused without it)
   m.mlp_fp8_wgrad_w2 = False  # with mlp_fp8 and mlp_fp8_w2: W2's weight gradient in e4m3 too

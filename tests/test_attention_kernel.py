@@ -246,3 +246,92 @@ def test_block_config_fits_the_kernels():
 def test_kernels_in_triton_interpreter_match_numpy(triton_interpreter):
   """The Triton kernels themselves, on CPU via TRITON_INTERPRET=1, against NumPy float64."""
   assert "worst relative error" in triton_interpreter("dev_interpret_attention.py")
+
+
+def _qkv_fp8_case(b=2, t=64, h=4, k=32, d=128, seed=0):
+  """Inputs of flash_attention_qkv_fp8 at a small shape, w scaled as an init, the loss weights R."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  import model  # pylint: disable=import-outside-toplevel
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  h_ND = jax.random.normal(keys[0], (b * t, d)).astype(jnp.bfloat16)
+  w_DE = jax.random.normal(keys[1], (d, 3 * h * k)) * d ** -0.5
+  r = jax.random.normal(keys[2], (b, t, h, k))
+  qh = fp8_mlp.static_scale(jnp.ones((d,)))
+  cos, sin = model.rope_tables(t, k, 10_000.0)
+  return dict(h_ND=h_ND, w_DE=w_DE, r=r, qh=qh, h8=fp8_mlp.quantize_static(h_ND, qh), cos=cos, sin=sin, b=b, h=h, k=k)
+
+
+def _qkv_fp8_loss(c, kernels):
+  """mean(o_true * R) through flash_attention_qkv_fp8 (o_true = o s), as a function of (h, w)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+
+  def loss(h_ND, w_DE):
+    o, s = attention_kernel.flash_attention_qkv_fp8(h_ND, c["h8"], c["qh"], w_DE, c["h"], c["cos"], c["sin"], c["b"],
+                                                    kernels=kernels)
+    return jnp.mean(o.astype(jnp.float32) * s * c["r"])
+  return loss
+
+
+def test_qkv_fp8_backward_is_the_bf16_backward_to_fp8_rounding():
+  """The XLA reference of flash_attention_qkv_fp8 (the arithmetic the kernels run): its forward is
+  fp8_mlp.qkv_dot's e4m3 dot with the attention after it, bit for bit; its gradients of h and Wqkv
+  are qkv_dot's bf16 backward of the same loss to e5m2's rounding of dQKV and e4m3's of h and w (~6%
+  here: each e5m2 entry is within 2^-3 of its value), with no bias in scale (the bookkeeping of G,
+  2^-k and 1 / (qh sw) shows in the norms' ratio: a missed factor is off by 2^15 or more). The
+  cotangent is ~1e-5 an entry here, far below e5m2's smallest normal (6e-5) unless G lifts it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  c = _qkv_fp8_case()
+
+  def bf16_backward(h_ND, w_DE):
+    raw, s = fp8_mlp.qkv_dot(h_ND, c["h8"], c["qh"], w_DE)
+    qkv = raw.reshape(c["b"], -1, 3, c["h"], c["k"])
+    o = attention_kernel._reference_attention(qkv, c["cos"] * s, c["sin"] * s, c["k"] ** -0.5)  # pylint: disable=protected-access
+    return jnp.mean(o.astype(jnp.float32) * s * c["r"])
+
+  l8, g8 = jax.value_and_grad(_qkv_fp8_loss(c, False), (0, 1))(c["h_ND"], c["w_DE"])
+  l16, g16 = jax.value_and_grad(bf16_backward, (0, 1))(c["h_ND"], c["w_DE"])
+  assert float(l8) == float(l16)
+  for got, want in zip(g8, g16):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert 0.01 < np.linalg.norm(got - want) / np.linalg.norm(want) < 0.09
+    assert abs(np.linalg.norm(got) / np.linalg.norm(want) - 1) < 0.02
+
+
+def test_qkv_fp8_stores_clip_instead_of_overflowing():
+  """A cotangent far beyond the scale's design range (x 2^20) saturates dQKV at e5m2's largest
+  value: the gradients stay finite, pointing the same way, not inf or NaN."""
+  import jax  # pylint: disable=import-outside-toplevel
+  c = _qkv_fp8_case()
+  base = jax.grad(_qkv_fp8_loss(c, False), (0, 1))(c["h_ND"], c["w_DE"])
+  c["r"] = c["r"] * 2.0 ** 32
+  big = jax.grad(_qkv_fp8_loss(c, False), (0, 1))(c["h_ND"], c["w_DE"])
+  for b, g in zip(base, big):
+    b, g = np.asarray(b, np.float64).ravel(), np.asarray(g, np.float64).ravel()
+    assert np.isfinite(g).all()
+    assert b @ g / (np.linalg.norm(b) * np.linalg.norm(g)) > 0.5
+
+
+@pytest.mark.gpu
+def test_qkv_fp8_kernels_match_the_reference():
+  """flash_attention_qkv_fp8 on the GPU (the e5m2 stores of the attention's backward kernels, in
+  both layouts, and cuBLASLt's FP8 dots) against its XLA reference: the same forward to bf16, the
+  same gradients to the attention's own bf16 error and a few flips of e5m2 rounding between them
+  (bf16 attention alone is 1e-2 from float32, test_packed_rope_entry_matches_rope_then_float32_reference)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  if not attention_kernel.available():
+    pytest.skip("needs triton, jax-triton and a GPU")
+  for shape in (dict(), dict(b=4, t=256, h=16, k=32, d=512), dict(b=1, t=200, h=2, k=64)):
+    c = _qkv_fp8_case(**shape)
+    lk, gk = jax.jit(jax.value_and_grad(_qkv_fp8_loss(c, True), (0, 1)))(c["h_ND"], c["w_DE"])
+    lr, gr = jax.jit(jax.value_and_grad(_qkv_fp8_loss(c, False), (0, 1)))(c["h_ND"], c["w_DE"])
+    assert abs(float(lk) - float(lr)) <= 1e-2 * abs(float(lr)) + 1e-6, (shape, float(lk), float(lr))
+    for got, want in zip(gk, gr):
+      got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+      assert np.linalg.norm(got - want) / np.linalg.norm(want) < 3e-2, shape

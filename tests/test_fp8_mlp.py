@@ -419,6 +419,24 @@ def test_model_with_fp8_attention_tracks_the_bf16_model(mlp_fp8):
   assert _rel(g8["embed"], g16["embed"]) < 0.3
 
 
+@pytest.mark.parametrize("mlp_fp8", [False, True])
+def test_model_with_fp8_dqkv_tracks_the_fp8_attention(mlp_fp8):
+  """attn_fp8_dqkv (x Wqkv's backward dots in FP8 on e5m2 dQKV; here XLA's reference of
+  attention_kernel.flash_attention_qkv_fp8) against attn_fp8 alone: the same loss (one forward), the
+  gradients reaching Wqkv and everything before it moved by FP8's percents, none by more."""
+  g8, g16 = _tracks(dict(mlp_fp8=mlp_fp8, attn_fp8=True), dict(attn_fp8_dqkv=True),
+                    ("wqkv", "attn_norm", "w13", "w2"), 0.15)
+  assert 1e-4 < _rel(g8["embed"], g16["embed"]) < 0.15
+  for k in ("wqkv", "attn_norm"):   # no factor lost in the scale's bookkeeping
+    n8, n16 = np.linalg.norm(np.asarray(g8["blocks"][k], np.float64)), np.linalg.norm(np.asarray(g16["blocks"][k], np.float64))
+    assert abs(n8 / n16 - 1) < 0.05, (k, n8 / n16)
+
+
+def test_fp8_dqkv_needs_the_fp8_attention():
+  with pytest.raises(model.UserError, match="attn_fp8=True too"):
+    model.init_params(jax.random.PRNGKey(0), _cfg(attn_fp8_dqkv=True))
+
+
 def test_head_logits_are_the_documented_recipe():
   """raw * xs against a NumPy float64 emulation: e4m3(h * q) with the final norm's static scale, w
   in e4m3 with one scale for the tensor, exact products, bf16 out. raw * xs sits FP8's few percent
@@ -625,17 +643,19 @@ def test_fused_w2_gradient_in_e4m3_from_a_zero_w2():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("over_s", [False, True])
+@pytest.mark.parametrize("over_s,dqkv", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("fp8_w2,head", [(False, False), (True, False), (True, True)])
-def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2, head, over_s, monkeypatch):
+def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2, head, over_s, dqkv, monkeypatch):
   """attn_fp8 on the GPU config's path (the norm kernels write the e4m3 copy, the Triton attention
   gets the scaled RoPE tables) against the XLA path of the same recipe: the same loss, and every
   block gradient closer to it than the bf16 model's is. With fp8_w2 the norm kernel that writes
   the next attention's e4m3 input also applies the W2 dot's row scales. With head (the speedrun
   config), the loss kernel takes the head's e4m3 dot and its scale (xent_kernel, head_fp8). With
-  over_s (fp8_mlp.QKV_GRAD_OVER_S), the Triton attention's backward carries the cotangent over s."""
+  over_s (fp8_mlp.QKV_GRAD_OVER_S), the Triton attention's backward carries the cotangent over s. With
+  dqkv (attn_fp8_dqkv), its backward kernels store dQKV in e5m2, both layouts, for x Wqkv's FP8 dots
+  (attention_kernel.flash_attention_qkv_fp8), against that op's XLA reference."""
   monkeypatch.setattr(fp8_mlp, "QKV_GRAD_OVER_S", over_s)
-  kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=fp8_w2, head_fp8=head, d_model=128, d_ff=320)
+  kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=fp8_w2, head_fp8=head, attn_fp8_dqkv=dqkv, d_model=128, d_ff=320)
   cfg = _cfg(**kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)

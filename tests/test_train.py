@@ -472,7 +472,7 @@ def test_resume_identity_ignores_how_the_model_is_computed():
   ident = train._model_identity(base)  # pylint: disable=protected-access
   assert train._model_identity({**base, "mlp_fp8": True, "attn_fp8": True, "mlp_fp8_w2": True,  # pylint: disable=protected-access
                                 "mlp_fp8_wgrad": True, "mlp_fp8_wgrad_w2": True, "mlp_fp8_h13": True, "mlp_fp8_da": True,
-                                "head_fp8": True,
+                                "head_fp8": True, "attn_fp8_dqkv": True,
                                 "norm_backend": "triton",
                                 "scan_layers": True}) == ident
   assert train._model_identity({**base, "d_ff": 1024}) != ident  # pylint: disable=protected-access
@@ -529,5 +529,25 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # attn_fp8, and a backward that adds the lookup's gradient into the table's (EMBED_GRAD_IN_FIRST_NORM).
   expected |= {"embed_norm_bwd_kernel"} | ({"add_norm_fwd_fp8_kernel"} if attn_fp8 else {"add_norm_fwd_kernel"})
   assert names == expected, (sorted(expected - names), sorted(names - expected))
+  too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
+  assert not too_big, too_big
+
+
+def test_fp8_dqkv_kernels_compile_for_hopper(monkeypatch):
+  """model.attn_fp8_dqkv on the speedrun config, traced as above: the attention's backward launches
+  its FP8 kernels (e5m2 dQKV in both layouts) instead of the bf16 ones, h8's token-last copy is one
+  transpose_fp8 pass, and everything compiles for sm_90 within the SM's shared memory (a global the
+  kernels read must be a tl.constexpr: Triton's interpreter runs them either way)."""
+  pytest.importorskip("triton")
+  import hopper_compile  # pylint: disable=import-outside-toplevel
+  compiler = hopper_compile.patch(monkeypatch)
+  config = tinystories_h100.get_config()
+  config.model.attn_fp8_dqkv = True
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
+  jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, jax.ShapeDtypeStruct((1_000_000,), np.uint16))
+  names = {name for name, _ in compiler.compiled}
+  assert {"bwd_dq_rope_fp8_kernel", "bwd_dkdv_rope_fp8_kernel", "transpose_fp8_kernel", "fwd_kernel"} <= names, names
+  assert not names & {"bwd_dq_rope_kernel", "bwd_dkdv_rope_kernel"}, names
   too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
   assert not too_big, too_big
