@@ -56,14 +56,6 @@ NORM_IN_WGRAD = True
 # starts 13 us after the attention backward instead of 100; the B128 step measured 8.303 vs 8.333 ms
 # (means of five interleaved pairs, 3 of 5 faster: at the noise; `dhlate` in bench/dev_step_variants.sh).
 DH_WEIGHT_AHEAD = True
-# True: model._mha hands qkv_dot its output's cotangent already divided by s (the output projection's
-# backward makes dO from the unscaled Wo, and every attention backward is linear in dO), so
-# qkv_dot(..., over_s=True) takes dh = d w^T on the plain bf16 w and dw = h^T d straight from its dot:
-# no w / s copy, and no pass dividing the four layers' [D, 3D] weight gradients, which sat at the
-# backward's end between layer 0's dot and the clip norm (23 us on the H200, docs/model.md). Off
-# until it has run on a GPU: built and checked on the CPU in the fortieth session, which got no
-# machine for it (bench/results/h100_session40/call_c.sh times it).
-QKV_GRAD_OVER_S = False
 
 
 def quantize_rows(x):
@@ -229,20 +221,18 @@ swiglu.defvjp(_ref_fwd, _ref_bwd)
 # ----------------------------------------------------------------------------- the attention's x Wqkv
 
 
-def qkv_weights(w_DE, qh=None, plain_dh=False, fp8_dh=False):
+def qkv_weights(w_DE, qh=None, fp8_dh=False):
   """qkv_dot's e4m3 weight and its scale, (w8 [E, D], sw [1]): quantized in the [E, D] layout, both
   operands K-major as cuBLASLt's FP8 path wants (the backward's dh is bf16 and needs no e4m3 copy
   of w in the other layout). Of one layer or, w [L, D, E], of all layers at once (model.py). With
   qh (the static scale of h, [1] or [L, 1]), a third: the backward's bf16 w / s (s = sw / qh), made
-  here, before the layer loop, rather than in the backward (DH_WEIGHT_AHEAD); with plain_dh, the
-  third is w itself in bf16 (what dh reads with over_s); with fp8_dh (model.attn_fp8_dqkv), w8's own
-  transpose [D, E], dh's e4m3 operand in attention_kernel.flash_attention_qkv_fp8."""
+  here, before the layer loop, rather than in the backward (DH_WEIGHT_AHEAD); with fp8_dh
+  (model.attn_fp8_dqkv), the third is w8's own transpose [D, E], dh's e4m3 operand in
+  attention_kernel.flash_attention_qkv_fp8."""
   w_DE = jax.lax.stop_gradient(w_DE)
   w8_ED, sw = quantize_tensor(jnp.swapaxes(w_DE, -1, -2))
   if fp8_dh:
     return w8_ED, sw, jnp.swapaxes(w8_ED, -1, -2)
-  if plain_dh:
-    return w8_ED, sw, w_DE.astype(jnp.bfloat16)
   if qh is None:
     return w8_ED, sw
   return w8_ED, sw, _dh_weight(w_DE, jax.lax.stop_gradient(sw / qh))
@@ -253,21 +243,17 @@ def _dh_weight(w_DE, s):
   return (w_DE / s[..., None]).astype(jnp.bfloat16)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def qkv_dot(h_ND, h8_ND, qh, w_DE, w8=None, over_s=False):
+@jax.custom_vjp
+def qkv_dot(h_ND, h8_ND, qh, w_DE, w8=None):
   """(raw [N, E] bf16, s [1] fp32) with raw * s ~= h w: e4m3(h * qh) (h8, from quantize_static or the
   norm kernel) times w in e4m3 with its own scale (w8 = qkv_weights(w[, qh]) when the caller made
   it); s = the product of both dequantization scales, left for the caller to fold into whatever
   reads raw. Backward as for raw * s = h w (s a constant): dh = d_raw (w / s)^T in bf16 (w8's third
-  item when given), dw = h^T d_raw / s; nothing flows to h8, qh or w8.
-
-  over_s=True: the caller hands raw's cotangent divided by s already (d = d_raw / s, as model._mha's
-  output projection does), so dh = d w^T on the bf16 w (w8's third item from qkv_weights(...,
-  plain_dh=True) when given) and dw = h^T d: the same gradients, with no division anywhere."""
-  return _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8, over_s)[0]
+  item when given), dw = h^T d_raw / s; nothing flows to h8, qh or w8."""
+  return _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8)[0]
 
 
-def _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8=None, over_s=False):  # pylint: disable=unused-argument
+def _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8=None):
   w8_ED, sw = qkv_weights(w_DE) if w8 is None else w8[:2]
   s = jax.lax.stop_gradient(sw / qh)
   raw_NE = dot8(h8_ND, w8_ED, 1)
@@ -276,18 +262,13 @@ def _qkv_fwd(h_ND, h8_ND, qh, w_DE, w8=None, over_s=False):  # pylint: disable=u
   return (raw_NE, s), (h_ND, h8_ND, qh, w_DE, s, wd_DE, None if w8 is None else (None,) * len(w8))
 
 
-def _qkv_bwd(over_s, res, cotangents):
+def _qkv_bwd(res, cotangents):
   h_ND, h8_ND, qh, w_DE, s, wd_DE, w8_cot = res
   d_raw = cotangents[0]
-  if over_s:   # d_raw is d / s already: the products are the gradients
-    wd = w_DE.astype(jnp.bfloat16) if wd_DE is None else wd_DE
-    dh_ND = jnp.dot(d_raw, wd.astype(d_raw.dtype).T)
-    dw_DE = jnp.dot(h_ND.T, d_raw, preferred_element_type=jnp.float32)
-  else:
-    # d_raw = s dL/d(h w): the true gradients are these products divided by s (~1e-5; the division
-    # rides on the bf16 cast of w and on the small fp32 dw).
-    dh_ND = jnp.dot(d_raw, (_dh_weight(w_DE, s) if wd_DE is None else wd_DE).astype(d_raw.dtype).T)
-    dw_DE = jnp.dot(h_ND.T, d_raw, preferred_element_type=jnp.float32) / s
+  # d_raw = s dL/d(h w): the true gradients are these products divided by s (~1e-5; the division
+  # rides on the bf16 cast of w and on the small fp32 dw).
+  dh_ND = jnp.dot(d_raw, (_dh_weight(w_DE, s) if wd_DE is None else wd_DE).astype(d_raw.dtype).T)
+  dw_DE = jnp.dot(h_ND.T, d_raw, preferred_element_type=jnp.float32) / s
   return (dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype),
           w8_cot)
 

@@ -324,34 +324,12 @@ def _out_proj_bwd(res, dy_BTD):
 out_proj.defvjp(_out_proj_fwd, _out_proj_bwd)
 
 
-@jax.custom_vjp
-def out_proj_over_s(o_BTHK, wo_s_HKD, wo_HKD):
-  """out_proj(o, wo_s) with wo_s = Wo s (attn_fp8: qkv_dot's scale s folded into Wo), whose backward
-  hands o the cotangent dY Wo^T made from the unscaled wo: the true one divided by s, which the
-  attention passes on to qkv_dot(..., over_s=True) (model._mha). wo gets no gradient; wo_s gets
-  o^T dY, so Wo's own gradient (through Wo s) is unchanged."""
-  return out_proj(o_BTHK, wo_s_HKD)
-
-
-def _out_proj_over_s_fwd(o_BTHK, wo_s_HKD, wo_HKD):
-  return out_proj(o_BTHK, wo_s_HKD), (o_BTHK, wo_HKD)
-
-
-def _out_proj_over_s_bwd(res, dy_BTD):
-  o_BTHK, wo_HKD = res
-  do_BTHK, dwo_s_HKD = _out_proj_bwd((o_BTHK, wo_HKD), dy_BTD)   # dwo_s does not involve wo
-  return do_BTHK, dwo_s_HKD, jnp.zeros_like(wo_HKD)
-
-
-out_proj_over_s.defvjp(_out_proj_over_s_fwd, _out_proj_over_s_bwd)
-
-
 def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   """Multi-head attention with RoPE on q and k; returns the block's B x T x D output. With h8 =
   (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights]) (attn_fp8), x Wqkv runs in e4m3
   (fp8_mlp.qkv_dot)."""
   cos, sin = rope
-  wo, wo_plain = p["wo"], None
+  wo = p["wo"]
   if h8 is None:
     qkv_BT3HK = jnp.einsum("btd,dshk->btshk", h_BTD, p["wqkv"].astype(dtype))
   else:
@@ -366,30 +344,24 @@ def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
           h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1), cfg.n_heads, cos, sin,
           B, h8[2] if len(h8) > 2 else None, kernels=cfg.attention_backend == "triton")
       return out_proj(o_BTHK, (wo * s).astype(dtype))
-    over_s = fp8_mlp.QKV_GRAD_OVER_S
     raw_NE, s = fp8_mlp.qkv_dot(h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1),
-                                h8[2] if len(h8) > 2 else None, over_s)
+                                *h8[2:])
     qkv_BT3HK = raw_NE.reshape(B, T, *p["wqkv"].shape[1:])
     # The dot's scale s, folded in where its output is read: RoPE is linear in its tables, so rotated
     # q and k come out scaled; v's scale passes through softmax(.) v linearly into the output
     # projection. No pass over the B x T x 3D projection; gradients follow (s is a constant).
-    # With over_s (fp8_mlp.QKV_GRAD_OVER_S) the projection's backward makes the attention's dO from
-    # the unscaled Wo, i.e. divided by s; the attention's backward is linear in dO, so raw's
-    # cotangent reaches qkv_dot divided by s too, as over_s tells it.
-    cos, sin, wo, wo_plain = cos * s, sin * s, wo * s, wo if over_s else None
+    cos, sin, wo = cos * s, sin * s, wo * s
   if cfg.attention_backend == "triton" and not _option(cfg, "qk_norm"):
     # RoPE's backward and the q/k/v split inside the kernel's custom VJP: 11.49 -> 11.14 ms per B128
     # step on the H100 (docs/model.md, "Fused kernels").
     import attention_kernel  # pylint: disable=import-outside-toplevel
     o_BTHK = attention_kernel.flash_attention_rope(qkv_BT3HK, cos, sin)
-  else:
-    q_BTHK, k_BTHK = qk_norm(p, qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], cfg, dtype)
-    q_BTHK = apply_rope(q_BTHK, cos, sin)
-    k_BTHK = apply_rope(k_BTHK, cos, sin)
-    o_BTHK = attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend)
-  if wo_plain is None:
     return out_proj(o_BTHK, wo.astype(dtype))
-  return out_proj_over_s(o_BTHK, wo.astype(dtype), wo_plain.astype(dtype))
+  q_BTHK, k_BTHK = qk_norm(p, qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], cfg, dtype)
+  q_BTHK = apply_rope(q_BTHK, cos, sin)
+  k_BTHK = apply_rope(k_BTHK, cos, sin)
+  o_BTHK = attention(q_BTHK, k_BTHK, qkv_BT3HK[:, :, 2], cfg.attention_backend)
+  return out_proj(o_BTHK, wo.astype(dtype))
 
 
 def _attn_input_fp8(h_BTD, gain_D, cfg):
@@ -532,10 +504,8 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
         w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"])
       if h8 is not None:
         # Layer i's h8 has the static scale of its own attention norm's gain.
-        # With QKV_GRAD_OVER_S the backward's dh reads the plain bf16 Wqkv, made here with the rest.
         qh = jax.vmap(fp8_mlp.static_scale)(blocks["attn_norm"]) if fp8_mlp.DH_WEIGHT_AHEAD else None
         wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1), qh,
-                                  plain_dh=fp8_mlp.QKV_GRAD_OVER_S and fp8_mlp.DH_WEIGHT_AHEAD,
                                   fp8_dh=bool(_option(cfg, "attn_fp8_dqkv")))
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)

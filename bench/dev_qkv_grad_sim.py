@@ -54,17 +54,16 @@ def simulated_bwd(fmt):
     with open(log, "a", encoding="utf-8") as f:
       f.write(f"{float(amax):.6e}\n")
 
-  def bwd(over_s, res, cotangents):
+  def bwd(res, cotangents):
     h_ND, h8_ND, qh, w_DE, s, _, w8_cot = res
     if log:
       jax.debug.callback(append, jnp.max(jnp.abs(cotangents[0].astype(jnp.float32))))
-    d = fake_quant(cotangents[0], fmt)                  # d_raw, or d_raw / s with over_s
+    d = fake_quant(cotangents[0], fmt)                  # d_raw = s dL/d(h w)
     w8, sw = fp8_mlp.quantize_tensor(w_DE)              # w per tensor in e4m3, as the forward's w8
     w = w8.astype(jnp.float32) * sw
     h = h8_ND.astype(jnp.float32) / qh                  # the forward's e4m3 copy of h, dequantized
-    div = 1.0 if over_s else s                          # d_raw = s dL/d(h w) unless over_s
-    dh_ND = jnp.dot(d, w.T, precision="highest") / div
-    dw_DE = jnp.dot(h.T, d, precision="highest") / div
+    dh_ND = jnp.dot(d, w.T, precision="highest") / s
+    dw_DE = jnp.dot(h.T, d, precision="highest") / s
     return (dh_ND.astype(h_ND.dtype), jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE.astype(w_DE.dtype), w8_cot)
   return bwd
 

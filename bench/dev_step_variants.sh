@@ -48,7 +48,9 @@
 #   dhlate - fp8_mlp.DH_WEIGHT_AHEAD=False (each qkv_dot backward makes its bf16 w / s for dh itself,
 #           as before the thirtieth session, instead of all layers' before the loop)
 #   overs - fp8_mlp.QKV_GRAD_OVER_S=True (x Wqkv's cotangent handed over divided by s: no divide pass
-#           over its weight gradients, no w / s copy; built in the fortieth session, off, untimed)
+#           over its weight gradients, no w / s copy; measured slower in the forty-second session and
+#           removed: bench/results/h100_session42/qkv_grad_over_s.patch is its code, `git apply` on a
+#           checkout of ac0e42d)
 #   dqkv8 - --set=model.attn_fp8_dqkv=True (x Wqkv's backward dots in FP8 on e5m2 dQKV stored by the
 #           attention's backward kernels, attention_kernel.flash_attention_qkv_fp8; forty-second session)
 #   noegrad - norm_kernel.EMBED_GRAD_IN_FIRST_NORM=False (the embedding's gradient by XLA's scatter, as

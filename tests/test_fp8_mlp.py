@@ -315,65 +315,6 @@ def test_qkv_dot_is_the_documented_recipe():
   assert _rel(dw, np.asarray(h, np.float64).T @ d_true) < 1e-5
 
 
-def test_qkv_dot_over_s_takes_its_cotangent_divided_by_s():
-  """qkv_dot(..., over_s=True) (fp8_mlp.QKV_GRAD_OVER_S): the caller hands d = d_raw / s, and the
-  gradients are the exact products d bf16(w)^T and h^T d (NumPy float64), with no division; they
-  match the default path given d_raw itself, up to bf16 rounding. The forward is the same. With the
-  stacked weights' third item from qkv_weights(..., plain_dh=True), w in bf16, the same again."""
-  h, h8, q, w, d_raw = _qkv_inputs()
-  (raw0, s), vjp0 = jax.vjp(lambda h, w: fp8_mlp.qkv_dot(h, h8, q, w), h, w)
-  (raw1, s1), vjp1 = jax.vjp(lambda h, w: fp8_mlp.qkv_dot(h, h8, q, w, None, True), h, w)
-  np.testing.assert_array_equal(np.asarray(raw1, np.float32), np.asarray(raw0, np.float32))
-  np.testing.assert_array_equal(np.asarray(s1), np.asarray(s))
-  d = (d_raw.astype(jnp.float32) / s).astype(jnp.bfloat16)
-  dh, dw = vjp1((d, jnp.zeros_like(s)))
-  d64 = np.asarray(d, np.float64)
-  assert dh.dtype == h.dtype and dw.dtype == w.dtype
-  assert _rel(dh, d64 @ _bf16(np.asarray(w, np.float64)).T) < 1e-2   # dh is rounded to bf16
-  assert _rel(dw, np.asarray(h, np.float64).T @ d64) < 1e-5
-  dh0, dw0 = vjp0((d_raw, jnp.zeros_like(s)))
-  assert _rel(dh, dh0) < 1e-2 and _rel(dw, dw0) < 1e-2
-  w8q, swq, wd = fp8_mlp.qkv_weights(w, plain_dh=True)
-  np.testing.assert_array_equal(np.asarray(wd.astype(jnp.float32)), np.asarray(w, np.float32).astype(BF16).astype(np.float32))
-  _, vjp2 = jax.vjp(lambda h, w: fp8_mlp.qkv_dot(h, h8, q, w, (w8q, swq, wd), True), h, w)
-  for a, b in zip(vjp2((d, jnp.zeros_like(s))), (dh, dw)):
-    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
-
-
-@pytest.mark.parametrize("mlp_fp8", [False, True])
-def test_model_hands_qkv_dot_its_cotangent_over_s(monkeypatch, mlp_fp8):
-  """With attn_fp8 and QKV_GRAD_OVER_S, model._mha's output projection (model.out_proj_over_s) makes
-  the attention's dO from the unscaled Wo, so the cotangent reaching x Wqkv's raw output is the
-  default path's divided by s (s from Wqkv and the norm gain, computed here): checked at raw itself,
-  where a zero is added and differentiated; then every gradient of the model matches the default
-  path's up to bf16 rounding (fp32 compute, so the rounding is the bf16 raw's and its cotangent's),
-  and the loss is the same."""
-  cfg = _cfg(attn_fp8=True, mlp_fp8=mlp_fp8, n_layers=1, compute_dtype="float32", residual_dtype="float32")
-  params = model.init_params(jax.random.PRNGKey(0), cfg)
-  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
-  qkv_dot = fp8_mlp.qkv_dot
-  n, e = 4 * 32, 3 * cfg.d_model
-
-  def loss_with(z):   # raw + z: z's gradient is the cotangent that reaches raw
-    monkeypatch.setattr(fp8_mlp, "qkv_dot", lambda *a: (lambda r, s: (r + z.astype(r.dtype), s))(*qkv_dot(*a)))
-    return model.loss_fn(params, tok[:, :-1], tok[:, 1:], cfg)
-
-  got = {}
-  for over_s in (False, True):
-    monkeypatch.setattr(fp8_mlp, "QKV_GRAD_OVER_S", over_s)
-    cot = np.asarray(jax.grad(loss_with)(jnp.zeros((n, e), jnp.float32)), np.float64)
-    monkeypatch.setattr(fp8_mlp, "qkv_dot", qkv_dot)
-    got[over_s] = (cot, *_loss_and_grads(cfg, params, tok))
-  w = params["blocks"]["wqkv"][0].reshape(cfg.d_model, -1)
-  s = float((fp8_mlp.qkv_weights(w)[1] / fp8_mlp.static_scale(params["blocks"]["attn_norm"][0]))[0])
-  assert _rel(got[False][0] / s, got[True][0]) < 1e-2
-  assert float(got[True][1]) == float(got[False][1])
-  g0, g1 = got[False][2], got[True][2]
-  for k in g0["blocks"]:
-    assert _rel(g1["blocks"][k], g0["blocks"][k]) < 3e-2, k
-  assert _rel(g1["embed"], g0["embed"]) < 3e-2
-
-
 def test_qkv_dot_with_a_layer_of_the_stacked_weights_is_the_same():
   """model.py's fused path quantizes every layer's Wqkv at once (qkv_weights on [L, D, E]) and
   hands qkv_dot its layer's slice: the same e4m3 values and per-layer scales as NumPy's for each
@@ -643,18 +584,16 @@ def test_fused_w2_gradient_in_e4m3_from_a_zero_w2():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("over_s,dqkv", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("dqkv", [False, True])
 @pytest.mark.parametrize("fp8_w2,head", [(False, False), (True, False), (True, True)])
-def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2, head, over_s, dqkv, monkeypatch):
+def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2, head, dqkv):
   """attn_fp8 on the GPU config's path (the norm kernels write the e4m3 copy, the Triton attention
   gets the scaled RoPE tables) against the XLA path of the same recipe: the same loss, and every
   block gradient closer to it than the bf16 model's is. With fp8_w2 the norm kernel that writes
   the next attention's e4m3 input also applies the W2 dot's row scales. With head (the speedrun
   config), the loss kernel takes the head's e4m3 dot and its scale (xent_kernel, head_fp8). With
-  over_s (fp8_mlp.QKV_GRAD_OVER_S), the Triton attention's backward carries the cotangent over s. With
-  dqkv (attn_fp8_dqkv), its backward kernels store dQKV in e5m2, both layouts, for x Wqkv's FP8 dots
-  (attention_kernel.flash_attention_qkv_fp8), against that op's XLA reference."""
-  monkeypatch.setattr(fp8_mlp, "QKV_GRAD_OVER_S", over_s)
+  dqkv (attn_fp8_dqkv), the Triton attention's backward kernels store dQKV in e5m2, both layouts, for
+  x Wqkv's FP8 dots (attention_kernel.flash_attention_qkv_fp8), against that op's XLA reference."""
   kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=fp8_w2, head_fp8=head, attn_fp8_dqkv=dqkv, d_model=128, d_ff=320)
   cfg = _cfg(**kw)
   params = model.init_params(jax.random.PRNGKey(0), cfg)
