@@ -260,6 +260,7 @@ def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
 # ceil(log2 N) keeps the dots' own correction 2^-(DQKV_LOG2 + ceil(log2 N)) a power of two and a
 # constant, so cuBLASLt can apply it as its alpha and dh needs no pass of its own.
 DQKV_LOG2 = 15
+E5M2_MAX = 57344.0   # the largest finite e5m2 value (attention_kernel_triton.E5M2_MAX, the kernels' clip)
 
 
 def _dqkv_log2(n):
@@ -338,9 +339,6 @@ def _dqkv8(res, do_BTHK, g, sm_scale, kernels):
                            input_output_aliases={len(ins) - 2: 0, len(ins) - 1: 1}, grid=(-(-t // bn), b * h),
                            num_warps=warps, num_stages=stages, BLOCK_M=bm, BLOCK_N=bn, **consts)
   return d8.reshape(b * t, -1), d8t
-
-
-E5M2_MAX = 57344.0   # the largest finite e5m2 value (attention_kernel_triton.E5M2_MAX, the kernels' clip)
 
 
 def _qkv_flash_fp8_bwd(shape, sm_scale, kernels, saved, cotangents):
