@@ -293,15 +293,12 @@ def _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, k
   return _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels)[0]
 
 
-def _reference_attention(qkv_BT3HK, cos_TK, sin_TK, sm_scale):
-  """The kernels' values by XLA (CPU tests): RoPE on q, k, causal softmax attention in fp32."""
+def _reference_attention(qkv_BT3HK, cos_TK, sin_TK):
+  """The kernels' values by XLA (CPU tests): model.py's own RoPE and XLA attention (causal, softmax
+  scale 1 / sqrt(K), as the op's) on the packed projection."""
   import model  # pylint: disable=import-outside-toplevel
-  q, k = (model.apply_rope(qkv_BT3HK[:, :, i], cos_TK, sin_TK).astype(jnp.float32) for i in (0, 1))
-  s = jnp.einsum("bqhk,bshk->bhqs", q, k) * sm_scale
-  t = s.shape[-1]
-  s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
-  return jnp.einsum("bhqs,bshk->bqhk", jax.nn.softmax(s, -1),
-                    qkv_BT3HK[:, :, 2].astype(jnp.float32)).astype(qkv_BT3HK.dtype)
+  q, k = (model.apply_rope(qkv_BT3HK[:, :, i], cos_TK, sin_TK) for i in (0, 1))
+  return model.attention(q, k, qkv_BT3HK[:, :, 2], "xla")
 
 
 def _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels):
@@ -309,7 +306,7 @@ def _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scal
   if kernels:
     o_BTHK, res = _flash_rope_fwd(qkv, cos_s, sin_s, True, sm_scale, block_config(shape[1], shape[4]))
   else:
-    o_BTHK, res = _reference_attention(qkv, cos_s, sin_s, sm_scale), (qkv, cos_s, sin_s)
+    o_BTHK, res = _reference_attention(qkv, cos_s, sin_s), (qkv, cos_s, sin_s)
   return (o_BTHK, s), (res, h8_ND, qh, w8[1], w8[2], jnp.zeros((0,), h_ND.dtype), jnp.zeros((0,), w_DE.dtype),
                        tuple(None for _ in w8))
 
@@ -318,7 +315,7 @@ def _dqkv8(res, do_BTHK, g, sm_scale, kernels):
   """e5m2(dQKV g) as [N, 3HK] and [3HK, N]: the attention's backward kernels, or XLA (CPU tests)."""
   if not kernels:
     qkv, cos_s, sin_s = res
-    _, vjp = jax.vjp(lambda x: _reference_attention(x, cos_s, sin_s, sm_scale), qkv)
+    _, vjp = jax.vjp(lambda x: _reference_attention(x, cos_s, sin_s), qkv)
     d = vjp(do_BTHK.astype(qkv.dtype))[0].astype(jnp.float32).reshape(-1, qkv[0, 0].size)
     d8_NE = jnp.clip(d * g, -E5M2_MAX, E5M2_MAX).astype(jnp.float8_e5m2)
     return d8_NE, d8_NE.T

@@ -291,7 +291,7 @@ def test_qkv_fp8_backward_is_the_bf16_backward_to_fp8_rounding():
   def bf16_backward(h_ND, w_DE):
     raw, s = fp8_mlp.qkv_dot(h_ND, c["h8"], c["qh"], w_DE)
     qkv = raw.reshape(c["b"], -1, 3, c["h"], c["k"])
-    o = attention_kernel._reference_attention(qkv, c["cos"] * s, c["sin"] * s, c["k"] ** -0.5)  # pylint: disable=protected-access
+    o = attention_kernel._reference_attention(qkv, c["cos"] * s, c["sin"] * s)  # pylint: disable=protected-access
     return jnp.mean(o.astype(jnp.float32) * s * c["r"])
 
   l8, g8 = jax.value_and_grad(_qkv_fp8_loss(c, False), (0, 1))(c["h_ND"], c["w_DE"])
