@@ -260,6 +260,10 @@ def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
 # ceil(log2 N) keeps the dots' own correction 2^-(DQKV_LOG2 + ceil(log2 N)) a power of two and a
 # constant, so cuBLASLt can apply it as its alpha and dh needs no pass of its own.
 DQKV_LOG2 = 15
+# dh's 2^-k on the dot's output (XLA's Triton GEMM fusion takes the multiply in, and with cuBLASLt
+# chosen it runs as a pass of its own over dh: ~26 us a layer on the H100, forty-third session) or,
+# True, as the e5m2 operand's dequantization scale, which cuBLASLt applies as it reads d8.
+DH_SCALE_AS_OPERAND = False
 E5M2_MAX = 57344.0   # the largest finite e5m2 value (attention_kernel_triton.E5M2_MAX, the kernels' clip)
 
 
@@ -273,7 +277,14 @@ def _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_dtype, w_dtype, h8_DN=N
   (qh sw), k = _dqkv_log2(N). h8_DN: h8's token-last copy (made here by XLA when None)."""
   import fp8_mlp  # pylint: disable=import-outside-toplevel
   inv = 2.0 ** -_dqkv_log2(d8_NE.shape[0])
-  dh_ND = fp8_mlp.dot8(d8_NE, w8_DE, 1) * inv
+  if DH_SCALE_AS_OPERAND:
+    # 2^-k as d8's dequantization scale (convert, then multiply by a scalar): XLA's GEMM rewriter
+    # hands it to cuBLASLt as the A scale. Exact in bf16: a power of two, far from its subnormals.
+    d_NE = d8_NE.astype(jnp.bfloat16) * jnp.asarray(inv, jnp.bfloat16)
+    dh_ND = jax.lax.dot_general(d_NE, w8_DE.astype(jnp.bfloat16), (((1,), (1,)), ((), ())),
+                                preferred_element_type=jnp.bfloat16)
+  else:
+    dh_ND = fp8_mlp.dot8(d8_NE, w8_DE, 1) * inv
   h8_DN = h8_ND.T if h8_DN is None else h8_DN
   dw_DE = fp8_mlp.dot8(h8_DN, d8_EN, 1, out=jnp.float32) * (inv / (qh * sw))
   return dh_ND.astype(h_dtype), dw_DE.astype(w_dtype)
