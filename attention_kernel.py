@@ -258,11 +258,12 @@ def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
 # 0.005 at 200 steps, four seeds, with the best-case scale: bench/dev_qkv_grad_sim.py).
 #
 # ceil(log2 N) keeps the dots' own correction 2^-(DQKV_LOG2 + ceil(log2 N)) a power of two and a
-# constant, so cuBLASLt can apply it as its alpha and dh needs no pass of its own.
+# constant, exact in any float format, and one cuBLASLt could apply as a scale of the GEMM.
 DQKV_LOG2 = 15
-# dh's 2^-k on the dot's output (XLA's Triton GEMM fusion takes the multiply in, and with cuBLASLt
-# chosen it runs as a pass of its own over dh: ~26 us a layer on the H100, forty-third session) or,
-# True, as the e5m2 operand's dequantization scale, which cuBLASLt applies as it reads d8.
+# Where dh's 2^-k goes. False: a multiply on the dot's output, which the H100 runs as a pass of its
+# own over dh (~26 us a layer, forty-third session: XLA's Triton GEMM fusion takes the multiply in,
+# and with cuBLASLt chosen it is left behind). True: the e5m2 operand's dequantization scale, which
+# XLA's GEMM rewriter hands to cuBLASLt (untimed).
 DH_SCALE_AS_OPERAND = False
 E5M2_MAX = 57344.0   # the largest finite e5m2 value (attention_kernel_triton.E5M2_MAX, the kernels' clip)
 
