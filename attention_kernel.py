@@ -260,11 +260,13 @@ def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
 # ceil(log2 N) keeps the dots' own correction 2^-(DQKV_LOG2 + ceil(log2 N)) a power of two and a
 # constant, exact in any float format, and one cuBLASLt could apply as a scale of the GEMM.
 DQKV_LOG2 = 15
-# Where dh's 2^-k goes. False: a multiply on the dot's output, which the H100 runs as a pass of its
-# own over dh (~26 us a layer, forty-third session: XLA's Triton GEMM fusion takes the multiply in,
-# and with cuBLASLt chosen it is left behind). True: the e5m2 operand's dequantization scale, which
-# XLA's GEMM rewriter hands to cuBLASLt (untimed).
-DH_SCALE_AS_OPERAND = False
+# Where dh's 2^-k goes. 'output': a multiply on the dot's output, which the H100 runs as a pass of
+# its own over dh (~26 us a layer, forty-third session: XLA's Triton GEMM fusion takes the multiply
+# in, and with cuBLASLt chosen it is left behind). 'operand': the e5m2 operand's dequantization
+# scale, which XLA's GEMM rewriter hands to cuBLASLt. 'norm': dh leaves the dot without it and the
+# norm kernel that made h multiplies it back as it reads dh (norm_kernel.backward's dh_mul), where
+# model.py's fused path owns that norm (the caller's dh_raw); elsewhere 'output'.
+DH_SCALE = "output"
 E5M2_MAX = 57344.0   # the largest finite e5m2 value (attention_kernel_triton.E5M2_MAX, the kernels' clip)
 
 
@@ -272,13 +274,22 @@ def _dqkv_log2(n):
   return DQKV_LOG2 + max(0, n - 1).bit_length()
 
 
-def _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_dtype, w_dtype, h8_DN=None):
+def dh_raw_mul(n):
+  """2^-k for N = n tokens: what flash_attention_qkv_fp8(dh_raw=True)'s h gradient must be multiplied
+  by (a power of two, exact in any float format)."""
+  return 2.0 ** -_dqkv_log2(n)
+
+
+def _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_dtype, w_dtype, h8_DN=None, dh_raw=False):
   """x Wqkv's gradients from e5m2 d8 = e5m2(d G) (both layouts): dh = d (w / s)^T, dw = h^T d / s.
   With w = w8 sw, h = h8 / qh, s = sw / qh, d = d8 / G: dh = d8 w8^T 2^-k and dw = h8^T d8 2^-k /
-  (qh sw), k = _dqkv_log2(N). h8_DN: h8's token-last copy (made here by XLA when None)."""
+  (qh sw), k = _dqkv_log2(N). h8_DN: h8's token-last copy (made here by XLA when None). dh_raw:
+  dh without its 2^-k (d8 w8^T), for the caller to apply."""
   import fp8_mlp  # pylint: disable=import-outside-toplevel
   inv = 2.0 ** -_dqkv_log2(d8_NE.shape[0])
-  if DH_SCALE_AS_OPERAND:
+  if dh_raw:
+    dh_ND = fp8_mlp.dot8(d8_NE, w8_DE, 1)
+  elif DH_SCALE == "operand":
     # 2^-k as d8's dequantization scale (convert, then multiply by a scalar): XLA's GEMM rewriter
     # hands it to cuBLASLt as the A scale. Exact in bf16: a power of two, far from its subnormals.
     d_NE = d8_NE.astype(jnp.bfloat16) * jnp.asarray(inv, jnp.bfloat16)
@@ -300,8 +311,8 @@ def _qkv_fp8_forward(h8_ND, qh, w8, cos_TK, sin_TK, shape):
   return fp8_mlp.dot8(h8_ND, w8_ED, 1).reshape(shape), s, cos_TK * s, sin_TK * s
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels, dh_raw):
   return _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels)[0]
 
 
@@ -313,7 +324,7 @@ def _reference_attention(qkv_BT3HK, cos_TK, sin_TK):
   return model.attention(q, k, qkv_BT3HK[:, :, 2], "xla")
 
 
-def _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels):
+def _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels, dh_raw=False):  # pylint: disable=unused-argument
   qkv, s, cos_s, sin_s = _qkv_fp8_forward(h8_ND, qh, w8, cos_TK, sin_TK, shape)
   if kernels:
     o_BTHK, res = _flash_rope_fwd(qkv, cos_s, sin_s, True, sm_scale, block_config(shape[1], shape[4]))
@@ -350,7 +361,7 @@ def _dqkv8(res, do_BTHK, g, sm_scale, kernels):
   return d8.reshape(b * t, -1), d8t
 
 
-def _qkv_flash_fp8_bwd(shape, sm_scale, kernels, saved, cotangents):
+def _qkv_flash_fp8_bwd(shape, sm_scale, kernels, dh_raw, saved, cotangents):
   res, h8_ND, qh, sw, w8_DE, h_like, w_like, w8_cot = saved
   n = h8_ND.shape[0]
   g = (qh * 2.0 ** _dqkv_log2(n)).astype(jnp.float32).reshape(1)
@@ -359,7 +370,7 @@ def _qkv_flash_fp8_bwd(shape, sm_scale, kernels, saved, cotangents):
   if kernels:   # h8's token-last copy by one Triton pass (XLA's e4m3 transposes cost more)
     import swiglu_kernel  # pylint: disable=import-outside-toplevel
     h8_DN = swiglu_kernel.transpose_fp8(h8_ND)
-  dh_ND, dw_DE = _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_like.dtype, w_like.dtype, h8_DN)
+  dh_ND, dw_DE = _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_like.dtype, w_like.dtype, h8_DN, dh_raw)
   cos_s, sin_s = res[3:5] if kernels else res[1:3]   # the tables are constants: zero cotangents
   return dh_ND, jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE, w8_cot, jnp.zeros_like(cos_s), jnp.zeros_like(sin_s)
 
@@ -367,13 +378,16 @@ def _qkv_flash_fp8_bwd(shape, sm_scale, kernels, saved, cotangents):
 _qkv_flash_fp8.defvjp(_qkv_flash_fp8_fwd, _qkv_flash_fp8_bwd)
 
 
-def flash_attention_qkv_fp8(h_ND, h8_ND, qh, w_DE, n_heads, cos_TK, sin_TK, batch, w8=None, kernels=True):
+def flash_attention_qkv_fp8(h_ND, h8_ND, qh, w_DE, n_heads, cos_TK, sin_TK, batch, w8=None, kernels=True,
+                            dh_raw=False):
   """(o [B, T, H, K] times 1 / s, s [1]): causal flash_attention_rope(x Wqkv) with x Wqkv as
   fp8_mlp.qkv_dot computes it (e4m3 h8 = e4m3(h qh), e4m3 w, one scale each), s the dot's scale, left
   for the caller to fold into Wo (model._mha). Its backward hands x Wqkv's two dots dQKV in e5m2 from
   the attention's backward kernels (above). h_ND [N, D] (N = batch * T) only receives the gradient;
   w_DE [D, 3 H K]; w8 = fp8_mlp.qkv_weights(w_DE, fp8_dh=True) when the caller made it (for all
-  layers at once). kernels=False: the same arithmetic by XLA (CPU tests; the reference)."""
+  layers at once). kernels=False: the same arithmetic by XLA (CPU tests; the reference). dh_raw:
+  h_ND's gradient comes out 1 / dh_raw_mul(N) times too large, for a caller whose norm kernel that
+  made h multiplies it back (DH_SCALE='norm'; model._hidden_fused_norms)."""
   import fp8_mlp  # pylint: disable=import-outside-toplevel
   n, e = h_ND.shape[0], w_DE.shape[1]
   k = e // (3 * n_heads)
@@ -383,4 +397,4 @@ def flash_attention_qkv_fp8(h_ND, h8_ND, qh, w_DE, n_heads, cos_TK, sin_TK, batc
   w8 = fp8_mlp.qkv_weights(w_DE, fp8_dh=True) if w8 is None else w8
   shape = (batch, n // batch, 3, n_heads, k)
   return _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, tuple(w8), cos_TK.astype(jnp.float32), sin_TK.astype(jnp.float32),
-                        shape, 1.0 / math.sqrt(k), bool(kernels))
+                        shape, 1.0 / math.sqrt(k), bool(kernels), bool(dh_raw))

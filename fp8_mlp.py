@@ -293,9 +293,9 @@ def head_logits(h8_ND, qh, w_VD):
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10, 11, 12, 13, 14))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10, 11, 12, 13, 14, 15))
 def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None,
-                 keep_x=True, fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False):
+                 keep_x=True, fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False, dh_mul=1.0):
   """(x', h') with s = x + attn, x' = s + MLP(RMSNorm(s) * g_mlp), h' = RMSNorm(x') * g_next: the
   values of norm_kernel.add_rms_norm -> swiglu -> add_rms_norm, with the MLP's FP8 dots (act W2
   among them with fp8_w2). With q_next (static_scale(g_next)), a third output:
@@ -307,13 +307,15 @@ def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=F
   and the SwiGLU backward without its bf16 dH13. fp8_wgrad_w2 (with fp8_w2): W2's the same way, from
   the forward's e4m3 act, and the SwiGLU forward without its bf16 act. fp8_h13: x W13's output in
   e4m3 (dot8_e4m3 at out_scale), which both SwiGLU kernels read instead of bf16; fp8_da: the
-  backward's dY W2^T too, which the SwiGLU backward reads."""
+  backward's dY W2^T too, which the SwiGLU backward reads. dh_mul (a Python float): h' gets its
+  gradient that many times too small, the backward's norm kernel multiplies it back
+  (norm_kernel.backward's dh_mul)."""
   return _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2, q_next, w8, keep_x, fp8_wgrad,
-              fp8_wgrad_w2, fp8_h13, fp8_da)[0]
+              fp8_wgrad_w2, fp8_h13, fp8_da, dh_mul)[0]
 
 
 def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None, keep_x=True,
-         fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False):  # pylint: disable=unused-argument  (fp8_wgrad: the same forward)
+         fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False, dh_mul=1.0):  # pylint: disable=unused-argument  (fp8_wgrad, dh_mul: the same forward)
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   B, T, D = x_BTD.shape
   w13_8, w13_8T, s13, w2_8, s2, w2_8T, c13, c2 = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
@@ -347,7 +349,7 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
   return (outs if q_next is None else (*outs, fp8[0].reshape(x_out.shape))), res
 
 
-def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, res, cotangents):  # pylint: disable=unused-argument
+def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, dh_mul, res, cotangents):  # pylint: disable=unused-argument
   import norm_kernel  # pylint: disable=import-outside-toplevel
   import swiglu_kernel  # pylint: disable=import-outside-toplevel
   (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, c2, g_mlp, g_next, attn_like,
@@ -359,7 +361,7 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, res, c
   w2_wgrad8 = fp8_w2 and fp8_wgrad_w2   # act_NF is then the forward's (a8, max|act[t]| / 448)
   # dY's row scales without s2 for W2's gradient too (as act's above); dA's take s2 here.
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype,
-                                                     fp8_qmul=_ONE if w2_wgrad8 else s2)
+                                                     fp8_qmul=_ONE if w2_wgrad8 else s2, dh_mul=dh_mul)
   das = ds * s2 if w2_wgrad8 else ds   # dA's row scales: dY's, with W2's scale
   if fp8_da:   # dA in e4m3 from the dot's epilogue; its scale c2 moves into the rows'
     da_NF, das = dot8_e4m3(d8, w2_8, 1, c2), das / c2

@@ -326,8 +326,9 @@ out_proj.defvjp(_out_proj_fwd, _out_proj_bwd)
 
 def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   """Multi-head attention with RoPE on q and k; returns the block's B x T x D output. With h8 =
-  (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights]) (attn_fp8), x Wqkv runs in e4m3
-  (fp8_mlp.qkv_dot)."""
+  (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights or None[, dh_raw]]) (attn_fp8), x
+  Wqkv runs in e4m3 (fp8_mlp.qkv_dot). dh_raw (attn_fp8_dqkv): h's gradient leaves without its 2^-k,
+  which the norm that made h applies (_hidden_fused_norms, attention_kernel.DH_SCALE)."""
   cos, sin = rope
   wo = p["wo"]
   if h8 is None:
@@ -342,7 +343,8 @@ def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
       import attention_kernel  # pylint: disable=import-outside-toplevel
       o_BTHK, s = attention_kernel.flash_attention_qkv_fp8(
           h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1), cfg.n_heads, cos, sin,
-          B, h8[2] if len(h8) > 2 else None, kernels=cfg.attention_backend == "triton")
+          B, h8[2] if len(h8) > 2 else None, kernels=cfg.attention_backend == "triton",
+          dh_raw=len(h8) > 3 and h8[3])
       return out_proj(o_BTHK, (wo * s).astype(dtype))
     raw_NE, s = fp8_mlp.qkv_dot(h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1),
                                 *h8[2:])
@@ -483,6 +485,14 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
     import fp8_mlp  # pylint: disable=import-outside-toplevel
   # The first norm has no add before it: the kernel's no-add form, its e4m3 copy (attn_fp8) with it.
   q0 = fp8_mlp.static_scale(blocks["attn_norm"][0]) if _option(cfg, "attn_fp8") else None
+  # attention_kernel.DH_SCALE='norm' (with the MLP's fused sublayer): each attention hands h's
+  # gradient over without x Wqkv's 2^-k, and the norm kernel that made h (the first norm, then each
+  # mlp_sublayer's second) applies it as it reads that gradient: no pass over dh of its own.
+  dh_mul = 1.0
+  if _option(cfg, "attn_fp8_dqkv") and _option(cfg, "mlp_fp8"):
+    import attention_kernel  # pylint: disable=import-outside-toplevel
+    if attention_kernel.DH_SCALE == "norm":
+      dh_mul = attention_kernel.dh_raw_mul(x_BTD.shape[0] * x_BTD.shape[1])
   if jnp.issubdtype(x_BTD.dtype, jnp.integer):
     # With a tied head and EMBED_GRAD_IN_FIRST_NORM the head's weight comes out of the first norm,
     # so the head's share of the table's gradient reaches the norm's backward kernel, which adds
@@ -490,12 +500,12 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
     route = head_w is not None and cfg.tie_embeddings and norm_kernel.EMBED_GRAD_IN_FIRST_NORM
     x_BTD, h_BTD, h8_BTD, *w = norm_kernel.embed_rms_norm_first(
         params["embed"], x_BTD, blocks["attn_norm"][0], DTYPES[_option(cfg, "residual_dtype")], dtype, q0,
-        head_w.dtype if route else None)
+        head_w.dtype if route else None, dh_mul)
     if route:
       assert head_w.shape == params["embed"].shape, "head_w must be the tied head's weight, params['embed'] cast"
       head_w = w[0]
   else:
-    x_BTD, h_BTD, h8_BTD = norm_kernel.rms_norm_first(x_BTD, blocks["attn_norm"][0], dtype, q0)
+    x_BTD, h_BTD, h8_BTD = norm_kernel.rms_norm_first(x_BTD, blocks["attn_norm"][0], dtype, q0, dh_mul)
   h8 = None if q0 is None else (h8_BTD, q0)
   w8 = wq8 = None
   if _option(cfg, "mlp_fp8") or h8 is not None:
@@ -509,7 +519,10 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
                                   fp8_dh=bool(_option(cfg, "attn_fp8_dqkv")))
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
-    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8 if wq8 is None else (*h8, tuple(a[i] for a in wq8)))
+    h8_i = h8 if wq8 is None else (*h8, tuple(a[i] for a in wq8))
+    if dh_mul != 1.0:   # (_mha's dh_raw)
+      h8_i = (*h8[:2], None if wq8 is None else h8_i[2], True)
+    attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8_i)
     last = i + 1 == cfg.n_layers
     gain = params["final_norm"] if last else blocks["attn_norm"][i + 1]
     if _option(cfg, "mlp_fp8"):
@@ -522,7 +535,7 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
           x_BTD, attn_BTD, p["mlp_norm"], p["w13"], p["w2"], gain, dtype, bool(_option(cfg, "mlp_fp8_w2")), q_next,
           None if w8 is None else tuple(a[i] for a in w8), not last,   # the last x_BTD is None: unused
           bool(_option(cfg, "mlp_fp8_wgrad")), bool(_option(cfg, "mlp_fp8_wgrad_w2")), bool(_option(cfg, "mlp_fp8_h13")),
-          bool(_option(cfg, "mlp_fp8_da")))
+          bool(_option(cfg, "mlp_fp8_da")), 1.0 if last else dh_mul)
       h8 = (h8_next[0], q_next) if h8_next else None
       continue
     x_BTD, h_BTD = norm_kernel.add_rms_norm(x_BTD, attn_BTD, p["mlp_norm"], dtype)

@@ -91,30 +91,31 @@ def add_rms_norm(x_BTD, y_BTD, gain_D, dtype):
   return _fwd(x_BTD, y_BTD, gain_D, dtype)[0]
 
 
-def rms_norm_first(x_BTD, gain_D, dtype, fp8_qmul=None):
+def rms_norm_first(x_BTD, gain_D, dtype, fp8_qmul=None, dh_mul=1.0):
   """The first layer's norm, which no residual add precedes: (x, h = RMSNorm(x) * gain in `dtype`,
   h8) with h8 = e4m3(h * fp8_qmul) (fp8_qmul from fp8_mlp.static_scale; None: no e4m3 copy, h8
   None). h8 carries no gradient. x comes back unchanged as the residual stream, so that the
   backward receives the stream's cotangent too and writes x's one gradient (the stream's plus the
   norm's) in one pass, where XLA ran the norm's forward and backward as five reductions and fused
-  its gradient into the embedding's scatter."""
-  return _first(x_BTD, gain_D, fp8_qmul, dtype)
+  its gradient into the embedding's scatter. dh_mul (a Python float): h's cotangent arrives that
+  many times too small (1.0: as it should; see backward)."""
+  return _first(x_BTD, gain_D, fp8_qmul, dtype, float(dh_mul))
 
 
-def _first_fwd(x_BTD, gain_D, fp8_qmul, dtype):
+def _first_fwd(x_BTD, gain_D, fp8_qmul, dtype, dh_mul=1.0):  # pylint: disable=unused-argument
   _, h, rstd, fp8 = forward(x_BTD, None, gain_D, dtype, fp8_qmul=fp8_qmul, fp8_rows=False)
   return (x_BTD, h, None if fp8 is None else fp8[0].reshape(x_BTD.shape)), (x_BTD, rstd, gain_D, fp8_qmul)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _first(x_BTD, gain_D, fp8_qmul, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _first(x_BTD, gain_D, fp8_qmul, dtype, dh_mul):
   return _first_fwd(x_BTD, gain_D, fp8_qmul, dtype)[0]
 
 
-def _first_bwd(dtype, res, cotangents):  # pylint: disable=unused-argument
+def _first_bwd(dtype, dh_mul, res, cotangents):  # pylint: disable=unused-argument
   x_BTD, rstd, gain_D, fp8_qmul = res
   dx_out, dh, _ = cotangents   # h8's cotangent is dropped: the e4m3 copy is a constant to autodiff
-  dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype)
+  dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype, dh_mul=dh_mul)
   return dx, dgain, None if fp8_qmul is None else jnp.zeros_like(fp8_qmul)
 
 
@@ -135,7 +136,8 @@ EMBED_IN_FIRST_NORM = False
 EMBED_GRAD_IN_FIRST_NORM = True
 
 
-def embed_rms_norm_first(table_VD, tokens_BT, gain_D, stream_dtype, dtype, fp8_qmul=None, head_dtype=None):
+def embed_rms_norm_first(table_VD, tokens_BT, gain_D, stream_dtype, dtype, fp8_qmul=None, head_dtype=None,
+                         dh_mul=1.0):
   """rms_norm_first(table[tokens] in stream_dtype, gain, dtype, fp8_qmul) as one op that owns the
   lookup: (x, h, h8), x the residual stream [B, T, D]; with head_dtype a fourth item, the table in
   head_dtype (a tied head's weight), whose cotangent joins the table's gradient in the backward.
@@ -143,11 +145,11 @@ def embed_rms_norm_first(table_VD, tokens_BT, gain_D, stream_dtype, dtype, fp8_q
   backward gives the table the gradient the gather (and the cast) would: the norm's one backward
   pass, each row's gradient rounded to stream_dtype and summed into the table's row in fp32, plus
   the head's cotangent in fp32; with EMBED_GRAD_IN_FIRST_NORM all in the norm's backward kernel,
-  else in XLA. The tokens get no gradient."""
-  return _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype)
+  else in XLA. The tokens get no gradient. dh_mul as in rms_norm_first."""
+  return _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype, float(dh_mul))
 
 
-def _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype):
+def _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype, dh_mul=1.0):  # pylint: disable=unused-argument
   D = table_VD.shape[-1]
   N = tokens_BT.size
   fp8 = fp8_qmul is not None
@@ -172,21 +174,21 @@ def _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype,
   return outs, (x, rstd, gain_D, fp8_qmul, tokens_BT, jnp.zeros((table_VD.shape[0], 0), table_VD.dtype))
 
 
-def _embed_first_bwd(stream_dtype, dtype, head_dtype, res, cotangents):  # pylint: disable=unused-argument
+def _embed_first_bwd(stream_dtype, dtype, head_dtype, dh_mul, res, cotangents):  # pylint: disable=unused-argument
   x_BTD, rstd, gain_D, fp8_qmul, tokens_BT, table_like = res
   dx_out, dh = cotangents[:2]   # h8's cotangent is dropped, as in _first_bwd
   D = x_BTD.shape[-1]
   V, tdtype = table_like.shape[0], table_like.dtype
   base = jnp.zeros((V, D), tdtype) if head_dtype is None else cotangents[3].astype(tdtype)
   if EMBED_GRAD_IN_FIRST_NORM:
-    d_table, dgain = _embed_backward(dx_out, dh, x_BTD, rstd, gain_D, tokens_BT, base)
+    d_table, dgain = _embed_backward(dx_out, dh, x_BTD, rstd, gain_D, tokens_BT, base, dh_mul)
   else:
-    dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype)
+    dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype, dh_mul=dh_mul)
     d_table = base.at[tokens_BT.reshape(-1)].add(dx.reshape(-1, D).astype(tdtype))
   return d_table, None, dgain, None if fp8_qmul is None else jnp.zeros_like(fp8_qmul)
 
 
-def _embed_backward(dx_out, dh, x_out, rstd, gain_D, tokens_BT, base_VD):
+def _embed_backward(dx_out, dh, x_out, rstd, gain_D, tokens_BT, base_VD, dh_mul=1.0):
   """(base + the lookup's gradient of the table, dgain) from embed_norm_bwd_kernel (fp32 table)."""
   jt, kern = _triton()
   D, N, consts, programs = _bwd_grid(x_out)
@@ -195,12 +197,12 @@ def _embed_backward(dx_out, dh, x_out, rstd, gain_D, tokens_BT, base_VD):
       tokens_BT.reshape(N).astype(jnp.int32), base_VD.astype(jnp.float32), kernel=kern.embed_norm_bwd_kernel,
       out_shape=(jax.ShapeDtypeStruct(base_VD.shape, jnp.float32), jax.ShapeDtypeStruct((programs, D), jnp.float32)),
       input_output_aliases={6: 0}, grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs,
-      **consts)
+      DH_MUL=float(dh_mul), **consts)
   return d_table.astype(base_VD.dtype), jnp.sum(dg_part, 0).astype(gain_D.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype, dh_mul):
   return _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype)[0]
 
 
@@ -221,11 +223,14 @@ def _sm_count():
   return int(getattr(jax.devices()[0], "core_count", 0) or 132)
 
 
-def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=None):
+def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=None, dh_mul=1.0):
   """add_rms_norm's gradients (dx, dy, dgain) from the cotangents of (x + y, h); dx_out None for a
   zero one (the last layer's stream: no B x T x D of zeros written and read back). For fp8_mlp.py:
   dh_scale [N] multiplies dh's rows (dh is then an FP8 dot's unscaled output), and fp8_qmul adds a
-  4th item, dx in e4m3 with its scale per row times fp8_qmul: (d8 [N, D], ds [N])."""
+  4th item, dx in e4m3 with its scale per row times fp8_qmul: (d8 [N, D], ds [N]). dh_mul (a Python
+  float, a constant of the kernel) multiplies all of dh as it is read: the next attention's FP8
+  backward hands dh over without its 2^-k (attention_kernel.flash_attention_qkv_fp8's dh_raw), which
+  cost a pass of its own over dh on the dot's output."""
   jt, kern = _triton()
   D, N, consts, programs = _bwd_grid(x_out)
   # The residual add hands one gradient to both of its inputs: with one dtype (the bf16 stream) it
@@ -236,7 +241,7 @@ def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=N
   outs = (jax.ShapeDtypeStruct((N, D), x_out.dtype), jax.ShapeDtypeStruct((N, D) if two else (1,), y_dtype),
           jax.ShapeDtypeStruct((programs, D), jnp.float32))
   launch = dict(grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs, TWO_OUT=two,
-                HAS_DXOUT=has_dxout, **consts)
+                HAS_DXOUT=has_dxout, DH_MUL=float(dh_mul), **consts)
   if dh_scale is None and fp8_qmul is None:
     (dx, dy, dg_part), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_bwd_kernel, out_shape=outs, **launch), None
   else:

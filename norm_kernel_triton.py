@@ -146,11 +146,11 @@ def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk, cols, N: tl.constexpr, D: tl.con
 def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
                        D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
                        TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr, HAS_DXOUT: tl.constexpr,
-                       IDS=None, SCATTER: tl.constexpr = False):
+                       DH_MUL: tl.constexpr, IDS=None, SCATTER: tl.constexpr = False):
   """The persistent backward (add_norm_bwd_kernel's docstring); DH_SCALED, FP8 and HAS_DXOUT as in
-  add_norm_bwd_fp8_kernel. With DH_SCALED and FP8 False, DHS, QMUL, D8 and DS are never touched.
-  SCATTER (embed_norm_bwd_kernel): row r's gradient, rounded to XOUT's dtype, is added into row
-  IDS[r] of the fp32 table DX instead of being stored as row r."""
+  add_norm_bwd_fp8_kernel, DH_MUL as in add_norm_bwd_kernel. With DH_SCALED and FP8 False, DHS,
+  QMUL, D8 and DS are never touched. SCATTER (embed_norm_bwd_kernel): row r's gradient, rounded to
+  XOUT's dtype, is added into row IDS[r] of the fp32 table DX instead of being stored as row r."""
   pid = tl.program_id(0)
   cols = tl.arange(0, BLOCK_D)
   g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
@@ -162,6 +162,8 @@ def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8,
     s, dh, dxo = s.to(tl.float32), dh.to(tl.float32), dxo.to(tl.float32)
     if DH_SCALED:
       dh = dh * dhs[:, None]
+    if DH_MUL != 1.0:
+      dh = dh * DH_MUL
     u = dh * g[None, :]
     d = dxo + r[:, None] * u - s * (r * r * r * tl.sum(u * s, 1) / D)[:, None]
     if SCATTER:   # relaxed fp32 atomics: repeated tokens sum in any order, as XLA's scatter-add does
@@ -185,9 +187,11 @@ def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8,
 @triton.jit
 def add_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, DX, DY, DG_PART, N: tl.constexpr, D: tl.constexpr,
                         BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
-                        TWO_OUT: tl.constexpr, HAS_DXOUT: tl.constexpr):
-  """DX = DY = DXOUT + d(RMSNorm)/d(XOUT)^T DH; DG_PART[program] = this program's share of dL/dG
-  (summed over the PROGRAMS rows outside).
+                        TWO_OUT: tl.constexpr, HAS_DXOUT: tl.constexpr, DH_MUL: tl.constexpr):
+  """DX = DY = DXOUT + d(RMSNorm)/d(XOUT)^T (DH DH_MUL); DG_PART[program] = this program's share of
+  dL/dG (summed over the PROGRAMS rows outside). DH_MUL: a constant that DH is multiplied by as it
+  is read (1.0: none), for a DH that comes scaled up (attention_kernel.flash_attention_qkv_fp8's
+  dh_raw).
 
   With s = XOUT, r = RSTD, u = G * DH: ds = r u - s r^3 mean(u s); dG = sum over rows of DH s r.
   A persistent grid: PROGRAMS programs stride over the blocks of ROWS rows and keep their share
@@ -198,29 +202,31 @@ def add_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, DX, DY, DG_PART, N: tl.constex
   last layer's stream, which only the final norm reads) and DXOUT is a dummy never read.
   """
   _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, RSTD, RSTD, DX, DY, DG_PART, DX, RSTD, N, D, BLOCK_D, ROWS,
-                     PROGRAMS, TWO_OUT, False, False, HAS_DXOUT)
+                     PROGRAMS, TWO_OUT, False, False, HAS_DXOUT, DH_MUL)
 
 
 @triton.jit
 def add_norm_bwd_fp8_kernel(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
                             D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
                             TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr,
-                            HAS_DXOUT: tl.constexpr):
+                            HAS_DXOUT: tl.constexpr, DH_MUL: tl.constexpr):
   """add_norm_bwd_kernel for fp8_mlp.py: DH_SCALED multiplies each row of DH by DHS[row] as it is
   read (DH is then an FP8 dot's unscaled output), and FP8 also writes DX in e4m3 (D8) with its
-  scale per row times QMUL (DS). Unused pointers are 1-element arrays. HAS_DXOUT as in
+  scale per row times QMUL (DS). Unused pointers are 1-element arrays. HAS_DXOUT and DH_MUL as in
   add_norm_bwd_kernel."""
   _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N, D, BLOCK_D, ROWS,
-                     PROGRAMS, TWO_OUT, DH_SCALED, FP8, HAS_DXOUT)
+                     PROGRAMS, TWO_OUT, DH_SCALED, FP8, HAS_DXOUT, DH_MUL)
 
 
 @triton.jit
 def embed_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, IDS, DE_IN, DE, DG_PART, N: tl.constexpr, D: tl.constexpr,
-                          BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr):
+                          BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
+                          DH_MUL: tl.constexpr):
   """The first norm's backward (add_norm_bwd_kernel with DXOUT, one output) with the embedding
   lookup's backward in it: each row's gradient of the stream, rounded to XOUT's dtype as the stream
   stores it, is added into row IDS[r] of the fp32 table gradient DE (which aliases DE_IN: the head's
   share of the tied table's gradient, or zeros). No [N, D] gradient is written for an XLA scatter to
-  read back, at the very end of the step's backward, where AdamW waits on the table's gradient."""
+  read back, at the very end of the step's backward, where AdamW waits on the table's gradient.
+  DH_MUL as in add_norm_bwd_kernel."""
   _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, RSTD, RSTD, DE, DE, DG_PART, DE, RSTD, N, D, BLOCK_D, ROWS,
-                     PROGRAMS, False, False, False, True, IDS, True)
+                     PROGRAMS, False, False, False, True, DH_MUL, IDS, True)

@@ -135,10 +135,13 @@ def norm_bwd(n, d, rng, fp8=True, has_dxout=True):
   d8 = torch.empty((n, d) if fp8 else (1,), dtype=E4M3)
   ds = torch.empty(n) if fp8 else torch.full((1,), float("nan"))
   # has_dxout=False is the last layer's (a zero cotangent of the stream): a NaN dummy, never read.
+  # DH_MUL: with fp8, DH comes 8x too large and the kernel's constant takes it back (a next attention
+  # whose FP8 backward hands dh over without its 2^-k); the reference below is unchanged.
+  mul = 0.125 if fp8 else 1.0
   NK.add_norm_bwd_fp8_kernel[(programs,)](dxo if has_dxout else torch.full((1,), float("nan"), dtype=torch.float16),
-                                      dh, xo, r, g, dhs, qmul, dx, dy, dg, d8, ds, n, D=d,
+                                      dh / mul, xo, r, g, dhs, qmul, dx, dy, dg, d8, ds, n, D=d,
                                       BLOCK_D=norm_kernel._consts(d)["BLOCK_D"], ROWS=rows, PROGRAMS=programs,  # pylint: disable=protected-access
-                                      TWO_OUT=False, DH_SCALED=True, FP8=fp8, HAS_DXOUT=has_dxout)
+                                      TWO_OUT=False, DH_SCALED=True, FP8=fp8, HAS_DXOUT=has_dxout, DH_MUL=mul)
   DH = dh.double().numpy() * dhs.double().numpy()[:, None]
   G, R = g.double().numpy(), r.double().numpy()
   ref = dxo.double().numpy().copy() if has_dxout else np.zeros((n, d))
@@ -285,13 +288,16 @@ class InterpretedJaxTriton:
   wrappers' plumbing (argument order, shapes, dtypes, dummies, the custom VJPs) on a CPU."""
 
   @staticmethod
-  def triton_call(*args, kernel, out_shape, grid, num_warps=None, num_stages=None, **consts):  # pylint: disable=unused-argument
+  def triton_call(*args, kernel, out_shape, grid, num_warps=None, num_stages=None, input_output_aliases=None,  # pylint: disable=unused-argument
+                  **consts):
     single = not isinstance(out_shape, (tuple, list))
     outs = [out_shape] if single else list(out_shape)
 
     def host(*arrays):
       ins = [_to_torch(np.asarray(a)) for a in arrays]
       res = [torch.full(o.shape, float("nan")).to(_TORCH[np.dtype(o.dtype)]) for o in outs]
+      for i, o in (input_output_aliases or {}).items():   # an aliased output starts as its input
+        res[o] = ins[i].clone()
       kernel[tuple(grid)](*ins, *res, **consts)
       return tuple(_to_numpy(r, np.dtype(o.dtype)) for r, o in zip(res, outs))
 
@@ -434,6 +440,28 @@ def jax_side():
   errs["model loss, attn_fp8 alone"] = abs(float(l) - float(l_ref)) / float(l_ref)
   for name in ("wqkv", "wo", "attn_norm"):
     errs[f"model d{name}, attn_fp8 alone"] = rel(g["blocks"][name], g_ref["blocks"][name])
+  # attn_fp8_dqkv (the attention's XLA reference here) on the speedrun's MLP recipe, with x Wqkv's
+  # 2^-k applied to dh by the norm kernels that made h (the first norm's lookup backward and each
+  # sublayer's second norm: attention_kernel.DH_SCALE='norm') against a multiply on the dot's output:
+  # dh is the same bf16 dot output times a power of two either way, so the same gradients, bit for
+  # bit; a kernel that skipped the 2^-k would be off by 2^24 here.
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  cfgq = _with(cfg, attn_fp8=True, attn_fp8_dqkv=True, mlp_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True,
+               mlp_fp8_wgrad_w2=True, mlp_fp8_h13=True, mlp_fp8_da=False, norm_backend="triton")
+  l_ref, g_ref = grads(cfgq)
+  attention_kernel.DH_SCALE = "norm"
+  try:
+    l, g = grads(cfgq)
+  finally:
+    attention_kernel.DH_SCALE = "output"
+  same = [float(l) == float(l_ref)] + [bool(jnp.array_equal(a, b)) for a, b in
+                                       zip(jax.tree.leaves(g), jax.tree.leaves(g_ref))]
+  print(f"dh's 2^-k in the norm kernels vs on the dot's output: loss and {len(same) - 1} gradients equal: "
+        f"{sum(same)} of {len(same)}", flush=True)
+  for name in ("embed", "attn_norm", "wqkv", "w13"):
+    got, want = (g[name], g_ref[name]) if name == "embed" else (g["blocks"][name], g_ref["blocks"][name])
+    errs[f"model d{name}, dh's 2^-k in the norm vs on the dot"] = rel(got, want)
+  assert all(same), same
   return errs
 
 

@@ -53,8 +53,10 @@
 #           checkout of ac0e42d)
 #   dqkv8 - --set=model.attn_fp8_dqkv=True (x Wqkv's backward dots in FP8 on e5m2 dQKV stored by the
 #           attention's backward kernels, attention_kernel.flash_attention_qkv_fp8; forty-second session)
-#   dhop - attention_kernel.DH_SCALE_AS_OPERAND=True (attn_fp8_dqkv's dh with its 2^-k as the e5m2
+#   dhop - attention_kernel.DH_SCALE='operand' (attn_fp8_dqkv's dh with its 2^-k as the e5m2
 #           operand's dequantization scale instead of a multiply on the dot's output; forty-third session)
+#   dhnorm - attention_kernel.DH_SCALE='norm' (that 2^-k applied by the norm kernel that made h, as it
+#           reads dh; forty-fourth session)
 #   noegrad - norm_kernel.EMBED_GRAD_IN_FIRST_NORM=False (the embedding's gradient by XLA's scatter, as
 #           before the thirty-ninth session)
 #   actlate - fp8_mlp.ACT_COPY_AFTER_W2=True (W2's token-last e4m3 act copy made after the forward's
@@ -125,7 +127,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     noh13) set="$set"', "--set=model.mlp_fp8_h13=False"' ;;
     da) set="$set"', "--set=model.mlp_fp8_da=True"' ;;
     dqkv8) set="$set"', "--set=model.attn_fp8_dqkv=True"' ;;
-    dhop) pre="import attention_kernel; attention_kernel.DH_SCALE_AS_OPERAND = True; " ;;
+    dhop) pre="import attention_kernel; attention_kernel.DH_SCALE = 'operand'; " ;;
+    dhnorm) pre="import attention_kernel; attention_kernel.DH_SCALE = 'norm'; " ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
     spc4) set="$set"', "--set=train.steps_per_call=4"' ;;
     base) ;;

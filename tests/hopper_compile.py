@@ -29,6 +29,11 @@ class HopperCompiler:
   def compiled(self):
     return [(key[0].__name__, k.metadata.shared) for key, k in self._cache.items()]
 
+  @property
+  def constants(self):
+    """(kernel name, its keyword constants as a dict) per distinct compile."""
+    return [(key[0].__name__, dict(key[2])) for key in self._cache]
+
   def triton_call(self, *args, kernel, out_shape, grid, num_warps=None, num_stages=None,  # pylint: disable=unused-argument
                   input_output_aliases=None, zeroed_outputs=(), **consts):  # pylint: disable=unused-argument
     import triton  # pylint: disable=import-outside-toplevel

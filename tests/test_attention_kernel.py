@@ -317,21 +317,26 @@ def test_qkv_fp8_stores_clip_instead_of_overflowing():
     assert b @ g / (np.linalg.norm(b) * np.linalg.norm(g)) > 0.5
 
 
-@pytest.mark.parametrize("as_operand", [False, True])
-def test_qkv_fp8_grads_match_float64(monkeypatch, as_operand):
+@pytest.mark.parametrize("where", ["output", "operand", "raw"])
+def test_qkv_fp8_grads_match_float64(monkeypatch, where):
   """x Wqkv's FP8 backward dots from e5m2 d8 (dh = d8 w8^T 2^-k, dw = h8^T d8 2^-k / (qh sw)), with
-  2^-k on the dot's output or as d8's dequantization scale (DH_SCALE_AS_OPERAND, the form that lets
-  cuBLASLt apply it): both are float64's products of the same FP8 values to bf16 / fp32 rounding."""
+  2^-k on the dot's output, as d8's dequantization scale (DH_SCALE='operand', the form that lets
+  cuBLASLt apply it), or left out of dh for the norm kernel to apply (dh_raw, DH_SCALE='norm'):
+  all are float64's products of the same FP8 values to bf16 / fp32 rounding."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import attention_kernel  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(attention_kernel, "DH_SCALE_AS_OPERAND", as_operand)
+  monkeypatch.setattr(attention_kernel, "DH_SCALE", "operand" if where == "operand" else "output")
   rng = np.random.default_rng(0)
   n, d, e, qh, sw = 256, 32, 96, 3.0, 0.25
   d8 = jnp.asarray(rng.normal(size=(n, e)) * 300).astype(jnp.float8_e5m2)
   w8 = jnp.asarray(rng.normal(size=(d, e)) * 100).astype(jnp.float8_e4m3fn)
   h8 = jnp.asarray(rng.normal(size=(n, d)) * 100).astype(jnp.float8_e4m3fn)
-  dh, dw = attention_kernel._qkv_grads_fp8(d8, d8.T, h8, qh, sw, w8, jnp.bfloat16, jnp.float32)  # pylint: disable=protected-access
+  dh, dw = attention_kernel._qkv_grads_fp8(d8, d8.T, h8, qh, sw, w8, jnp.bfloat16, jnp.float32,  # pylint: disable=protected-access
+                                           dh_raw=where == "raw")
   inv = 2.0 ** -attention_kernel._dqkv_log2(n)  # pylint: disable=protected-access
+  if where == "raw":
+    assert attention_kernel.dh_raw_mul(n) == inv
+    dh = np.asarray(dh, np.float64) * inv
   d64, w64, h64 = (np.asarray(a, np.float64) for a in (d8, w8, h8))
   for got, want, tol in ((dh, d64 @ w64.T * inv, 2 ** -7), (dw, h64.T @ d64 * inv / (qh * sw), 1e-5)):
     got = np.asarray(got, np.float64)

@@ -610,6 +610,28 @@ def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2, head, 
     assert fused < bf16, (k, fused, bf16)
 
 
+@pytest.mark.gpu
+def test_dh_scale_in_the_norm_kernels_gives_the_same_gradients(monkeypatch):
+  """attention_kernel.DH_SCALE='norm' on the speedrun recipe's GPU path: x Wqkv's FP8 dh leaves its
+  dot without the 2^-k, which the norm kernels that made h apply as they read it. dh is the same dot
+  output times a power of two either way, so the loss and gradients match the multiply on the dot's
+  output to cuBLAS's own run-to-run choice of algorithm (a 2^-k missed anywhere is off by 2^20)."""
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True, mlp_fp8_wgrad_w2=True, mlp_fp8_h13=True,
+            head_fp8=True, attn_fp8_dqkv=True, d_model=128, d_ff=320, norm_backend="triton",
+            attention_backend="triton", xent_backend="triton")
+  cfg = _cfg(**kw)
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
+  l_ref, g_ref = _loss_and_grads(cfg, params, tok)
+  monkeypatch.setattr(attention_kernel, "DH_SCALE", "norm")
+  l, g = _loss_and_grads(cfg, params, tok)
+  assert float(l) == float(l_ref)
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_ref)):
+    assert _rel(got, want) < 1e-3, (jax.tree_util.keystr(path), _rel(got, want))
+
+
 def test_kernels_in_triton_interpreter_match_numpy_and_the_reference(triton_interpreter):
   """The three kernels against NumPy float64 and e4m3 rounding, and the wrappers' plumbing: the fused
   sublayer and the model's fused path, run through the interpreter, against fp8_mlp.swiglu."""

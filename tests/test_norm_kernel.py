@@ -24,8 +24,10 @@ def _ref_add_rms_norm(x, y, gain, dtype):
   return s, h.astype(dtype)
 
 
-def _ref_rms_norm_first(x, gain, dtype, fp8_qmul=None):
-  """norm_kernel.rms_norm_first in plain jnp: (x, RMSNorm(x) * gain, e4m3(h * q) or None)."""
+def _ref_rms_norm_first(x, gain, dtype, fp8_qmul=None, dh_mul=1.0):
+  """norm_kernel.rms_norm_first in plain jnp: (x, RMSNorm(x) * gain, e4m3(h * q) or None); dh_mul
+  (h's cotangent arriving scaled, attn_fp8_dqkv with attention_kernel.DH_SCALE='norm') is not modelled."""
+  assert dh_mul == 1.0, "the reference has no scaled cotangent"
   h = _ref_add_rms_norm(x, jnp.zeros_like(x), gain, dtype)[1]
   h8 = None if fp8_qmul is None else jax.lax.stop_gradient(
       jnp.clip(h.astype(jnp.float32) * fp8_qmul, -448.0, 448.0).astype(jnp.float8_e4m3fn))
@@ -50,10 +52,10 @@ def _params_with_random_gains(cfg):
   return params
 
 
-def _ref_embed_rms_norm_first(table, tokens, gain, stream_dtype, dtype, fp8_qmul=None, head_dtype=None):
+def _ref_embed_rms_norm_first(table, tokens, gain, stream_dtype, dtype, fp8_qmul=None, head_dtype=None, dh_mul=1.0):
   """norm_kernel.embed_rms_norm_first in plain jnp: the lookup, then _ref_rms_norm_first (and the
   table in head_dtype, with head_dtype)."""
-  out = _ref_rms_norm_first(table[tokens].astype(stream_dtype), gain, dtype, fp8_qmul)
+  out = _ref_rms_norm_first(table[tokens].astype(stream_dtype), gain, dtype, fp8_qmul, dh_mul)
   return out if head_dtype is None else (*out, table.astype(head_dtype))
 
 

@@ -535,3 +535,25 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   assert names == expected, (sorted(expected - names), sorted(names - expected))
   too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
   assert not too_big, too_big
+
+
+def test_norm_kernels_taking_dh_scale_compile_for_hopper(monkeypatch):
+  """attention_kernel.DH_SCALE='norm' on the speedrun config: the norm backward kernels that apply x
+  Wqkv's 2^-k to h's gradient as a constant (DH_MUL) compile for sm_90, and the step asks for them
+  where an attention reads h (the first norm's, whose backward is the lookup's, and every sublayer's
+  second norm but the last one's, which feeds the head) and nowhere else."""
+  pytest.importorskip("triton")
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  import hopper_compile  # pylint: disable=import-outside-toplevel
+  compiler = hopper_compile.patch(monkeypatch)
+  monkeypatch.setattr(attention_kernel, "DH_SCALE", "norm")
+  config = tinystories_h100.get_config()
+  assert config.model.attn_fp8_dqkv and config.model.mlp_fp8
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
+  jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, jax.ShapeDtypeStruct((1_000_000,), np.uint16))
+  mul = 2.0 ** -(attention_kernel.DQKV_LOG2 + 15)   # N = 128 x 256 = 2^15 tokens
+  got = {(n, c["DH_MUL"]) for n, c in compiler.constants if "DH_MUL" in c}
+  assert got == {("embed_norm_bwd_kernel", mul), ("add_norm_bwd_fp8_kernel", mul), ("add_norm_bwd_fp8_kernel", 1.0)}, got
+  too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
+  assert not too_big, too_big
