@@ -448,12 +448,14 @@ def jax_side():
   import attention_kernel  # pylint: disable=import-outside-toplevel
   cfgq = _with(cfg, attn_fp8=True, attn_fp8_dqkv=True, mlp_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True,
                mlp_fp8_wgrad_w2=True, mlp_fp8_h13=True, mlp_fp8_da=False, norm_backend="triton")
-  l_ref, g_ref = grads(cfgq)
-  attention_kernel.DH_SCALE = "norm"
+  default = attention_kernel.DH_SCALE
   try:
+    attention_kernel.DH_SCALE = "output"
+    l_ref, g_ref = grads(cfgq)
+    attention_kernel.DH_SCALE = "norm"
     l, g = grads(cfgq)
   finally:
-    attention_kernel.DH_SCALE = "output"
+    attention_kernel.DH_SCALE = default
   same = [float(l) == float(l_ref)] + [bool(jnp.array_equal(a, b)) for a, b in
                                        zip(jax.tree.leaves(g), jax.tree.leaves(g_ref))]
   print(f"dh's 2^-k in the norm kernels vs on the dot's output: loss and {len(same) - 1} gradients equal: "

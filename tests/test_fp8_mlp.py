@@ -624,6 +624,7 @@ def test_dh_scale_in_the_norm_kernels_gives_the_same_gradients(monkeypatch):
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
   tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
+  monkeypatch.setattr(attention_kernel, "DH_SCALE", "output")
   l_ref, g_ref = _loss_and_grads(cfg, params, tok)
   monkeypatch.setattr(attention_kernel, "DH_SCALE", "norm")
   l, g = _loss_and_grads(cfg, params, tok)
