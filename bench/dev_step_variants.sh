@@ -56,7 +56,10 @@
 #   dhop - attention_kernel.DH_SCALE='operand' (attn_fp8_dqkv's dh with its 2^-k as the e5m2
 #           operand's dequantization scale instead of a multiply on the dot's output; forty-third session)
 #   dhnorm - attention_kernel.DH_SCALE='norm' (that 2^-k applied by the norm kernel that made h, as it
-#           reads dh; forty-fourth session)
+#           reads dh; forty-fourth session; the default since the forty-fifth); dhout - 'output', the
+#           multiply on the dot's output (the default before)
+#   wconst - a bound: the weights' e4m3 copies as constants made before the step
+#           (bench/dev_weight_copies_bound.py; forty-fifth session); its loss is meaningless
 #   noegrad - norm_kernel.EMBED_GRAD_IN_FIRST_NORM=False (the embedding's gradient by XLA's scatter, as
 #           before the thirty-ninth session)
 #   actlate - fp8_mlp.ACT_COPY_AFTER_W2=True (W2's token-last e4m3 act copy made after the forward's
@@ -129,6 +132,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     dqkv8) set="$set"', "--set=model.attn_fp8_dqkv=True"' ;;
     dhop) pre="import attention_kernel; attention_kernel.DH_SCALE = 'operand'; " ;;
     dhnorm) pre="import attention_kernel; attention_kernel.DH_SCALE = 'norm'; " ;;
+    dhout) pre="import attention_kernel; attention_kernel.DH_SCALE = 'output'; " ;;
+    wconst) pre="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound; dev_weight_copies_bound.install(); " ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
     spc4) set="$set"', "--set=train.steps_per_call=4"' ;;
     base) ;;

@@ -12,8 +12,11 @@ with constants of the same shapes, dtypes and magnitudes (made once from random 
 init's scale, then embedded in the compiled step), so the step runs everything else as it is.
 The loss it trains is meaningless; only its time counts.
 
-  PRE_wconst="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound as b; b.install()" \
-    VARIANTS="base wconst" OUT=dir bash bench/dev_step_variants.sh
+Measured in the forty-fifth session (H100, bench/results/h100_session45/): -0.141 ms alone against
+the tree, as much as DH_SCALE='norm' (-0.139); on top of 'norm' only -0.025 ms (8.012 / 8.016 vs
+8.018 / 8.060), so AdamW writing the copies was not built.
+
+  VARIANTS="base wconst" OUT=dir bash bench/dev_step_variants.sh
 """
 import math
 
