@@ -69,16 +69,31 @@ def fwd_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.c
   V's rows sit V_ROW elements apart from offset V_OFF: H*D and 0 for a [B, T, H, D] array, 3*H*D
   and 2*H*D to read V in place from the packed [B, T, 3, H, D] projection.
   """
+  start_m, bh, base, offs_m = _fwd_program(T, H, D, BLOCK_M)
+  ROW: tl.constexpr = H * D
+  q = tl.load(Q + base + offs_m[:, None] * ROW + tl.arange(0, D)[None, :], mask=offs_m[:, None] < T, other=0.0)
+  _fwd_block(q, K, V, O, LSE, start_m, bh, base, offs_m, SM_SCALE, T, H, D, BLOCK_M, BLOCK_N, CAUSAL, V_ROW, V_OFF)
+
+
+@triton.jit
+def _fwd_program(T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr):
+  """(start_m, bh, base, offs_m) of this forward program: its first query, its b*H + h, the offset of
+  its head's first element in a [B, T, H, D] array, and its query positions."""
   # Causal query blocks near the end do the most work: launch them first for load balance.
   start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
   bh = tl.program_id(1)
+  base = (bh // H).to(tl.int64) * T * (H * D) + (bh % H) * D
+  return start_m, bh, base, start_m + tl.arange(0, BLOCK_M)
+
+
+@triton.jit
+def _fwd_block(q, K, V, O, LSE, start_m, bh, base, offs_m, SM_SCALE: tl.constexpr, T: tl.constexpr,
+               H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr, V_ROW: tl.constexpr, V_OFF: tl.constexpr):
+  """fwd_kernel's work once its query tile q [BLOCK_M, D] is in registers: O and LSE stored."""
   ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  offs_m = start_m + tl.arange(0, BLOCK_M)
   offs_n = tl.arange(0, BLOCK_N)
   offs_d = tl.arange(0, D)
-  q = tl.load(Q + base + offs_m[:, None] * ROW + offs_d[None, :], mask=offs_m[:, None] < T,
-              other=0.0)
   k_ptrs = K + base + offs_n[:, None] * ROW + offs_d[None, :]
   v_ptrs = V + (bh // H).to(tl.int64) * T * V_ROW + V_OFF + (bh % H) * D + offs_n[:, None] * V_ROW + offs_d[None, :]
   m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -413,10 +428,17 @@ def bwd_dq_rope_fp8_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, G, DELTA, DQKV, DQKV
 
 
 @triton.jit
+def _rotate(x, cos, sin, ROWS: tl.constexpr, COLS: tl.constexpr):
+  """RoPE on a [ROWS, COLS] tile of adjacent pairs: (x0 c - x1 s, x0 s + x1 c) in fp32, cos and sin
+  [ROWS, COLS / 2]. The one expression of the rotation, so every kernel that rotates rounds alike."""
+  x0, x1 = tl.split(tl.reshape(x.to(tl.float32), [ROWS, COLS // 2, 2]))
+  return tl.reshape(tl.join(x0 * cos - x1 * sin, x0 * sin + x1 * cos), [ROWS, COLS])
+
+
+@triton.jit
 def _rope_rows(SRC, DST, src_offs, dst_offs, mask, cos, sin, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-  """DST = RoPE(SRC) on a [ROWS, BLOCK] tile of adjacent pairs: (x0 c - x1 s, x0 s + x1 c), in fp32."""
-  x0, x1 = tl.split(tl.reshape(tl.load(SRC + src_offs, mask=mask, other=0.0).to(tl.float32), [ROWS, BLOCK // 2, 2]))
-  out = tl.reshape(tl.join(x0 * cos - x1 * sin, x0 * sin + x1 * cos), [ROWS, BLOCK])
+  """DST = RoPE(SRC) on a [ROWS, BLOCK] tile of adjacent pairs, in fp32, rounded once."""
+  out = _rotate(tl.load(SRC + src_offs, mask=mask, other=0.0), cos, sin, ROWS, BLOCK)
   tl.store(DST + dst_offs, out.to(DST.dtype.element_ty), mask=mask)
 
 
@@ -430,6 +452,24 @@ def rope_qk_kernel(QKV, COS, SIN, Q, K, N: tl.constexpr, T: tl.constexpr, H: tl.
   ran a concatenate fusion for each. A row's H*D features are one tile (BLOCK, a power of two);
   pairs never straddle a head, so pair j of the row takes the angle of pair j % (D/2) of its head.
   """
+  src, dst, mask, cos, sin = _rope_row_tile(COS, SIN, N, T, H, D, ROWS, BLOCK)
+  _rope_rows(QKV, Q, src, dst, mask, cos, sin, ROWS, BLOCK)
+  _rope_rows(QKV + H * D, K, src, dst, mask, cos, sin, ROWS, BLOCK)
+
+
+@triton.jit
+def rope_k_kernel(QKV, COS, SIN, K, N: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK: tl.constexpr):
+  """rope_qk_kernel's K alone, for attention_kernel.ROPE_Q_IN_FWD (fwd_rope_q_kernel rotates q)."""
+  src, dst, mask, cos, sin = _rope_row_tile(COS, SIN, N, T, H, D, ROWS, BLOCK)
+  _rope_rows(QKV + H * D, K, src, dst, mask, cos, sin, ROWS, BLOCK)
+
+
+@triton.jit
+def _rope_row_tile(COS, SIN, N: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                   ROWS: tl.constexpr, BLOCK: tl.constexpr):
+  """(source offsets in the packed [N, 3, H*D] rows, destination offsets in [N, H*D], mask, cos, sin)
+  of this program's ROWS tokens."""
   ROW: tl.constexpr = H * D
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   cols = tl.arange(0, BLOCK)
@@ -441,5 +481,31 @@ def rope_qk_kernel(QKV, COS, SIN, Q, K, N: tl.constexpr, T: tl.constexpr, H: tl.
   sin = tl.load(SIN + table, mask=pair_mask, other=0.0)
   src = rows[:, None].to(tl.int64) * (3 * ROW) + cols[None, :]
   dst = rows[:, None].to(tl.int64) * ROW + cols[None, :]
-  _rope_rows(QKV, Q, src, dst, mask, cos, sin, ROWS, BLOCK)
-  _rope_rows(QKV + ROW, K, src, dst, mask, cos, sin, ROWS, BLOCK)
+  return src, dst, mask, cos, sin
+
+
+@triton.jit
+def fwd_rope_q_kernel(QKV, K, COS, SIN, O, LSE, Q, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
+                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+  """fwd_kernel on the packed [B, T, 3, H, D] projection with q rotated here: this program's query
+  tile is read raw from QKV, rotated (rope_qk_kernel's arithmetic) and stored to Q [B, T, H, D] for
+  the backward, and V is read in place; K arrives rotated (rope_k_kernel). Every query row is in
+  exactly one program, so q's rotation costs one tile's loads and its store, and rope_k_kernel moves
+  half of rope_qk_kernel's bytes (attention_kernel.ROPE_Q_IN_FWD)."""
+  start_m, bh, base, offs_m = _fwd_program(T, H, D, BLOCK_M)
+  ROW: tl.constexpr = H * D
+  base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
+  offs_d = tl.arange(0, D)
+  rows = offs_m[:, None] < T
+  cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
+  q = _rotate(tl.load(QKV + base3 + offs_m[:, None] * (3 * ROW) + offs_d[None, :], mask=rows, other=0.0),
+              cos, sin, BLOCK_M, D).to(Q.dtype.element_ty)
+  q_ptrs = Q + base + offs_m[:, None] * ROW + offs_d[None, :]
+  tl.store(q_ptrs, q, mask=rows)
+  # Read back (from L2) after a barrier rather than kept: the rotation's registers then die before
+  # the key loop, 79 registers a thread instead of 84 (sm_90, 3 stages; fwd_kernel has 72). The
+  # barrier (bar.sync) makes every thread's stores visible to the whole program.
+  tl.debug_barrier()
+  q = tl.load(q_ptrs, mask=rows, other=0.0)
+  _fwd_block(q, K, QKV, O, LSE, start_m, bh, base, offs_m, SM_SCALE, T, H, D, BLOCK_M, BLOCK_N, CAUSAL,
+             3 * ROW, 2 * ROW)

@@ -58,6 +58,8 @@
 #   dhnorm - attention_kernel.DH_SCALE='norm' (that 2^-k applied by the norm kernel that made h, as it
 #           reads dh; forty-fourth session; the default since the forty-fifth); dhout - 'output', the
 #           multiply on the dot's output (the default before)
+#   ropeq - attention_kernel.ROPE_Q_IN_FWD=True (q rotated inside the attention forward, k alone by
+#           rope_k_kernel; forty-fifth session, built, untimed)
 #   wconst - a bound: the weights' e4m3 copies as constants made before the step
 #           (bench/dev_weight_copies_bound.py; forty-fifth session); its loss is meaningless
 #   noegrad - norm_kernel.EMBED_GRAD_IN_FIRST_NORM=False (the embedding's gradient by XLA's scatter, as
@@ -132,6 +134,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     dqkv8) set="$set"', "--set=model.attn_fp8_dqkv=True"' ;;
     dhop) pre="import attention_kernel; attention_kernel.DH_SCALE = 'operand'; " ;;
     dhnorm) pre="import attention_kernel; attention_kernel.DH_SCALE = 'norm'; " ;;
+    ropeq) pre="import attention_kernel; attention_kernel.ROPE_Q_IN_FWD = True; " ;;
     dhout) pre="import attention_kernel; attention_kernel.DH_SCALE = 'output'; " ;;
     wconst) pre="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound; dev_weight_copies_bound.install(); " ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;

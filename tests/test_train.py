@@ -537,6 +537,29 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   assert not too_big, too_big
 
 
+def test_q_rotated_in_the_forward_compiles_for_hopper(monkeypatch):
+  """attention_kernel.ROPE_Q_IN_FWD on the speedrun config: the step's forward asks for rope_k_kernel
+  and fwd_rope_q_kernel in place of rope_qk_kernel and fwd_kernel, and both compile for sm_90 within
+  an SM's shared memory (the backward kernels are the same as without it)."""
+  pytest.importorskip("triton")
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  import hopper_compile  # pylint: disable=import-outside-toplevel
+  config = tinystories_h100.get_config()
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
+  tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
+  names = {}
+  for on in (False, True):
+    compiler = hopper_compile.patch(monkeypatch)
+    monkeypatch.setattr(attention_kernel, "ROPE_Q_IN_FWD", on)
+    jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, tokens_N)
+    names[on] = {name for name, _ in compiler.compiled}
+    too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
+    assert not too_big, too_big
+  assert names[True] == (names[False] - {"rope_qk_kernel", "fwd_kernel"}) | {"rope_k_kernel", "fwd_rope_q_kernel"}, \
+      (sorted(names[True] - names[False]), sorted(names[False] - names[True]))
+
+
 def test_norm_kernels_taking_dh_scale_compile_for_hopper(monkeypatch):
   """attention_kernel.DH_SCALE='norm' on the speedrun config: the norm backward kernels that apply x
   Wqkv's 2^-k to h's gradient as a constant (DH_MUL) compile for sm_90, and the step asks for them
