@@ -177,8 +177,10 @@ ROPE_ROWS, ROPE_WARPS = 4, 8
 # forward kernel rotates its own query tile as it loads it from the projection and stores it for the
 # backward (fwd_rope_q_kernel; each query row is in one program), and rope_k_kernel rotates k alone,
 # half the pass's bytes. The same values either way (one rotation expression, rounded once); the
-# backward is unchanged. Off until timed (forty-fifth session: built, untimed).
-ROPE_Q_IN_FWD = False
+# backward is unchanged. On since the forty-fifth session: the kernels alone at the speedrun shape on
+# an H100 (bench/dev_attn_ab.py, medians of 3 and 2 interleaved rounds) took 308.5-309.6 vs 316.8-318.3
+# us a layer (RoPE 20.4 vs 42.5, the forward 87.4 vs 74.4); the training step itself was not timed.
+ROPE_Q_IN_FWD = True
 
 
 def _rotated(qkv_BT3HK, cos_TK, sin_TK, k_only=False):

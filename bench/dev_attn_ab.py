@@ -4,10 +4,10 @@ a kernel change is timed against the tree on the same machine and clock.
 
   python bench/dev_attn_ab.py --variants "tree unmasked=path/to/module.py" [--rounds=3] [--out=FILE]
   python bench/dev_attn_ab.py --variants "tree small:_FWD[32]=(32,32,4,3)"
-  python bench/dev_attn_ab.py --variants "tree ropeq:ROPE_Q_IN_FWD=True"   # q rotated in the forward
+  python bench/dev_attn_ab.py --variants "tree noropeq:ROPE_Q_IN_FWD=False"   # q rotated in the forward or not
 
 A variant is NAME=PATH (a copy of attention_kernel_triton.py with the change, loaded as a module of
-its own), NAME:STATEMENTS (Python run in attention_kernel's namespace before the variant is timed,
+its own; NAME=PATH@STATEMENTS runs the statements too), NAME:STATEMENTS (Python run in attention_kernel's namespace before the variant is timed,
 e.g. `HEADS_PER_PROGRAM=(2,1,1);_FWD[32]=(32,32,4,3)`, no spaces; the settings are put back after
 it) or `tree` (the product's). Each round times every variant once (device time from a
 profiler trace, 20 calls; bench/dev_memory_kernels.device_ms); the summary is each kernel's median
@@ -48,11 +48,14 @@ def main():
   jt, tree = attention_kernel._triton()  # pylint: disable=protected-access
   variants, statements = {}, {}
   for spec in args.variants.split():
-    if ":" in spec:
+    if ":" in spec and ("=" not in spec or spec.index(":") < spec.index("=")):
       name, _, statement = spec.partition(":")
       variants[name], statements[name] = tree, statement
       continue
     name, _, path = spec.partition("=")
+    path, _, statement = path.partition("@")   # NAME=PATH@STATEMENTS: both
+    if statement:
+      statements[name] = statement
     variants[name] = tree if name == "tree" else load(name, path)
   # What a statement may change, put back before each variant (HEADS_PER_PROGRAM only exists with
   # bench/results/h100_session40/two_heads_a_program.patch applied).

@@ -59,7 +59,7 @@
 #           reads dh; forty-fourth session; the default since the forty-fifth); dhout - 'output', the
 #           multiply on the dot's output (the default before)
 #   ropeq - attention_kernel.ROPE_Q_IN_FWD=True (q rotated inside the attention forward, k alone by
-#           rope_k_kernel; forty-fifth session, built, untimed)
+#           rope_k_kernel; forty-fifth session, the default since); noropeq - False (rope_qk_kernel, as before)
 #   wconst - a bound: the weights' e4m3 copies as constants made before the step
 #           (bench/dev_weight_copies_bound.py; forty-fifth session); its loss is meaningless
 #   noegrad - norm_kernel.EMBED_GRAD_IN_FIRST_NORM=False (the embedding's gradient by XLA's scatter, as
@@ -135,6 +135,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     dhop) pre="import attention_kernel; attention_kernel.DH_SCALE = 'operand'; " ;;
     dhnorm) pre="import attention_kernel; attention_kernel.DH_SCALE = 'norm'; " ;;
     ropeq) pre="import attention_kernel; attention_kernel.ROPE_Q_IN_FWD = True; " ;;
+    noropeq) pre="import attention_kernel; attention_kernel.ROPE_Q_IN_FWD = False; " ;;
     dhout) pre="import attention_kernel; attention_kernel.DH_SCALE = 'output'; " ;;
     wconst) pre="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound; dev_weight_copies_bound.install(); " ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;

@@ -511,7 +511,10 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # The FP8 MLP's backward takes every add+norm backward to the FP8 entry point (flags off or on).
   # With act x W2 in FP8, the MLP's gate runs in Triton and its output meets the stream row-scaled.
   # (and AdamW's update, train.adamw_backend='triton' in both configs)
-  expected = {"fwd_kernel", "rope_qk_kernel", "xent_fwd_kernel", "adamw_kernel"}
+  expected = {"xent_fwd_kernel", "adamw_kernel"}
+  # RoPE: q rotated inside the forward and k alone (attention_kernel.ROPE_Q_IN_FWD), or both in one pass.
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  expected |= ({"fwd_rope_q_kernel", "rope_k_kernel"} if attention_kernel.ROPE_Q_IN_FWD else {"fwd_kernel", "rope_qk_kernel"})
   # With attn_fp8_dqkv the attention's backward stores e5m2 dQKV for x Wqkv's FP8 backward dots, and
   # h8's token-last copy for the weight gradient is one transpose_fp8 pass.
   expected |= ({"bwd_dkdv_rope_fp8_kernel", "bwd_dq_rope_fp8_kernel", "transpose_fp8_kernel"} if attn_fp8
