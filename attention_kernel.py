@@ -173,7 +173,7 @@ def _flash_rope(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
 # Tokens per program of rope_qk_kernel and its warps: the best of 6 on the H200 (bench/dev_memory_kernels.py).
 ROPE_ROWS, ROPE_WARPS = 4, 8
 # Where q is rotated. False: rope_qk_kernel rotates q and k in one pass (67 MB read, 67 MB written a
-# layer at the speedrun shape, ~47 us on the H100), and the forward reads both rotated. True: the
+# layer at the speedrun shape, 43-47 us on the H100), and the forward reads both rotated. True: the
 # forward kernel rotates its own query tile as it loads it from the projection and stores it for the
 # backward (fwd_rope_q_kernel; each query row is in one program), and rope_k_kernel rotates k alone,
 # half the pass's bytes. The same values either way (one rotation expression, rounded once); the
