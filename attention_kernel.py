@@ -290,12 +290,13 @@ def flash_attention_rope(qkv_BT3HK, cos_TK, sin_TK, causal=True, sm_scale=None):
 DQKV_LOG2 = 15
 # Where dh's 2^-k goes. 'output': a multiply on the dot's output, which the H100 runs as a pass of
 # its own over dh (~26 us a layer, forty-third session: XLA's Triton GEMM fusion takes the multiply
-# in, and with cuBLASLt chosen it is left behind). 'operand': the e5m2 operand's dequantization
-# scale, which XLA's GEMM rewriter hands to cuBLASLt. 'norm': dh leaves the dot without it and the
+# in, and with cuBLASLt chosen it is left behind). 'norm': dh leaves the dot without it and the
 # norm kernel that made h multiplies it back as it reads dh (norm_kernel.backward's dh_mul), where
 # model.py's fused path owns that norm (the caller's dh_raw); elsewhere 'output'. 'norm' is the
 # default since the forty-fifth session: the B128 step 7.995 vs 8.134 ms on an H100 (two interleaved
-# rounds, faster in both; 'operand' 8.167, no gain), with the same loss and gradients (GPU test).
+# rounds, faster in both), with the same loss and gradients (GPU test). A third form, d8's
+# dequantization scale for cuBLASLt ('operand'), gained nothing in the forty-third and forty-fifth
+# sessions (8.167 ms in the same call) and was removed; commit 59950e7 has it.
 DH_SCALE = "norm"
 E5M2_MAX = 57344.0   # the largest finite e5m2 value (attention_kernel_triton.E5M2_MAX, the kernels' clip)
 
@@ -319,12 +320,6 @@ def _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_dtype, w_dtype, h8_DN=N
   inv = 2.0 ** -_dqkv_log2(d8_NE.shape[0])
   if dh_raw:
     dh_ND = fp8_mlp.dot8(d8_NE, w8_DE, 1)
-  elif DH_SCALE == "operand":
-    # 2^-k as d8's dequantization scale (convert, then multiply by a scalar): XLA's GEMM rewriter
-    # hands it to cuBLASLt as the A scale. Exact in bf16: a power of two, far from its subnormals.
-    d_NE = d8_NE.astype(jnp.bfloat16) * jnp.asarray(inv, jnp.bfloat16)
-    dh_ND = jax.lax.dot_general(d_NE, w8_DE.astype(jnp.bfloat16), (((1,), (1,)), ((), ())),
-                                preferred_element_type=jnp.bfloat16)
   else:
     dh_ND = fp8_mlp.dot8(d8_NE, w8_DE, 1) * inv
   h8_DN = h8_ND.T if h8_DN is None else h8_DN

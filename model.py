@@ -491,6 +491,9 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
   dh_mul = 1.0
   if _option(cfg, "attn_fp8_dqkv") and _option(cfg, "mlp_fp8"):
     import attention_kernel  # pylint: disable=import-outside-toplevel
+    if attention_kernel.DH_SCALE not in ("norm", "output"):
+      raise UserError(f"attention_kernel.DH_SCALE={attention_kernel.DH_SCALE!r} is unknown: use 'norm' (the "
+                      "default: the norm kernels apply dh's 2^-k) or 'output' (a multiply on the dot's output)")
     if attention_kernel.DH_SCALE == "norm":
       dh_mul = attention_kernel.dh_raw_mul(x_BTD.shape[0] * x_BTD.shape[1])
   if jnp.issubdtype(x_BTD.dtype, jnp.integer):

@@ -54,7 +54,8 @@
 #   dqkv8 - --set=model.attn_fp8_dqkv=True (x Wqkv's backward dots in FP8 on e5m2 dQKV stored by the
 #           attention's backward kernels, attention_kernel.flash_attention_qkv_fp8; forty-second session)
 #   dhop - attention_kernel.DH_SCALE='operand' (attn_fp8_dqkv's dh with its 2^-k as the e5m2
-#           operand's dequantization scale instead of a multiply on the dot's output; forty-third session)
+#           operand's dequantization scale; forty-third session; no gain, removed in the forty-fifth:
+#           run this script in a checkout of 59950e7)
 #   dhnorm - attention_kernel.DH_SCALE='norm' (that 2^-k applied by the norm kernel that made h, as it
 #           reads dh; forty-fourth session; the default since the forty-fifth); dhout - 'output', the
 #           multiply on the dot's output (the default before)

@@ -347,15 +347,14 @@ def test_qkv_fp8_stores_clip_instead_of_overflowing():
     assert b @ g / (np.linalg.norm(b) * np.linalg.norm(g)) > 0.5
 
 
-@pytest.mark.parametrize("where", ["output", "operand", "raw"])
+@pytest.mark.parametrize("where", ["output", "raw"])
 def test_qkv_fp8_grads_match_float64(monkeypatch, where):
   """x Wqkv's FP8 backward dots from e5m2 d8 (dh = d8 w8^T 2^-k, dw = h8^T d8 2^-k / (qh sw)), with
-  2^-k on the dot's output, as d8's dequantization scale (DH_SCALE='operand', the form that lets
-  cuBLASLt apply it), or left out of dh for the norm kernel to apply (dh_raw, DH_SCALE='norm'):
-  all are float64's products of the same FP8 values to bf16 / fp32 rounding."""
+  2^-k on the dot's output, or left out of dh for the norm kernel to apply (dh_raw, DH_SCALE='norm'):
+  both are float64's products of the same FP8 values to bf16 / fp32 rounding."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import attention_kernel  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(attention_kernel, "DH_SCALE", "operand" if where == "operand" else "output")
+  monkeypatch.setattr(attention_kernel, "DH_SCALE", "output")
   rng = np.random.default_rng(0)
   n, d, e, qh, sw = 256, 32, 96, 3.0, 0.25
   d8 = jnp.asarray(rng.normal(size=(n, e)) * 300).astype(jnp.float8_e5m2)

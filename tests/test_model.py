@@ -772,3 +772,16 @@ def test_bf16_residual_stream_rounds_after_every_add_and_nowhere_else():
   assert 1e-4 < float(jnp.max(jnp.abs(got - fp32))) < 0.1   # the rounding is there, and small
   with pytest.raises(UserError, match="residual_dtype"):
     model.forward(params, tok, make_cfg(residual_dtype="float16"))
+
+
+def test_unknown_dh_scale_names_the_choices(monkeypatch):
+  """attention_kernel.DH_SCALE is a module setting: a value it does not know (the removed 'operand')
+  is a UserError naming the two it has, not a silent fall back to one of them."""
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  cfg = model.default_model_config()
+  cfg.update(dict(mlp_fp8=True, attn_fp8=True, attn_fp8_dqkv=True, norm_backend="triton", d_model=64, n_heads=2,
+                  d_ff=160, vocab_size=64, n_layers=1))
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  monkeypatch.setattr(attention_kernel, "DH_SCALE", "operand")
+  with pytest.raises(UserError, match=r"DH_SCALE='operand' is unknown: use 'norm'.*'output'"):
+    model._hidden_fused_norms(params, jnp.zeros((1, 8, 64), jnp.bfloat16), None, cfg)  # pylint: disable=protected-access
