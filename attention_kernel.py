@@ -172,49 +172,24 @@ def _flash_rope(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
 
 # Tokens per program of rope_qk_kernel and its warps: the best of 6 on the H200 (bench/dev_memory_kernels.py).
 ROPE_ROWS, ROPE_WARPS = 4, 8
-# Where q is rotated. False: rope_qk_kernel rotates q and k in one pass (67 MB read, 67 MB written a
-# layer at the speedrun shape, 43-47 us on the H100), and the forward reads both rotated. True: the
-# forward kernel rotates its own query tile as it loads it from the projection and stores it for the
-# backward (fwd_rope_q_kernel; each query row is in one program), and rope_k_kernel rotates k alone,
-# half the pass's bytes. The same values either way (one rotation expression, rounded once); the
-# backward is unchanged. On since the forty-fifth session: the kernels alone at the speedrun shape on
-# an H100 (bench/dev_attn_ab.py, medians of 3 and 2 interleaved rounds) took 308.5-309.6 vs 316.8-318.3
-# us a layer (RoPE 20.4 vs 42.5, the forward 87.4 vs 74.4); the training step itself was not timed.
-ROPE_Q_IN_FWD = True
-
-
-def _rotated(qkv_BT3HK, cos_TK, sin_TK, k_only=False):
-  """RoPE(q), RoPE(k) from the packed projection in one kernel (model.apply_rope's values); with
-  k_only, RoPE(k) alone (a 1-tuple)."""
+def _rotated(qkv_BT3HK, cos_TK, sin_TK):
+  """RoPE(q), RoPE(k) from the packed projection in one kernel (model.apply_rope's values)."""
   jt, kern = _triton()
   b, t, _, h, d = qkv_BT3HK.shape
   like = jax.ShapeDtypeStruct((b, t, h, d), qkv_BT3HK.dtype)
-  return jt.triton_call(qkv_BT3HK, cos_TK, sin_TK, kernel=kern.rope_k_kernel if k_only else kern.rope_qk_kernel,
-                        out_shape=(like,) if k_only else (like, like), grid=(-(-b * t // ROPE_ROWS),),
-                        num_warps=ROPE_WARPS, num_stages=1,
+  return jt.triton_call(qkv_BT3HK, cos_TK, sin_TK, kernel=kern.rope_qk_kernel, out_shape=(like, like),
+                        grid=(-(-b * t // ROPE_ROWS),), num_warps=ROPE_WARPS, num_stages=1,
                         N=b * t, T=t, H=h, D=d, ROWS=ROPE_ROWS, BLOCK=1 << max(0, h * d - 1).bit_length())
 
 
-def _forward_rope_q(qkv_BT3HK, k_BTHK, cos_TK, sin_TK, causal, sm_scale, config):
-  """(O, LSE, RoPE(q)) from the packed projection, q rotated inside the forward (ROPE_Q_IN_FWD)."""
-  jt, kern = _triton()
-  b, t, h, d = k_BTHK.shape
-  bm, bn, warps, stages = config[0]
-  return jt.triton_call(
-      qkv_BT3HK, k_BTHK, cos_TK, sin_TK, kernel=kern.fwd_rope_q_kernel,
-      out_shape=(jax.ShapeDtypeStruct(k_BTHK.shape, k_BTHK.dtype), jax.ShapeDtypeStruct((b, h, t), jnp.float32),
-                 jax.ShapeDtypeStruct(k_BTHK.shape, k_BTHK.dtype)),
-      grid=(-(-t // bm), b * h), num_warps=warps, num_stages=stages,
-      SM_SCALE=sm_scale, T=t, H=h, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal)
-
-
+# q is rotated with k by rope_qk_kernel (67 MB read and 67 MB written a layer at the speedrun shape,
+# 43-47 us on the H100), not inside the forward kernel: the forty-fifth session's ROPE_Q_IN_FWD
+# (rope_k_kernel, then a forward that rotated and stored its own query tile) took 8 us a layer less
+# in the kernels alone but not in the step (7.974 vs 7.953 ms, 3 interleaved rounds on an H100;
+# forty-sixth session). bench/results/h100_session46/rope_q_in_fwd.patch puts it back.
 def _flash_rope_fwd(qkv_BT3HK, cos_TK, sin_TK, causal, sm_scale, config):
-  if ROPE_Q_IN_FWD:
-    k_BTHK, = _rotated(qkv_BT3HK, cos_TK, sin_TK, k_only=True)
-    o_BTHK, lse_BHT, q_BTHK = _forward_rope_q(qkv_BT3HK, k_BTHK, cos_TK, sin_TK, causal, sm_scale, config)
-  else:
-    q_BTHK, k_BTHK = _rotated(qkv_BT3HK, cos_TK, sin_TK)
-    o_BTHK, lse_BHT = _forward(q_BTHK, k_BTHK, qkv_BT3HK, causal, sm_scale, config, packed_v=True)
+  q_BTHK, k_BTHK = _rotated(qkv_BT3HK, cos_TK, sin_TK)
+  o_BTHK, lse_BHT = _forward(q_BTHK, k_BTHK, qkv_BT3HK, causal, sm_scale, config, packed_v=True)
   return o_BTHK, (qkv_BT3HK, q_BTHK, k_BTHK, cos_TK, sin_TK, o_BTHK, lse_BHT)
 
 

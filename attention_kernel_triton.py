@@ -458,14 +458,6 @@ def rope_qk_kernel(QKV, COS, SIN, Q, K, N: tl.constexpr, T: tl.constexpr, H: tl.
 
 
 @triton.jit
-def rope_k_kernel(QKV, COS, SIN, K, N: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
-                  ROWS: tl.constexpr, BLOCK: tl.constexpr):
-  """rope_qk_kernel's K alone, for attention_kernel.ROPE_Q_IN_FWD (fwd_rope_q_kernel rotates q)."""
-  src, dst, mask, cos, sin = _rope_row_tile(COS, SIN, N, T, H, D, ROWS, BLOCK)
-  _rope_rows(QKV + H * D, K, src, dst, mask, cos, sin, ROWS, BLOCK)
-
-
-@triton.jit
 def _rope_row_tile(COS, SIN, N: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
                    ROWS: tl.constexpr, BLOCK: tl.constexpr):
   """(source offsets in the packed [N, 3, H*D] rows, destination offsets in [N, H*D], mask, cos, sin)
@@ -482,31 +474,3 @@ def _rope_row_tile(COS, SIN, N: tl.constexpr, T: tl.constexpr, H: tl.constexpr, 
   src = rows[:, None].to(tl.int64) * (3 * ROW) + cols[None, :]
   dst = rows[:, None].to(tl.int64) * ROW + cols[None, :]
   return src, dst, mask, cos, sin
-
-
-@triton.jit
-def fwd_rope_q_kernel(QKV, K, COS, SIN, O, LSE, Q, SM_SCALE: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
-                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-  """fwd_kernel on the packed [B, T, 3, H, D] projection with q rotated here: this program's query
-  tile is read raw from QKV, rotated (rope_qk_kernel's arithmetic) and stored to Q [B, T, H, D] for
-  the backward, and V is read in place; K arrives rotated (rope_k_kernel). Every query row is in
-  exactly one program, so q's rotation costs one tile's loads and its store, and rope_k_kernel moves
-  half of rope_qk_kernel's bytes (attention_kernel.ROPE_Q_IN_FWD)."""
-  start_m, bh, base, offs_m = _fwd_program(T, H, D, BLOCK_M)
-  ROW: tl.constexpr = H * D
-  base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
-  offs_d = tl.arange(0, D)
-  rows = offs_m[:, None] < T
-  cos, sin = _rope_tile(COS, SIN, offs_m, T, D)
-  q = _rotate(tl.load(QKV + base3 + offs_m[:, None] * (3 * ROW) + offs_d[None, :], mask=rows, other=0.0),
-              cos, sin, BLOCK_M, D).to(Q.dtype.element_ty)
-  q_ptrs = Q + base + offs_m[:, None] * ROW + offs_d[None, :]
-  tl.store(q_ptrs, q, mask=rows)
-  # Read back (from L2) after a barrier rather than kept: the rotation's registers then die before
-  # the key loop, 79 registers a thread instead of 84 (sm_90, 3 stages; fwd_kernel has 72): 87.4 vs
-  # 91.3 us at the speedrun shape on an H100. The barrier (bar.sync) makes every thread's stores
-  # visible to the whole program.
-  tl.debug_barrier()
-  q = tl.load(q_ptrs, mask=rows, other=0.0)
-  _fwd_block(q, K, QKV, O, LSE, start_m, bh, base, offs_m, SM_SCALE, T, H, D, BLOCK_M, BLOCK_N, CAUSAL,
-             3 * ROW, 2 * ROW)

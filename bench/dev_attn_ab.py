@@ -4,7 +4,6 @@ a kernel change is timed against the tree on the same machine and clock.
 
   python bench/dev_attn_ab.py --variants "tree unmasked=path/to/module.py" [--rounds=3] [--out=FILE]
   python bench/dev_attn_ab.py --variants "tree small:_FWD[32]=(32,32,4,3)"
-  python bench/dev_attn_ab.py --variants "tree noropeq:ROPE_Q_IN_FWD=False"   # q rotated in the forward or not
 
 A variant is NAME=PATH (a copy of attention_kernel_triton.py with the change, loaded as a module of
 its own; NAME=PATH@STATEMENTS runs the statements too), NAME:STATEMENTS (Python run in attention_kernel's namespace before the variant is timed,
@@ -59,7 +58,7 @@ def main():
     variants[name] = tree if name == "tree" else load(name, path)
   # What a statement may change, put back before each variant (HEADS_PER_PROGRAM only exists with
   # bench/results/h100_session40/two_heads_a_program.patch applied).
-  settings = [k for k in ("HEADS_PER_PROGRAM", "_FWD", "_DKDV", "_DQ", "ROPE_Q_IN_FWD") if hasattr(attention_kernel, k)]
+  settings = [k for k in ("HEADS_PER_PROGRAM", "_FWD", "_DKDV", "_DQ") if hasattr(attention_kernel, k)]
   saved = {k: copy.deepcopy(getattr(attention_kernel, k)) for k in settings}
   qkv, do = dmk.rand(0, (dmk.B, dmk.T, 3, dmk.H, dmk.K)), dmk.rand(1, (dmk.B, dmk.T, dmk.H, dmk.K))
   cos, sin = (x.astype("float32") for x in model.rope_tables(dmk.T, dmk.K, 10_000.0))

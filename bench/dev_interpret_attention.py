@@ -106,16 +106,6 @@ def run_rope(b, t, h, d, causal, dtype, cfg):
   lse = torch.empty((b, h, t), dtype=torch.float32)
   K.fwd_kernel[(-(-t // bm), b * h)](tq, tk, qkv, o, lse, SM_SCALE=scale, BLOCK_M=bm, BLOCK_N=bn,
                                     CAUSAL=causal, V_ROW=3 * h * d, V_OFF=2 * h * d, **common)
-  # attention_kernel.ROPE_Q_IN_FWD: k rotated alone, q inside the forward (stored for the backward);
-  # the same rotation expression, so the same bits as the two kernels above, outputs included.
-  tk2, tq2, o2 = (torch.full((b, t, h, d), float("nan"), dtype=dtype) for _ in range(3))
-  lse2 = torch.full((b, h, t), float("nan"), dtype=torch.float32)
-  K.rope_k_kernel[(-(-b * t // rows),)](qkv, tcos, tsin, tk2, N=b * t, T=t, H=h, D=d, ROWS=rows,
-                                        BLOCK=1 << max(0, h * d - 1).bit_length())
-  K.fwd_rope_q_kernel[(-(-t // bm), b * h)](qkv, tk2, tcos, tsin, o2, lse2, tq2, SM_SCALE=scale, BLOCK_M=bm,
-                                           BLOCK_N=bn, CAUSAL=causal, **common)
-  for name, got, want in (("k", tk2, tk), ("q", tq2, tq), ("o", o2, o), ("lse", lse2, lse)):
-    assert torch.equal(got, want), f"ROPE_Q_IN_FWD's {name} differs from rope_qk_kernel + fwd_kernel's"
   delta = torch.full((b, h, t), float("nan"), dtype=torch.float32)
   dqkv = torch.full_like(qkv, float("nan"))   # every element must be written
   K.bwd_dq_rope_kernel[(-(-t // bm2), b * h)](tq, tk, qkv, o, tdo, lse, tcos, tsin, delta, dqkv, SM_SCALE=scale,

@@ -138,36 +138,6 @@ def test_packed_rope_entry_matches_rope_then_float32_reference(b, h, t, d, causa
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("b,h,t,d,causal", ROPE_SHAPES)
-def test_q_rotated_in_the_forward_gives_the_same_bits(monkeypatch, b, h, t, d, causal):
-  """attention_kernel.ROPE_Q_IN_FWD (rope_k_kernel, then fwd_rope_q_kernel rotating its own query
-  tile) against rope_qk_kernel + fwd_kernel: one rotation expression, rounded once, so O, dQKV and
-  the saved rotated q and k are the same bits, ragged T and small heads included."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import attention_kernel  # pylint: disable=import-outside-toplevel
-  import model  # pylint: disable=import-outside-toplevel
-  k1, k2 = jax.random.split(jax.random.PRNGKey(t + d + 1), 2)
-  qkv = jax.random.normal(k1, (b, t, 3, h, d), jnp.float32).astype(jnp.bfloat16)
-  do = jax.random.normal(k2, (b, t, h, d), jnp.float32).astype(jnp.bfloat16)
-  cos, sin = model.rope_tables(t, d, 10_000.0)
-  sm = 1.0 / np.sqrt(d)
-
-  def run(qkv, do):
-    fwd = attention_kernel._flash_rope_fwd(qkv, cos, sin, causal, sm, attention_kernel.block_config(t, d))  # pylint: disable=protected-access
-    o, vjp = jax.vjp(lambda x: attention_kernel.flash_attention_rope(x, cos, sin, causal=causal), qkv)
-    return o, vjp(do)[0], fwd[1][1], fwd[1][2]   # (and the residuals' rotated q, k)
-
-  monkeypatch.setattr(attention_kernel, "ROPE_Q_IN_FWD", False)
-  want = jax.jit(run)(qkv, do)
-  monkeypatch.setattr(attention_kernel, "ROPE_Q_IN_FWD", True)
-  got = jax.jit(run)(qkv, do)
-  for name, g, w in zip(("o", "dqkv", "rope q", "rope k"), got, want):
-    assert np.all(np.isfinite(np.asarray(g, np.float32))), name
-    assert np.array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32)), name
-
-
-@pytest.mark.gpu
 def test_causal_output_ignores_future_keys():
   """Changing keys/values after position t must not change the output at positions <= t."""
   import jax  # pylint: disable=import-outside-toplevel

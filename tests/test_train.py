@@ -512,9 +512,8 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   # With act x W2 in FP8, the MLP's gate runs in Triton and its output meets the stream row-scaled.
   # (and AdamW's update, train.adamw_backend='triton' in both configs)
   expected = {"xent_fwd_kernel", "adamw_kernel"}
-  # RoPE: q rotated inside the forward and k alone (attention_kernel.ROPE_Q_IN_FWD), or both in one pass.
-  import attention_kernel  # pylint: disable=import-outside-toplevel
-  expected |= ({"fwd_rope_q_kernel", "rope_k_kernel"} if attention_kernel.ROPE_Q_IN_FWD else {"fwd_kernel", "rope_qk_kernel"})
+  # RoPE: q and k rotated in one pass before the forward.
+  expected |= {"fwd_kernel", "rope_qk_kernel"}
   # With attn_fp8_dqkv the attention's backward stores e5m2 dQKV for x Wqkv's FP8 backward dots, and
   # h8's token-last copy for the weight gradient is one transpose_fp8 pass.
   expected |= ({"bwd_dkdv_rope_fp8_kernel", "bwd_dq_rope_fp8_kernel", "transpose_fp8_kernel"} if attn_fp8
@@ -538,29 +537,6 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   assert names == expected, (sorted(expected - names), sorted(names - expected))
   too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
   assert not too_big, too_big
-
-
-def test_q_rotated_in_the_forward_compiles_for_hopper(monkeypatch):
-  """attention_kernel.ROPE_Q_IN_FWD on the speedrun config: the step's forward asks for rope_k_kernel
-  and fwd_rope_q_kernel in place of rope_qk_kernel and fwd_kernel, and both compile for sm_90 within
-  an SM's shared memory (the backward kernels are the same as without it)."""
-  pytest.importorskip("triton")
-  import attention_kernel  # pylint: disable=import-outside-toplevel
-  import hopper_compile  # pylint: disable=import-outside-toplevel
-  config = tinystories_h100.get_config()
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
-  tokens_N = jax.ShapeDtypeStruct((1_000_000,), np.uint16)
-  names = {}
-  for on in (False, True):
-    compiler = hopper_compile.patch(monkeypatch)
-    monkeypatch.setattr(attention_kernel, "ROPE_Q_IN_FWD", on)
-    jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, tokens_N)
-    names[on] = {name for name, _ in compiler.compiled}
-    too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
-    assert not too_big, too_big
-  assert names[True] == (names[False] - {"rope_qk_kernel", "fwd_kernel"}) | {"rope_k_kernel", "fwd_rope_q_kernel"}, \
-      (sorted(names[True] - names[False]), sorted(names[False] - names[True]))
 
 
 def test_norm_kernels_taking_dh_scale_compile_for_hopper(monkeypatch):
