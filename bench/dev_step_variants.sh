@@ -60,7 +60,8 @@
 #           reads dh; forty-fourth session; the default since the forty-fifth); dhout - 'output', the
 #           multiply on the dot's output (the default before)
 #   ropeq - attention_kernel.ROPE_Q_IN_FWD=True (q rotated inside the attention forward, k alone by
-#           rope_k_kernel; forty-fifth session, the default since); noropeq - False (rope_qk_kernel, as before)
+#           rope_k_kernel; forty-fifth session; no gain in the step, removed in the forty-sixth:
+#           `git apply bench/results/h100_session46/rope_q_in_fwd.patch` first); noropeq - False
 #   wconst - a bound: the weights' e4m3 copies as constants made before the step
 #           (bench/dev_weight_copies_bound.py; forty-fifth session); its loss is meaningless
 #   noegrad - norm_kernel.EMBED_GRAD_IN_FIRST_NORM=False (the embedding's gradient by XLA's scatter, as
@@ -81,6 +82,9 @@
 #   spc2, spc4 - --set=train.steps_per_call=2 or 4 (that many steps unrolled in one compiled call;
 #           --steps counts calls, ms_per_step is per training step; tried in the thirty-first
 #           session for no gain: `git apply bench/results/h100_session31/steps_per_call.patch` first)
+#   mb2   - --set=train.microbatches=2 (the batch as two sequential halves, lax.scan; a control for mb2u)
+#   mb2u  - the same with the scan unrolled, so the halves are two independent chains in one graph
+#           that the concurrent command buffer may overlap (two-batch overlap; forty-sixth session)
 #   NAME  - any other name: the Python statements in the environment variable PRE_NAME run before
 #           bench_train.py, e.g. PRE_dq64="import attention_kernel as a; a._DQ[32] = (64, 64, 4, 3)"
 #   lane  - xent_kernel.LANE_STATS=True (the loss kernel's per-lane statistics; only in the tree of
@@ -139,6 +143,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     noropeq) pre="import attention_kernel; attention_kernel.ROPE_Q_IN_FWD = False; " ;;
     dhout) pre="import attention_kernel; attention_kernel.DH_SCALE = 'output'; " ;;
     wconst) pre="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound; dev_weight_copies_bound.install(); " ;;
+    mb2) set="$set"', "--set=train.microbatches=2"' ;;
+    mb2u) pre="import functools, jax; jax.lax.scan = functools.partial(jax.lax.scan, unroll=True); "; set="$set"', "--set=train.microbatches=2"' ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
     spc4) set="$set"', "--set=train.steps_per_call=4"' ;;
     base) ;;
