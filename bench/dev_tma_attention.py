@@ -21,7 +21,7 @@ specialization adds warps (the 4 asked become 12). `enable()` patches jax-triton
 
   python bench/dev_tma_attention.py --compile_only           # CPU: compile for sm_90, print warps, shared, scratch
   TRITON_INTERPRET=1 python bench/dev_tma_attention.py --interpret   # CPU with torch: the kernels' values
-  PYTHONPATH=DIR_WITH_JAX_TRITON python bench/dev_tma_attention.py --check_patch   # CPU: the patches
+  PYTHONPATH=DIR_WITH_JAX_TRITON python bench/dev_tma_attention.py --check_patch   # CPU only: the patches, to the lowering
   python bench/dev_tma_attention.py --rounds=3 --out=FILE    # GPU: check against the tree's kernels, then time them
 
 On a GPU it first checks each variant's outputs (O and LSE; dQ, dK and dV) against the tree's
@@ -230,6 +230,7 @@ def compile_sm90(part, variant, b, t, h, d, capability=90):
 # ----------------------------------------------------------------------------- jax-triton patches
 
 _METADATA = {}   # kernel name -> Triton's metadata from the patched PTX compile
+_LOWER_AS = None   # check_patch lowers on a CPU as if for "cuda"
 # Triton 3.6's warp-specialization pass fails at random on some kernels (dq_tma_kernel: about half of
 # the compiles of the same TTIR, on a CPU, in one process or across), so a failed compile is retried.
 ATTEMPTS = 8
@@ -283,7 +284,7 @@ def enable():
 
   def get_or_create(backend_init_func, platform, fn, arg_dtypes, scalar_args, **kwargs):
     declared = sum(not p.is_constexpr for p in fn.params)
-    made, attrs = original(backend_init_func, platform, fn, arg_dtypes[:declared], scalar_args, **kwargs)
+    made, attrs = original(backend_init_func, _LOWER_AS or platform, fn, arg_dtypes[:declared], scalar_args, **kwargs)
     attrs = dict(attrs)
     for i in range(declared, len(arg_dtypes)):   # the scratch buffer: 16-byte aligned like every array
       attrs[(i,)] = [["tt.divisibility", 16]]
@@ -386,20 +387,56 @@ def interpret():
 
 
 def check_patch():
-  """enable()'s patches on a CPU: jax-triton's own compile path (a stand-in for jaxlib's GPU library
-  records the kernel objects it is asked for) must build each variant from the declared arguments
-  alone, give the extra array an attribute, and ask for the warps Triton compiled."""
+  """enable()'s patches on a CPU (a stand-in for jaxlib's GPU library records what it is asked for):
+  jax-triton's own compile path must build each variant from the declared arguments alone, give the
+  extra array an attribute and ask for the warps Triton compiled; and jax.jit's lowering, through
+  jax-triton's lowering rule registered for the CPU, must hand jaxlib the scratch as the last array."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   import jax._src.lib as jaxlib_lib  # pylint: disable=import-outside-toplevel
-  made = []
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jax.interpreters import mlir  # pylint: disable=import-outside-toplevel
+  made, launches = [], []
+
+  class Launch:  # jaxlib's TritonKernelCall: the parameters jaxlib would pass, in order
+    def __init__(self, kernel, *grid_and_params):
+      self.kernel, self.grid, self.params = kernel, grid_and_params[:3], grid_and_params[3]
+      launches.append(self)
+
+    def to_proto(self, name, metadata):  # pylint: disable=unused-argument
+      return b"stand-in"
+
   stand_in = types.SimpleNamespace(
       TritonKernel=lambda *a: made.append(a) or a, get_compute_capability=lambda device: 90,
-      create_array_parameter=lambda *a: a, create_scalar_parameter=lambda *a: a, get_arch_details=lambda d: "",
-      TritonKernelCall=lambda *a: a, TritonAutotunedKernelCall=lambda *a: a, get_serialized_metadata=lambda x: x)
-  if not hasattr(getattr(jaxlib_lib, "gpu_triton", None), "get_compute_capability"):   # a CPU jaxlib
-    jaxlib_lib.gpu_triton = stand_in
-    sys.modules["jax._src.lib.gpu_triton"] = stand_in
+      create_array_parameter=lambda *a: ("array",) + a, create_scalar_parameter=lambda *a: ("scalar",) + a,
+      get_arch_details=lambda d: "", TritonKernelCall=Launch, TritonAutotunedKernelCall=None,
+      get_serialized_metadata=lambda x: x)
+  assert not hasattr(getattr(jaxlib_lib, "gpu_triton", None), "get_compute_capability"), "a CPU check"
+  jaxlib_lib.gpu_triton = stand_in
+  sys.modules["jax._src.lib.gpu_triton"] = stand_in
   from jax_triton import triton_lib  # pylint: disable=import-outside-toplevel
   enable()
+  global _LOWER_AS  # pylint: disable=global-statement
+  _LOWER_AS = "cuda"
+  mlir.register_lowering(triton_lib.triton_kernel_call_p, functools.partial(
+      triton_lib.triton_kernel_call_lowering, triton_lib.get_cuda_backend), platform="cpu")
+  # The whole lowering, as jit runs it for a GPU: the custom call's results carry the scratch buffer,
+  # and jaxlib would get one array parameter more than each kernel declares, the scratch last.
+  b, t, h, d = 128, 256, 16, 32
+  x = jax.ShapeDtypeStruct((b, t, h, d), jnp.bfloat16)
+  lse = jax.ShapeDtypeStruct((b, h, t), jnp.float32)
+  text = jax.jit(lambda q, k, qkv: forward("tma_ws", q, k, qkv)).lower(
+      x, x, jax.ShapeDtypeStruct((b, t, 3, h, d), jnp.bfloat16)).as_text()
+  text += jax.jit(lambda *a: backward("tma_ws", *a)).lower(x, x, x, x, lse, x).as_text()
+  for launch, (part, declared) in zip(launches[-3:], (("fwd", 5), ("dq", 8), ("dkdv", 8))):
+    kinds = [p[0] for p in launch.params]
+    bm, bn = VARIANTS[part]["tma_ws"][:2]
+    programs = (t // (bn if part == "dkdv" else bm)) * b * h
+    scratch = programs * compile_sm90(part, "tma_ws", b, t, h, d).metadata.global_scratch_size
+    print(f"{part:4s} tma_ws lowered: {len(kinds)} array parameters ({declared} declared + the scratch), "
+          f"{launch.kernel[1]} warps, grid {launch.grid}, a {scratch}-byte scratch output")
+    assert kinds == ["array"] * (declared + 1), kinds
+    assert launch.kernel[1] == 12 and f"tensor<{scratch}xui8>" in text, (launch.kernel, scratch)
   for part, (kernel, dtypes) in KERNELS.items():
     for name, (_, _, warps, stages, _) in VARIANTS[part].items():
       _, attrs = triton_lib.get_or_create_triton_kernel(
