@@ -306,6 +306,8 @@ def scratch_call(part, variant, args, outs, grid):
   _, _, warps, stages, _ = VARIANTS[part][variant]
   meta = compile_sm90(part, variant, b, t, h, d).metadata
   per_program = -(-meta.global_scratch_size // meta.global_scratch_align) * meta.global_scratch_align
+  # Assumed, not checked here: XLA's buffers start on 128-byte boundaries at least (Triton's
+  # global_scratch_align); a misaligned one would fault, which the GPU check records.
   scratch = jax.ShapeDtypeStruct((max(1, grid[0] * grid[1] * per_program),), jnp.uint8)
   got = jt.triton_call(*args, kernel=KERNELS[part][0], out_shape=(*outs, scratch), grid=grid, num_warps=warps,
                        num_stages=stages, **_consts(part, variant, b, t, h, d))
