@@ -82,6 +82,9 @@
 #   spc2, spc4 - --set=train.steps_per_call=2 or 4 (that many steps unrolled in one compiled call;
 #           --steps counts calls, ms_per_step is per training step; tried in the thirty-first
 #           session for no gain: `git apply bench/results/h100_session31/steps_per_call.patch` first)
+#   tmaws - the attention's forward and FP8 backward on TMA descriptors with Triton's warp specialization
+#           (bench/dev_tma_attention.py install_step('tma_ws'): jax-triton patched for a global scratch
+#           buffer; forty-sixth session, untimed); tma - the same kernels without warp specialization
 #   mb2   - --set=train.microbatches=2 (the batch as two sequential halves, lax.scan; a control for mb2u)
 #   mb2u  - the same with the scan unrolled, so the halves are two independent chains in one graph
 #           that the concurrent command buffer may overlap (two-batch overlap; forty-sixth session)
@@ -143,6 +146,8 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     noropeq) pre="import attention_kernel; attention_kernel.ROPE_Q_IN_FWD = False; " ;;
     dhout) pre="import attention_kernel; attention_kernel.DH_SCALE = 'output'; " ;;
     wconst) pre="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound; dev_weight_copies_bound.install(); " ;;
+    tmaws) pre="import sys; sys.path.insert(0, 'bench'); import dev_tma_attention; dev_tma_attention.install_step('tma_ws'); " ;;
+    tma) pre="import sys; sys.path.insert(0, 'bench'); import dev_tma_attention; dev_tma_attention.install_step('tma'); " ;;
     mb2) set="$set"', "--set=train.microbatches=2"' ;;
     mb2u) pre="import functools, jax; jax.lax.scan = functools.partial(jax.lax.scan, unroll=True); "; set="$set"', "--set=train.microbatches=2"' ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
