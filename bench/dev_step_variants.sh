@@ -146,8 +146,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     noropeq) pre="import attention_kernel; attention_kernel.ROPE_Q_IN_FWD = False; " ;;
     dhout) pre="import attention_kernel; attention_kernel.DH_SCALE = 'output'; " ;;
     wconst) pre="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound; dev_weight_copies_bound.install(); " ;;
-    tmaws) pre="import sys; sys.path.insert(0, 'bench'); import dev_tma_attention; dev_tma_attention.install_step('tma_ws'); " ;;
-    tma) pre="import sys; sys.path.insert(0, 'bench'); import dev_tma_attention; dev_tma_attention.install_step('tma'); " ;;
+    tma|tmaws) pre="import sys; sys.path.insert(0, 'bench'); import dev_tma_attention; dev_tma_attention.install_step('${1/ws/_ws}'); " ;;
     mb2) set="$set"', "--set=train.microbatches=2"' ;;
     mb2u) pre="import functools, jax; jax.lax.scan = functools.partial(jax.lax.scan, unroll=True); "; set="$set"', "--set=train.microbatches=2"' ;;
     spc2) set="$set"', "--set=train.steps_per_call=2"' ;;
