@@ -514,15 +514,12 @@ def interpret():
     assert all(same), name
 
 
-def check_patch():
-  """enable()'s patches on a CPU (a stand-in for jaxlib's GPU library records what it is asked for):
-  jax-triton's own compile path must build each variant from the declared arguments alone, give the
-  extra array an attribute and ask for the warps Triton compiled; and jax.jit's lowering, through
-  jax-triton's lowering rule registered for the CPU, must hand jaxlib the scratch as the last array."""
+def cpu_stand_in():
+  """On a CPU: a stand-in for jaxlib's GPU Triton library that records the kernel objects made and
+  the launches asked for, jax-triton's lowering registered for the CPU as for "cuda", and enable()'s
+  patches on. Returns the two lists (made, launches) it fills."""
   import functools  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
   import jax._src.lib as jaxlib_lib  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from jax.interpreters import mlir  # pylint: disable=import-outside-toplevel
   made, launches = [], []
 
@@ -548,6 +545,18 @@ def check_patch():
   _LOWER_AS = "cuda"
   mlir.register_lowering(triton_lib.triton_kernel_call_p, functools.partial(
       triton_lib.triton_kernel_call_lowering, triton_lib.get_cuda_backend), platform="cpu")
+  return made, launches
+
+
+def check_patch():
+  """enable()'s patches on a CPU (a stand-in for jaxlib's GPU library records what it is asked for):
+  jax-triton's own compile path must build each variant from the declared arguments alone, give the
+  extra array an attribute and ask for the warps Triton compiled; and jax.jit's lowering, through
+  jax-triton's lowering rule registered for the CPU, must hand jaxlib the scratch as the last array."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  made, launches = cpu_stand_in()
+  from jax_triton import triton_lib  # pylint: disable=import-outside-toplevel
   # The whole lowering, as jit runs it for a GPU: the custom call's results carry the scratch buffer,
   # and jaxlib would get one array parameter more than each kernel declares, the scratch last.
   b, t, h, d = 128, 256, 16, 32
