@@ -11,7 +11,7 @@ descriptors (a 128-byte write and two proxy fences) in every one of those short 
 - `tma`: the forward with TMA descriptors made once a program, not once a tile (jax-triton
   patched for the global scratch as in bench/dev_tma_attention.py); with `_ws` the key loop warp-
   specialized.
-P is a multiple of the 132 SMs; the name's number is programs per SM (ptr4 = 528 programs).
+P is a multiple of the 132 SMs (PTR and TMA below give programs an SM per variant).
 
   python bench/dev_persistent_attention.py --compile_only      # CPU: registers, shared, occupancy
   TRITON_INTERPRET=1 python bench/dev_persistent_attention.py --interpret   # CPU with torch: the values
@@ -22,9 +22,7 @@ Outputs are checked against the tree's kernels on the same inputs (the ptr kerne
 per tile, so the same bits), then timed interleaved (device time from a profiler trace). A variant
 that fails to compile, run or match is recorded, not raised. Nothing here is in the product.
 """
-import argparse
 import os
-import statistics
 import sys
 
 import triton
@@ -145,33 +143,10 @@ def fwd_persist_tma_kernel(Q, K, QKV, O, LSE, SM_SCALE: tl.constexpr, B: tl.cons
   k_desc = tma._tiles(K, B, T, H, D, BLOCK_N, ROW)  # pylint: disable=protected-access
   v_desc = tma._tiles(QKV + 2 * ROW, B, T, H, D, BLOCK_N, 3 * ROW)  # pylint: disable=protected-access
   o_desc = tma._tiles(O, B, T, H, D, BLOCK_M, ROW)  # pylint: disable=protected-access
-  qk_scale = SM_SCALE * 1.4426950408889634
-  offs_n = tl.arange(0, BLOCK_N)
   for tile in tl.range(tl.program_id(0), NB * B * H, tl.num_programs(0), num_stages=1):
     block, bh = _tile(tile, NB, B * H, True, False)
-    start_m = block * BLOCK_M
-    row0 = (bh // H) * T
-    col = (bh % H) * D
-    q = q_desc.load([row0 + start_m, col])
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    for start_n in tl.range(0, start_m + BLOCK_M, BLOCK_N, warp_specialize=WS):
-      k = k_desc.load([row0 + start_n, col])
-      qk = tl.dot(q, tl.trans(k))
-      qk = tl.where(offs_m[:, None] >= (start_n + offs_n)[None, :], qk, -1.0e6)
-      m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-      p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-      alpha = tl.math.exp2(m_i - m_new)
-      l_i = l_i * alpha + tl.sum(p, 1)
-      acc = acc * alpha[:, None]
-      v = v_desc.load([row0 + start_n, col])
-      acc = tl.dot(p.to(v.dtype), v, acc)
-      m_i = m_new
-    acc = acc / l_i[:, None]
-    tl.store(LSE + bh * T + offs_m, m_i + tl.math.log2(l_i))
-    o_desc.store([row0 + start_m, col], acc.to(O.dtype.element_ty))
+    tma._fwd_tma_tile(q_desc, k_desc, v_desc, o_desc, LSE, bh, (bh // H) * T, (bh % H) * D, block * BLOCK_M, SM_SCALE,  # pylint: disable=protected-access
+                      T, D, BLOCK_M, BLOCK_N, WS)
 
 
 # The TMA kernel goes through dev_tma_attention's compile and scratch machinery under the part "pfwd".
@@ -247,7 +222,6 @@ def forward(name, q_BTHK, k_BTHK, qkv_BT3HK):
   """(O, LSE) of the causal forward with V in the packed projection, by the persistent variant name."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import jax_triton as jt  # pylint: disable=import-outside-toplevel
   b, t, h, d = q_BTHK.shape
   outs = (jax.ShapeDtypeStruct(q_BTHK.shape, q_BTHK.dtype), jax.ShapeDtypeStruct((b, h, t), jnp.float32))
   if name in TMA:
@@ -278,24 +252,11 @@ def dqkv8(name, res, do_BTHK, g, sm_scale):
   return d8.reshape(b * t, -1), d8t
 
 
-def install_step(name="ptr4"):
+def install_step(name="ptrhc"):
   """The speedrun step with the persistent ptr kernels (for bench/dev_step_variants.sh): the packed
-  forward and the FP8 backward; anything else stays on the tree's."""
-  import attention_kernel  # pylint: disable=import-outside-toplevel
+  forward and the FP8 backward (dev_tma_attention.install); anything else stays on the tree's."""
   enable_maxnreg()
-  forward_tree, dqkv8_tree = attention_kernel._forward, attention_kernel._dqkv8  # pylint: disable=protected-access
-
-  def forward_p(q, k, v, causal, sm_scale, config, packed_v=False):
-    t, d = q.shape[1], q.shape[3]
-    if not (packed_v and causal and t % 128 == 0 and abs(sm_scale - d ** -0.5) < 1e-12):
-      return forward_tree(q, k, v, causal, sm_scale, config, packed_v)
-    return forward(name, q, k, v)
-
-  def dqkv8_p(res, do, g, sm_scale, kernels):
-    return dqkv8(name, res, do, g, sm_scale) if kernels else dqkv8_tree(res, do, g, sm_scale, kernels)
-
-  attention_kernel._forward = forward_p  # pylint: disable=protected-access
-  attention_kernel._dqkv8 = dqkv8_p  # pylint: disable=protected-access
+  tma.install(lambda q, k, qkv: forward(name, q, k, qkv), lambda *a: dqkv8(name, *a))
 
 
 def _compile(kernel, dtypes, consts, warps, stages, maxnreg=None):
@@ -309,30 +270,19 @@ def _compile(kernel, dtypes, consts, warps, stages, maxnreg=None):
 
 
 def _registers(cubin):
-  """Registers a thread of a cubin's kernel, from cuobjdump's resource usage (no GPU needed)."""
+  """(registers a thread, stack bytes) of a cubin's kernel, from cuobjdump's resource usage."""
   import re  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import tempfile  # pylint: disable=import-outside-toplevel
-  tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-  with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-    f.write(cubin)
-    f.flush()
-    text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+  import dev_sass_mix  # pylint: disable=import-outside-toplevel
+  text = dev_sass_mix.cuobjdump(cubin, "-res-usage")
   return int(re.search(r"REG:(\d+)", text).group(1)), int(re.search(r"STACK:(\d+)", text).group(1))
 
 
 def interpret():
   """The ptr kernels in Triton's CPU interpreter (TRITON_INTERPRET=1, torch, float16) against the
   tree's kernels on the same inputs, with a grid that does not divide the tiles: the same bytes."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
   b, t, h, d = 2, 128, 3, 32
-  rng = np.random.default_rng(0)
-  qkv = torch.from_numpy(rng.standard_normal((b, t, 3, h, d)).astype(np.float32)).half()
-  q, k, do = (torch.from_numpy(rng.standard_normal((b, t, h, d)).astype(np.float32)).half() for _ in range(3))
-  ang = np.arange(t)[:, None] * 10_000.0 ** (-np.arange(0, d, 2) / d)
-  cos, sin = (torch.from_numpy(np.ascontiguousarray(f(ang), dtype=np.float32)) for f in (np.cos, np.sin))
-  g = torch.tensor([64.0])
+  x = tma.interpret_inputs(b, t, h, d)
+  qkv, q, k, do, cos, sin, g = (x[n] for n in ("qkv", "q", "k", "do", "cos", "sin", "g"))
   for head_major in (False, True):
     _interpret_order(q, k, qkv, do, cos, sin, g, b, t, h, d, head_major)
 
@@ -354,20 +304,15 @@ def _interpret_order(q, k, qkv, do, cos, sin, g, b, t, h, d, head_major):
   print(f"fwd  ptr head-major {head_major} interpreter, float16: O and LSE the same as the tree's: {same}")
   assert all(same)
   o, lse = fwd["tree"]
-  outs = {}
-  for name in ("tree", "ptr"):
-    delta = torch.empty((b, h, t))
-    d8, d8t = torch.zeros_like(qkv, dtype=torch.float8_e5m2), torch.zeros((3 * h * d, b * t), dtype=torch.float8_e5m2)
-    if name == "tree":
-      tk.bwd_dq_rope_fp8_kernel[(t // 64, b * h)](q, k, qkv, o, do, lse, cos, sin, g, delta, d8, d8t, BLOCK_M=64,
-                                                  BLOCK_N=32, CAUSAL=True, **c)
-      tk.bwd_dkdv_rope_fp8_kernel[(t // 64, b * h)](q, k, qkv, do, lse, delta, cos, sin, g, d8, d8t, d8, d8t,
-                                                    BLOCK_M=32, BLOCK_N=64, CAUSAL=True, **c)
-    else:
-      dq8_persist_kernel[(5,)](q, k, qkv, o, do, lse, cos, sin, g, delta, d8, d8t, B=b, HEAD_MAJOR=head_major, BLOCK_M=64, BLOCK_N=32, **c)
-      dkdv8_persist_kernel[(7,)](q, k, qkv, do, lse, delta, cos, sin, g, d8, d8t, d8, d8t, B=b, HEAD_MAJOR=head_major, BLOCK_M=32,
-                                 BLOCK_N=64, **c)
-    outs[name] = (delta, d8.float(), d8t.float())
+  outs = {"tree": tma.tree_bwd8_interpret(q, k, qkv, o, do, lse, cos, sin, g)}
+  delta = torch.empty((b, h, t))
+  d8, d8t = torch.zeros_like(qkv, dtype=torch.float8_e5m2), torch.zeros((3 * h * d, b * t), dtype=torch.float8_e5m2)
+  dq8_persist_kernel[(5,)](q, k, qkv, o, do, lse, cos, sin, g, delta, d8, d8t, B=b, HEAD_MAJOR=head_major, BLOCK_M=64,
+                           BLOCK_N=32, **c)
+  dkdv8_persist_kernel[(7,)](q, k, qkv, do, lse, delta, cos, sin, g, d8, d8t, d8, d8t, B=b, HEAD_MAJOR=head_major,
+                             BLOCK_M=32, BLOCK_N=64, **c)
+  outs["ptr"] = (delta, d8, d8t)
+  outs = {n: tuple(x.float() for x in xs) for n, xs in outs.items()}
   assert all(np.count_nonzero(x.numpy()) > 0.9 * x.numel() for x in outs["tree"])   # every part written
   same = [torch.equal(x, y) for x, y in zip(outs["ptr"], outs["tree"])]
   print(f"bwd8 ptr head-major {head_major} interpreter, float16 in, e5m2 out: delta, packed and token-last dQKV the same as the tree's: {same}")
@@ -446,71 +391,29 @@ def compile_only():
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--compile_only", action="store_true")
-  p.add_argument("--interpret", action="store_true", help="TRITON_INTERPRET=1 with torch: the ptr kernels' values")
-  p.add_argument("--check_lowering", action="store_true", help="CPU: the step lowered with the ptr kernels")
-  p.add_argument("--variants", default=",".join(PTR), help=f"of {[*PTR, *TMA]}")
-  p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--out", default=None)
-  args = p.parse_args()
-  if args.compile_only:
-    compile_only()
+  args = tma.command_line(__doc__, ",".join(PTR), {   # --variants: any of PTR and TMA
+      "compile_only": ("CPU: registers, shared, occupancy", compile_only),
+      "interpret": ("TRITON_INTERPRET=1 with torch: the ptr kernels' values", interpret),
+      "check_lowering": ("CPU: the step lowered with the ptr kernels", check_lowering)})
+  if args is None:
     return
-  if args.interpret:
-    interpret()
-    return
-  if args.check_lowering:
-    check_lowering()
-    return
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import attention_kernel  # pylint: disable=import-outside-toplevel
   import dev_memory_kernels as dmk  # pylint: disable=import-outside-toplevel
-  import model  # pylint: disable=import-outside-toplevel
   tma.enable()
   enable_maxnreg()
-  d = dmk.D // dmk.H
-  qkv = dmk.rand(0, (dmk.B, dmk.T, 3, dmk.H, d))
-  cos, sin = model.rope_tables(dmk.T, d, 10_000.0)
-  q, k = jax.jit(attention_kernel._rotated)(qkv, cos, sin)  # pylint: disable=protected-access
-  do = dmk.rand(1, q.shape)
-  cfg = attention_kernel.block_config(dmk.T, d)
-  _, res = jax.jit(lambda x: attention_kernel._flash_rope_fwd(x, cos, sin, True, d ** -0.5, cfg))(qkv)  # pylint: disable=protected-access
-  g = jnp.full((1,), 64.0, jnp.float32)
+  x = tma.speedrun_inputs()
+  d, cfg = x["d"], x["cfg"]
   cases = {
-      "fwd": ((q, k, qkv), {"tree": lambda q, k, qkv: attention_kernel._forward(q, k, qkv, True, d ** -0.5, cfg, packed_v=True)}),  # pylint: disable=protected-access
-      "bwd8": ((res, do, g), {"tree": lambda r, dy, g: attention_kernel._dqkv8(r, dy, g, d ** -0.5, True)}),  # pylint: disable=protected-access
+      "fwd": ((x["q"], x["k"], x["qkv"]), {"tree": lambda q, k, qkv: attention_kernel._forward(q, k, qkv, True, d ** -0.5, cfg, packed_v=True)}),  # pylint: disable=protected-access
+      "bwd8": ((x["res"], x["do"], x["g"]), {"tree": lambda r, dy, g: attention_kernel._dqkv8(r, dy, g, d ** -0.5, True)}),  # pylint: disable=protected-access
   }
   for name in args.variants.split(","):
     cases["fwd"][1][name] = lambda q, k, qkv, name=name: forward(name, q, k, qkv)
     if name in PTR:
       cases["bwd8"][1][name] = lambda r, dy, g, name=name: dqkv8(name, r, dy, g, d ** -0.5)
-  result = {**dmk.header("bench/dev_persistent_attention.py"), "sms": SMS, "ptr": PTR, "tma": TMA, "check": {},
-            "rows": [], "medians_us": {}}
-  for part, (inputs, fns) in cases.items():
-    want = jax.jit(fns["tree"])(*inputs)
-    for name in list(fns)[1:]:
-      try:
-        # ptr: the tree's code a tile, so the same bits; tma: within bf16 rounding (its own loop)
-        errs, equal, ok = tma._compare(jax.jit(fns[name])(*inputs), want, 2e-2, 1.0 if name in PTR else 0.0)  # pylint: disable=protected-access
-        err = {"max_error_relative_to_max": errs, "equal_share": equal}
-      except Exception as e:  # pylint: disable=broad-except
-        err, ok = {"error": f"{type(e).__name__}: {str(e)[:500]}"}, False
-      result["check"][f"{part} {name}"] = {**err, "ok": ok}
-      print(f"check {part} {name:8s} {err} {'ok' if ok else 'FAILED'}", flush=True)
-      if not ok:
-        del fns[name]
-    for r in range(args.rounds):
-      for name, fn in fns.items():
-        ms, by = dmk.device_ms(fn, *inputs)
-        result["rows"].append({"part": part, "round": r, "variant": name, "us": ms * 1e3,
-                               "kernels_us": {k: v * 1e3 for k, v in by.items()}})
-        print(f"round {r} {part} {name:8s} {ms * 1e3:7.1f} us  "
-              + "  ".join(f"{k[:24]} {v * 1e3:.1f}" for k, v in by.items()), flush=True)
-    result["medians_us"][part] = {n: statistics.median(row["us"] for row in result["rows"]
-                                                       if row["variant"] == n and row["part"] == part) for n in fns}
-    print(f"medians {part} (us a call):", {n: round(x, 1) for n, x in result["medians_us"][part].items()}, flush=True)
+  result = {**dmk.header("bench/dev_persistent_attention.py"), "sms": SMS, "ptr": PTR, "tma": TMA}
+  # ptr: the tree's code a tile, so the same bits; tma: within bf16 rounding (its own loop)
+  tma.check_and_time(cases, args.rounds, result, lambda part, name: (2e-2, 1.0 if name in PTR else 0.0))
   dmk.write_json(result, args.out or os.path.join(ROOT, "bench", "results", "persistent_attention.json"))
 
 

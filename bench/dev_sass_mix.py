@@ -29,15 +29,20 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
-def sass(cubin):
-  """[(address, opcode, operands)] of a cubin's one kernel."""
+def cuobjdump(cubin, flag):
+  """cuobjdump's text for a cubin (bytes) with one flag (-sass, -res-usage): Triton's bundled copy,
+  so no CUDA install or GPU is needed."""
   import triton  # pylint: disable=import-outside-toplevel
   tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
   with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
     f.write(cubin)
     f.flush()
-    text = subprocess.run([tool, "-sass", f.name], check=True, capture_output=True, text=True).stdout
-  return [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INSTR.finditer(text)]
+    return subprocess.run([tool, flag, f.name], check=True, capture_output=True, text=True).stdout
+
+
+def sass(cubin):
+  """[(address, opcode, operands)] of a cubin's one kernel."""
+  return [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INSTR.finditer(cuobjdump(cubin, "-sass"))]
 
 
 def loops(code):

@@ -85,7 +85,7 @@
 #   tmaws - the attention's forward and FP8 backward on TMA descriptors with Triton's warp specialization
 #           (bench/dev_tma_attention.py install_step('tma_ws'): jax-triton patched for a global scratch
 #           buffer; forty-sixth session, untimed); tma - the same kernels without warp specialization
-#   ptr, ptrc, ptrc2 - the attention's forward and FP8 backward as persistent kernels (a fixed grid,
+#   ptr, ptrc, ptrc2, ptrh, ptrhc, ptrhc2 - the attention's forward and FP8 backward as persistent kernels (a fixed grid,
 #           each program looping over tiles; bench/dev_persistent_attention.py install_step; ptrc
 #           caps registers at the tree's occupancy, ptrc2 deals over twice the resident programs)
 #   one3, one4, dqfirst, one3c96 - the attention's FP8 backward (dQ and dK/dV) in one launch, the dK/dV
@@ -152,7 +152,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     dhout) pre="import attention_kernel; attention_kernel.DH_SCALE = 'output'; " ;;
     wconst) pre="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound; dev_weight_copies_bound.install(); " ;;
     tma|tmaws) pre="import sys; sys.path.insert(0, 'bench'); import dev_tma_attention; dev_tma_attention.install_step('${1/ws/_ws}'); " ;;
-    ptr|ptrc|ptrc2) pre="import sys; sys.path.insert(0, 'bench'); import dev_persistent_attention; dev_persistent_attention.install_step('$1'); " ;;
+    ptr|ptrc|ptrc2|ptrh|ptrhc|ptrhc2) pre="import sys; sys.path.insert(0, 'bench'); import dev_persistent_attention; dev_persistent_attention.install_step('$1'); " ;;
     one3|one4|dqfirst|one3c96) pre="import sys; sys.path.insert(0, 'bench'); import dev_bwd_one_launch; dev_bwd_one_launch.install_step('$1'); " ;;
     mb2) set="$set"', "--set=train.microbatches=2"' ;;
     mb2u) pre="import functools, jax; jax.lax.scan = functools.partial(jax.lax.scan, unroll=True); "; set="$set"', "--set=train.microbatches=2"' ;;
