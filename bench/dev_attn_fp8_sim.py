@@ -17,8 +17,9 @@ and k in fp32 (a kernel would round after the rotation; the information lost is 
       base="--config.model.attn_fp8_dqkv=False" qkv="ATTN_FP8_SIM=qkv --config.model.attn_fp8_dqkv=False"
 
 ATTN_FP8_SIM: qkv | qk | v (the parts rounded); unset or 'off' runs train.py unchanged. It wraps
-attention_kernel.flash_attention_rope, the path with model.attn_fp8_dqkv off (the fused FP8-dQKV
-path does its own projection inside one custom VJP); the probe says so and stops otherwise.
+attention_kernel.flash_attention_rope, the triton backend's path with model.attn_fp8_dqkv off (the
+fused FP8-dQKV path does its own projection inside one custom VJP); the probe says so and stops
+otherwise (a GPU, then).
 """
 import os
 import sys
@@ -57,9 +58,10 @@ def main(argv):
     if mode not in PARTS:
       raise errors.UserError(f"ATTN_FP8_SIM={mode!r} is unknown; use one of {list(PARTS)} or off")
     model_cfg = train._CONFIG.value.model   # pylint: disable=protected-access
-    if model_cfg.get("attn_fp8_dqkv", False) or model_cfg.get("qk_norm", False):
-      raise errors.UserError("ATTN_FP8_SIM needs --config.model.attn_fp8_dqkv=False (and no qk_norm): only then "
-                             "does the model call attention_kernel.flash_attention_rope")
+    if (model_cfg.get("attn_fp8_dqkv", False) or model_cfg.get("qk_norm", False)
+        or model_cfg.get("attention_backend") != "triton"):
+      raise errors.UserError("ATTN_FP8_SIM needs --config.model.attn_fp8_dqkv=False, attention_backend='triton' "
+                             "and no qk_norm: only then does the model call attention_kernel.flash_attention_rope")
     original = attention_kernel.flash_attention_rope
 
     def flash_attention_rope(qkv_BT3HK, *args, **kwargs):
