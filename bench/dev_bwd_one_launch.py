@@ -86,21 +86,6 @@ def _dkdv_tile(Q, K, QKV, O, DO, LSE, COS, SIN, g, DQKV, DQKV_T, bh, start_n, SM
 
 
 @triton.jit
-def _dq_tile(Q, K, QKV, O, DO, LSE, COS, SIN, g, DELTA, DQKV, DQKV_T, bh, start_m, SM_SCALE: tl.constexpr,
-             B: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr):
-  """bwd_dq_rope_fp8_kernel's work for the BLOCK_M queries at start_m of head bh."""
-  ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  base3 = (bh // H).to(tl.int64) * T * 3 * ROW + (bh % H) * D
-  dq = tk._dq_block(Q, K, QKV + base3 + 2 * ROW, O, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW,  # pylint: disable=protected-access
-                    3 * ROW, D, BLOCK_M, BLOCK_N, True)
-  offs_m = start_m + tl.arange(0, BLOCK_M)
-  cos, sin = tk._rope_tile(COS, SIN, offs_m, T, D)  # pylint: disable=protected-access
-  dpa._store8(DQKV, DQKV_T, g, tk._unrotate(dq, cos, sin, BLOCK_M, D), bh // H, bh % H, 0, offs_m, B, T, H, D)  # pylint: disable=protected-access
-
-
-@triton.jit
 def bwd8_one_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, G, DELTA, DQKV, DQKV_T, SM_SCALE: tl.constexpr,
                     B: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BM_Q: tl.constexpr,
                     BN_Q: tl.constexpr, BM_K: tl.constexpr, BN_K: tl.constexpr, DKDV_FIRST: tl.constexpr):
@@ -121,8 +106,8 @@ def bwd8_one_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, G, DELTA, DQKV, DQKV_T, SM_
     _dkdv_tile(Q, K, QKV, O, DO, LSE, COS, SIN, g, DQKV, DQKV_T, i // NK, (i % NK) * BN_K, SM_SCALE, B, T, H, D,
                BM_K, BN_K)
   else:
-    _dq_tile(Q, K, QKV, O, DO, LSE, COS, SIN, g, DELTA, DQKV, DQKV_T, i // NQ, (NQ - 1 - i % NQ) * BM_Q, SM_SCALE,
-             B, T, H, D, BM_Q, BN_Q)
+    dpa.dq8_tile(Q, K, QKV, O, DO, LSE, COS, SIN, g, DELTA, DQKV, DQKV_T, i // NQ, (NQ - 1 - i % NQ) * BM_Q, SM_SCALE,
+                 B, T, H, D, BM_Q, BN_Q)
 
 
 def _consts(name, b, t, h, d):

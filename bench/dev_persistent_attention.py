@@ -87,23 +87,32 @@ def fwd_persist_kernel(Q, K, V, O, LSE, SM_SCALE: tl.constexpr, B: tl.constexpr,
 
 
 @triton.jit
+def dq8_tile(Q, K, QKV, O, DO, LSE, COS, SIN, g, DELTA, DQKV, DQKV_T, bh, start_m, SM_SCALE: tl.constexpr,
+             B: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr):
+  """bwd_dq_rope_fp8_kernel's work for the BLOCK_M queries at start_m of head bh (the tree's _dq_block;
+  delta stored, dQ rotated back and stored as e5m2 by _store8)."""
+  ROW: tl.constexpr = H * D
+  base = tl.cast(bh // H, tl.int64) * T * ROW + (bh % H) * D
+  base3 = tl.cast(bh // H, tl.int64) * T * 3 * ROW + (bh % H) * D
+  dq = tk._dq_block(Q, K, QKV + base3 + 2 * ROW, O, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW,  # pylint: disable=protected-access
+                    3 * ROW, D, BLOCK_M, BLOCK_N, True)
+  offs_m = start_m + tl.arange(0, BLOCK_M)
+  cos, sin = tk._rope_tile(COS, SIN, offs_m, T, D)  # pylint: disable=protected-access
+  _store8(DQKV, DQKV_T, g, tk._unrotate(dq, cos, sin, BLOCK_M, D), bh // H, bh % H, 0, offs_m, B, T, H, D)  # pylint: disable=protected-access
+
+
+@triton.jit
 def dq8_persist_kernel(Q, K, QKV, O, DO, LSE, COS, SIN, G, DELTA, DQKV, DQKV_T, SM_SCALE: tl.constexpr,
                        B: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, HEAD_MAJOR: tl.constexpr):
   """attention_kernel_triton.bwd_dq_rope_fp8_kernel over tiles program_id, program_id + P, ..."""
-  ROW: tl.constexpr = H * D
   NB: tl.constexpr = T // BLOCK_M
   g = tl.load(G)
   for tile in tl.range(tl.program_id(0), NB * B * H, tl.num_programs(0), num_stages=1):
     block, bh = _tile(tile, NB, B * H, True, HEAD_MAJOR)
-    start_m = block * BLOCK_M
-    base = tl.cast(bh // H, tl.int64) * T * ROW + (bh % H) * D
-    base3 = tl.cast(bh // H, tl.int64) * T * 3 * ROW + (bh % H) * D
-    dq = tk._dq_block(Q, K, QKV + base3 + 2 * ROW, O, DO, LSE, DELTA, base, bh, start_m, SM_SCALE, T, ROW,  # pylint: disable=protected-access
-                      3 * ROW, D, BLOCK_M, BLOCK_N, True)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    cos, sin = tk._rope_tile(COS, SIN, offs_m, T, D)  # pylint: disable=protected-access
-    _store8(DQKV, DQKV_T, g, tk._unrotate(dq, cos, sin, BLOCK_M, D), bh // H, bh % H, 0, offs_m, B, T, H, D)  # pylint: disable=protected-access
+    dq8_tile(Q, K, QKV, O, DO, LSE, COS, SIN, g, DELTA, DQKV, DQKV_T, bh, block * BLOCK_M, SM_SCALE, B, T, H, D,
+             BLOCK_M, BLOCK_N)
 
 
 @triton.jit
