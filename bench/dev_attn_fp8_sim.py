@@ -16,7 +16,11 @@ and k in fp32 (a kernel would round after the rotation; the information lost is 
   TRAIN=bench/dev_attn_fp8_sim.py OUT=dir SEEDS="0 1 2" STEPS=200 bash bench/dev_loss_ab.sh \
       base="--config.model.attn_fp8_dqkv=False" qkv="ATTN_FP8_SIM=qkv --config.model.attn_fp8_dqkv=False"
 
-ATTN_FP8_SIM: qkv | qk | v (the parts rounded); unset or 'off' runs train.py unchanged. It wraps
+ATTN_FP8_SIM: qkv | qk | v (the parts rounded); unset or 'off' runs train.py unchanged. 'row' is
+the numerics an FP8-operand kernel set would have (forty-eighth session): rotated q and k, and v,
+each (token, head) row of D values rounded through e4m3 with its own power-of-two scale (the
+smallest 2^e >= max|row| / 448), after the rotation, as a RoPE kernel writing e4m3 would; that
+patches attention_kernel._rotated too. It wraps
 attention_kernel.flash_attention_rope, the triton backend's path with model.attn_fp8_dqkv off (the
 fused FP8-dQKV path does its own projection inside one custom VJP); the probe says so and stops
 otherwise (a GPU, then).
@@ -34,7 +38,7 @@ import attention_kernel  # pylint: disable=wrong-import-position
 import errors  # pylint: disable=wrong-import-position
 import train  # pylint: disable=wrong-import-position
 
-PARTS = {"qkv": (0, 1, 2), "qk": (0, 1), "v": (2,)}
+PARTS = {"qkv": (0, 1, 2), "qk": (0, 1), "v": (2,), "row": (2,)}
 E4M3_MAX = 448.0
 
 
@@ -47,9 +51,25 @@ def fake_e4m3(x):
   return x + jax.lax.stop_gradient(y - x)
 
 
-def rounded(qkv_BT3HK, parts):
+def pow2_ceil(x):
+  """The smallest power of two >= x (x > 0 finite fp32), exactly: round the bits' mantissa up."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+  return jax.lax.bitcast_convert_type((bits + 0x7FFFFF) & 0x7F800000, jnp.float32)
+
+
+def fake_e4m3_rows(x):
+  """x [..., D] with each row of D rounded through e4m3 at its own power-of-two scale, dequantized to
+  x's dtype (exact in bf16); the gradient passes straight through."""
+  x32 = x.astype(jnp.float32)
+  s = pow2_ceil(jnp.maximum(jnp.max(jnp.abs(x32), axis=-1, keepdims=True), 1e-30) / E4M3_MAX)
+  y = ((x32 / s).astype(jnp.float8_e4m3fn).astype(jnp.float32) * s).astype(x.dtype)
+  return x + jax.lax.stop_gradient(y - x)
+
+
+def rounded(qkv_BT3HK, parts, rows=False):
   """qkv with the given parts (0 q, 1 k, 2 v) each rounded by fake_e4m3."""
-  return jnp.stack([fake_e4m3(qkv_BT3HK[:, :, i]) if i in parts else qkv_BT3HK[:, :, i] for i in range(3)], axis=2)
+  f = fake_e4m3_rows if rows else fake_e4m3
+  return jnp.stack([f(qkv_BT3HK[:, :, i]) if i in parts else qkv_BT3HK[:, :, i] for i in range(3)], axis=2)
 
 
 def main(argv):
@@ -65,10 +85,19 @@ def main(argv):
     original = attention_kernel.flash_attention_rope
 
     def flash_attention_rope(qkv_BT3HK, *args, **kwargs):
-      return original(rounded(qkv_BT3HK, PARTS[mode]), *args, **kwargs)
+      return original(rounded(qkv_BT3HK, PARTS[mode], rows=mode == "row"), *args, **kwargs)
 
     attention_kernel.flash_attention_rope = flash_attention_rope
-    print(f"dev_attn_fp8_sim: the attention's {mode} rounded through e4m3 (one scale per part)", flush=True)
+    if mode == "row":   # rotated q and k rounded as the RoPE kernel writes them (inside the custom VJP)
+      rotated = attention_kernel._rotated   # pylint: disable=protected-access
+
+      def _rotated(qkv_BT3HK, cos_TK, sin_TK):
+        return tuple(fake_e4m3_rows(x) for x in rotated(qkv_BT3HK, cos_TK, sin_TK))
+
+      attention_kernel._rotated = _rotated   # pylint: disable=protected-access
+    what = ("rotated q, k and v rounded through e4m3 (a power-of-two scale per token and head)" if mode == "row"
+            else f"{mode} rounded through e4m3 (one scale per part)")
+    print(f"dev_attn_fp8_sim: the attention's {what}", flush=True)
   train.main(argv)
 
 

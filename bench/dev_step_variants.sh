@@ -90,6 +90,9 @@
 #           caps registers at the tree's occupancy, ptrc2 deals over twice the resident programs)
 #   one3, one4, dqfirst, one3c96 - the attention's FP8 backward (dQ and dK/dV) in one launch, the dK/dV
 #           programs making delta themselves (bench/dev_bwd_one_launch.py install_step)
+#   fp8ops, fp8qk, fp8s2 - the attention's q, k, v in e4m3 rows (a power-of-two scale per token and head) from an
+#           e4m3-writing RoPE kernel, read by the forward and FP8 backward (bench/dev_attn_fp8_operands.py;
+#           forty-eighth session; fp8qk: the forward's Q K^T as an FP8 dot; fp8sN: its forward at N stages)
 #   mb2   - --set=train.microbatches=2 (the batch as two sequential halves, lax.scan; a control for mb2u)
 #   mb2u  - the same with the scan unrolled, so the halves are two independent chains in one graph
 #           that the concurrent command buffer may overlap (two-batch overlap; forty-sixth session)
@@ -153,6 +156,7 @@ run() {  # variant, output[, extra bench_train arguments as a Python list's item
     wconst) pre="import sys; sys.path.insert(0, 'bench'); import dev_weight_copies_bound; dev_weight_copies_bound.install(); " ;;
     tma|tmaws) pre="import sys; sys.path.insert(0, 'bench'); import dev_tma_attention; dev_tma_attention.install_step('${1/ws/_ws}'); " ;;
     ptr|ptrc|ptrc2|ptrh|ptrhc|ptrhc2) pre="import sys; sys.path.insert(0, 'bench'); import dev_persistent_attention; dev_persistent_attention.install_step('$1'); " ;;
+    fp8ops|fp8qk|fp8s[124]) pre="import sys; sys.path.insert(0, 'bench'); import dev_attn_fp8_operands; dev_attn_fp8_operands.install_step('$1'); " ;;
     one3|one4|dqfirst|one3c96) pre="import sys; sys.path.insert(0, 'bench'); import dev_bwd_one_launch; dev_bwd_one_launch.install_step('$1'); " ;;
     mb2) set="$set"', "--set=train.microbatches=2"' ;;
     mb2u) pre="import functools, jax; jax.lax.scan = functools.partial(jax.lax.scan, unroll=True); "; set="$set"', "--set=train.microbatches=2"' ;;
