@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Forty-eighth session, everything in one device call (machine starts were scarce): the e4m3-operand
-# attention kernels alone (fp8ops_call.sh's first half), the B128 step only if they beat the tree's,
-# then the loss probe with what time is left (ATTN_FP8_SIM=row against base, seed 0 then seed 1, so
-# that a cut-off run leaves whole pairs). DEADLINE: seconds for the whole script (default 580).
+# attention kernels alone (fp8ops_call.sh's first half), the loss probe (ATTN_FP8_SIM=row against
+# base, a seed's pair at a time: SEEDS, default "0 1"), then the B128 step (STEP_ROUNDS rounds) only
+# if the kernels beat the tree's and time is left. DEADLINE: seconds for the whole script (default 580).
 # Run from the repo root with $OUT set and jax-triton on PYTHONPATH (the device template's /tmp/site).
 set -uo pipefail
 t0=$(date +%s); left() { echo $(( ${DEADLINE:-580} - ($(date +%s) - t0) )); }
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader | tee "$OUT/gpu.txt"
-timeout 150 python3 bench/dev_attn_fp8_operands.py --rounds=3 --out="$OUT/kernels.json" 2>&1 | grep -v Warn > "$OUT/kernels.txt"
+timeout "${KTIMEOUT:-150}" python3 bench/dev_attn_fp8_operands.py --rounds="${KROUNDS:-3}" --out="$OUT/kernels.json" 2>&1 | grep --line-buffered -v Warn > "$OUT/kernels.txt"
 grep -E "^check|^medians|rope8|^round . rope" "$OUT/kernels.txt"
 best=$(python3 - "$OUT/kernels.json" <<'PY'
 import json, statistics, sys
@@ -25,14 +25,14 @@ except Exception as e:
 PY
 )
 echo "step variant: $best (left $(left) s)"
-if [ "$best" != none ] && [ "$(left)" -gt 400 ]; then
-  OUT=$OUT SWEEP=0 PROFILE=0 ROUNDS=2 VARIANTS="base $best" timeout 190 bash bench/dev_step_variants.sh 2>&1 | tee "$OUT/step.txt" | grep -E "ms a step|mean|paired|faster"
-fi
 off="--config.model.attn_fp8_dqkv=False"
-for s in 0 1; do
+for s in ${SEEDS:-0 1}; do
   [ "$(left)" -gt 100 ] || break
   TRAIN=bench/dev_attn_fp8_sim.py OUT=$OUT SEEDS=$s STEPS=200 timeout "$(left)" bash bench/dev_loss_ab.sh \
     base="$off" row="ATTN_FP8_SIM=row $off" 2>&1 | grep -E "val|rror|dev_attn" | tee -a "$OUT/loss.txt"
 done
 cp /tmp/loss_ab_runs/metrics_*.jsonl "$OUT/" 2>/dev/null || true
+if [ "$best" != none ] && [ "$(left)" -gt 150 ]; then
+  OUT=$OUT SWEEP=0 PROFILE=0 ROUNDS=${STEP_ROUNDS:-2} VARIANTS="base $best" timeout "$(left)" bash bench/dev_step_variants.sh 2>&1 | tee "$OUT/step.txt" | grep -E "ms a step|mean|paired|faster"
+fi
 echo "script took $(( $(date +%s) - t0 )) s"
