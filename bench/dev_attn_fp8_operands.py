@@ -186,19 +186,25 @@ def _dq8_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, sk_ptr, sv_ptr, offs_m, lo
 
 
 @triton.jit
+def _head_tile(start, BLOCK: tl.constexpr, T: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
+  """(b*H + h, offset of the head's first element in a [B, T, H, D] array, this program's BLOCK
+  positions from start, the offsets of their [BLOCK, D] tile, the in-range mask) for program axis 1."""
+  bh = tl.program_id(1)
+  base = (bh // H).to(tl.int64) * T * (H * D) + (bh % H) * D
+  offs = start + tl.arange(0, BLOCK)
+  return bh, base, offs, base + offs[:, None] * (H * D) + tl.arange(0, D)[None, :], offs < T
+
+
+@triton.jit
 def bwd_dq8_kernel(Q8, K8, V8, SQ, SK, SV, O, DO, LSE, COS, SIN, G, DELTA, DQKV, DQKV_T, SM_SCALE: tl.constexpr,
                    T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
   """bwd_dq_rope_fp8_kernel (causal) on e4m3 rows: e5m2(dQ G) rotated back into DQKV and DQKV_T, and
   delta = rowsum(O dO) for the dK/dV kernel."""
   start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-  bh = tl.program_id(1)
+  bh, base, offs_m, qo, rows = _head_tile(start_m, BLOCK_M, T, H, D)
   ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  offs_m = start_m + tl.arange(0, BLOCK_M)
   offs_n = tl.arange(0, BLOCK_N)
   offs_d = tl.arange(0, D)
-  qo = base + offs_m[:, None] * ROW + offs_d[None, :]
-  rows = offs_m < T
   DT: tl.constexpr = DO.dtype.element_ty
   q = _load8(Q8 + qo, SQ + bh * T + offs_m, rows, True, DT)
   do = tl.load(DO + qo, mask=rows[:, None], other=0.0)
@@ -257,14 +263,10 @@ def bwd_dkdv8_kernel(Q8, K8, V8, SQ, SK, SV, DO, LSE, DELTA, COS, SIN, G, DQKV_I
   """bwd_dkdv_rope_fp8_kernel (causal) on e4m3 rows: e5m2(dK G) rotated back and e5m2(dV G) into the
   dQ kernel's two arrays, aliased in place."""
   start_n = tl.program_id(0) * BLOCK_N
-  bh = tl.program_id(1)
+  bh, base, offs_n, kv, rows = _head_tile(start_n, BLOCK_N, T, H, D)
   ROW: tl.constexpr = H * D
-  base = (bh // H).to(tl.int64) * T * ROW + (bh % H) * D
-  offs_n = start_n + tl.arange(0, BLOCK_N)
   offs_m = tl.arange(0, BLOCK_M)
   offs_d = tl.arange(0, D)
-  kv = base + offs_n[:, None] * ROW + offs_d[None, :]
-  rows = offs_n < T
   DT: tl.constexpr = DO.dtype.element_ty
   k = _load8(K8 + kv, SK + bh * T + offs_n, rows, True, DT)
   v = _load8(V8 + kv, SV + bh * T + offs_n, rows, True, DT)
