@@ -16,7 +16,9 @@ and k in fp32 (a kernel would round after the rotation; the information lost is 
   TRAIN=bench/dev_attn_fp8_sim.py OUT=dir SEEDS="0 1 2" STEPS=200 bash bench/dev_loss_ab.sh \
       base="--config.model.attn_fp8_dqkv=False" qkv="ATTN_FP8_SIM=qkv --config.model.attn_fp8_dqkv=False"
 
-ATTN_FP8_SIM: qkv | qk | v (the parts rounded); unset or 'off' runs train.py unchanged. 'row' is
+ATTN_FP8_SIM: qkv | qk | v (the parts rounded); unset or 'off' runs train.py unchanged. With
+attention_backend='xla' and no attn_fp8 (configs/tiny.py: a CPU proxy), 'row' rounds the rotated q, k
+and v that model.attention receives, the same numerics. 'row' is
 the numerics an FP8-operand kernel set would have (forty-eighth session): rotated q and k, and v,
 each (token, head) row of D values rounded through e4m3 with its own power-of-two scale (the
 smallest 2^e >= max|row| / 448), after the rotation, as a RoPE kernel writing e4m3 would; that
@@ -78,6 +80,15 @@ def main(argv):
     if mode not in PARTS:
       raise errors.UserError(f"ATTN_FP8_SIM={mode!r} is unknown; use one of {list(PARTS)} or off")
     model_cfg = train._CONFIG.value.model   # pylint: disable=protected-access
+    if mode == "row" and model_cfg.get("attention_backend") == "xla" and not model_cfg.get("attn_fp8", False):
+      # A CPU proxy (configs/tiny.py): the XLA path rotates q and k, then calls model.attention.
+      import model  # pylint: disable=import-outside-toplevel
+      plain = model.attention
+      model.attention = lambda q, k, v, backend, causal=True: plain(*(fake_e4m3_rows(x) for x in (q, k, v)),
+                                                                    backend, causal)
+      print("dev_attn_fp8_sim: the XLA attention's rotated q, k and v rounded through e4m3 (a power-of-two "
+            "scale per token and head)", flush=True)
+      return train.main(argv)
     if (model_cfg.get("attn_fp8_dqkv", False) or model_cfg.get("qk_norm", False)
         or model_cfg.get("attention_backend") != "triton"):
       raise errors.UserError("ATTN_FP8_SIM needs --config.model.attn_fp8_dqkv=False, attention_backend='triton' "
