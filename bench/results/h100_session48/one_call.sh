@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Forty-eighth session, everything in one device call (machine starts were scarce): the e4m3-operand
-# attention kernels alone (fp8ops_call.sh's first half), the loss probe (ATTN_FP8_SIM=row against
-# base, a seed's pair at a time: SEEDS, default "0 1"), then the B128 step (STEP_ROUNDS rounds) only
+# attention kernels alone, the loss probe (ATTN_FP8_SIM=row against
+# base, a seed's pair at a time: SEEDS, default "0 1"; "" skips it), then the B128 step (STEP_ROUNDS rounds) only
 # if the kernels beat the tree's and time is left. DEADLINE: seconds for the whole script (default 580).
 # Run from the repo root with $OUT set and jax-triton on PYTHONPATH (the device template's /tmp/site).
 set -uo pipefail
@@ -26,7 +26,7 @@ PY
 )
 echo "step variant: $best (left $(left) s)"
 off="--config.model.attn_fp8_dqkv=False"
-for s in ${SEEDS:-0 1}; do
+for s in ${SEEDS-0 1}; do   # SEEDS="": no probe
   [ "$(left)" -gt 100 ] || break
   TRAIN=bench/dev_attn_fp8_sim.py OUT=$OUT SEEDS=$s STEPS=200 timeout "$(left)" bash bench/dev_loss_ab.sh \
     base="$off" row="ATTN_FP8_SIM=row $off" 2>&1 | grep -E "val|rror|dev_attn" | tee -a "$OUT/loss.txt"
