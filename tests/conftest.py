@@ -4,10 +4,12 @@ import sys
 
 import pytest
 
-# Under pytest-xdist (README's test command) two test processes may share one GPU: JAX's default
-# grab of 75% of its memory per process would starve the second.
-if "PYTEST_XDIST_WORKER" in os.environ:
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Several processes may share one GPU: pytest-xdist's workers (README's test command) and the child
+# processes some tests start (test_triton_ffi's legacy-call run, test_sample's CLI runs), which inherit
+# this environment. JAX's default grab of 75% of the memory per process would starve the second one
+# (test_triton_ffi's child hit CUDA_ERROR_OUT_OF_MEMORY on the H100, forty-ninth session). Tests time
+# nothing, so they allocate as they go.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # Tests import the top-level modules (flat layout) without installing the repo.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

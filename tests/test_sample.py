@@ -59,9 +59,8 @@ def workdir(tmp_path_factory):
 
 
 def _run(*flags):
-  # On a GPU this process already holds JAX's default 75% of its memory: the CLI allocates as it goes.
   return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), *flags], capture_output=True,
-                        text=True, timeout=120, cwd=ROOT, env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+                        text=True, timeout=120, cwd=ROOT)
 
 
 def _greedy_reference(params, cfg, ids, n, eos):

@@ -68,10 +68,7 @@ def test_step_kernels_lower_to_the_ffi_target_and_match_the_legacy_call(tmp_path
   script = (f"import sys; sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, 'tests')!r}]; import numpy as np; "
             f"import test_triton_ffi as t; text, r = t._xent_case(); "
             f"assert 'triton_kernel_call_ffi' not in text; np.savez({str(out)!r}, *r)")
-  # The child shares the GPU with this process, which holds JAX's default 75% of its memory: the
-  # child must allocate as it goes, or its own 75% grab fails and cuBLAS cannot start (OOM).
-  env = {**os.environ, "LM_TRITON_FFI": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-  subprocess.run([sys.executable, "-c", script], check=True, env=env)
+  subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "LM_TRITON_FFI": "0"})
   ref = np.load(out)
   for i, x in enumerate(got):
     np.testing.assert_array_equal(x, ref[f"arr_{i}"])
