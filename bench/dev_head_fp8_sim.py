@@ -48,7 +48,10 @@ import fp8_mlp  # pylint: disable=wrong-import-position
 import train  # pylint: disable=wrong-import-position
 import xent_kernel  # pylint: disable=wrong-import-position
 
-MODES = {"dx": (True, None), "dx5": ("e5m2", None), "dxu": ("u_only", None), "dxw": ("w_only", None), "dw": (False, "h8"), "dwh": (False, "bf16"), "both": (True, "h8"), "kernel": None}
+# mode -> make_bwd's (dX rounding: False, True (e4m3 U and w), "e5m2" (e5m2 U), "u_only", "w_only";
+# dW's h: None (bf16 dW), "h8", "bf16"); "kernel" runs the real DX_FP8 path instead.
+MODES = {"dx": (True, None), "dx5": ("e5m2", None), "dxu": ("u_only", None), "dxw": ("w_only", None),
+         "dw": (False, "h8"), "dwh": (False, "bf16"), "both": (True, "h8"), "kernel": None}
 E4M3_MAX, E5M2_U_SCALE = 448.0, 2.0 ** 15
 
 
@@ -111,7 +114,8 @@ def main(argv):
     else:
       xent_kernel._bwd_plain = xent_kernel._bwd   # pylint: disable=protected-access
       xent_kernel.head_cross_entropy.defvjp(xent_kernel._fwd, make_bwd(*MODES[mode]))   # pylint: disable=protected-access
-    print(f"dev_head_fp8_sim: the head's backward with {mode} in FP8 (simulated)", flush=True)
+    print(f"dev_head_fp8_sim: the head's backward with {mode} in FP8"
+          f"{' (xent_kernel.DX_FP8)' if mode == 'kernel' else ' (simulated)'}", flush=True)
   train.main(argv)
 
 
