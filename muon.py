@@ -33,6 +33,7 @@ gains, vectors, uses AdamW: Muon is for hidden matrices (Jordan 2024).
 
 Params must be nested dicts (DESIGN.md's layout). Everything is jittable; `lr` may be traced.
 """
+import itertools
 import math
 
 import jax
@@ -134,26 +135,62 @@ def init(params, moment_dtype="float32"):
           "adamw": adamw.init(_split(params, views, False), moment_dtype)}
 
 
-def update(grads, state, params, lr, *, momentum=0.95, nesterov=True, ns_steps=5, lr_scale=1.0,
-           b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, ns_dtype=jnp.float32):
-  """One step -> (new params, new state): Muon on the matrix leaves, AdamW (b1, b2, eps, with
-  adamw.decay_mask) on the others; weight_decay is decoupled in both. ns_dtype: newton_schulz's."""
+def newton_schulz_many(mats, steps=5, dtype=jnp.float32):
+  """newton_schulz of several N x I x O batches, run as one batch per matrix shape.
+
+  The tall ones are transposed wide first (newton_schulz would do it anyway), so q, k, v and wo
+  (all D x D) share one batch and W1, W3 and W2^T (D x F) another: the iteration's 15 matmuls
+  launch once per shape instead of once per leaf. Each matrix is still normalised on its own.
+  """
+  wide = [m if m.shape[-2] <= m.shape[-1] else jnp.swapaxes(m, -1, -2) for m in mats]
+  groups = {}
+  for i, w in enumerate(wide):
+    groups.setdefault(w.shape[1:], []).append(i)
+  out = [None] * len(mats)
+  for idx in groups.values():
+    o = newton_schulz(jnp.concatenate([wide[i] for i in idx]), steps, dtype=dtype)
+    ends = list(itertools.accumulate(wide[i].shape[0] for i in idx))
+    for i, start, end in zip(idx, [0] + ends, ends):
+      out[i] = o[start:end] if wide[i] is mats[i] else jnp.swapaxes(o[start:end], -1, -2)
+  return out
+
+
+def update(grads, state, params, lr, **kw):
+  """One step -> (new params, new state): update_and_norm without the norm."""
+  return update_and_norm(grads, state, params, lr, **kw)[:2]
+
+
+def update_and_norm(grads, state, params, lr, *, momentum=0.95, nesterov=True, ns_steps=5,
+                    lr_scale=1.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, ns_dtype=jnp.float32,
+                    grad_scale=None, backend="xla"):
+  """One step -> (new params, new state, global norm of the new params): Muon on the matrix
+  leaves, AdamW (b1, b2, eps, with adamw.decay_mask; its `backend`) on the others; weight_decay is
+  decoupled in both. ns_dtype: newton_schulz's. grad_scale (e.g. the clipping factor) multiplies
+  every gradient as it is read, as in adamw.update_and_norm."""
   views = matrix_views(params)
   m_views = _split(views, views, True)
-  g = jax.tree.map(lambda x: x.astype(jnp.float32), _split(grads, views, True))
+  scaled = (lambda x: x) if grad_scale is None else (lambda x: adamw.scale_grads(x, grad_scale))
+  g = jax.tree.map(lambda x: x.astype(jnp.float32), scaled(_split(grads, views, True)))
   buf = jax.tree.map(lambda m, x: momentum * m + x, state["momentum"], g)
   u = jax.tree.map(lambda m, x: x + momentum * m, buf, g) if nesterov else buf
 
-  def step(p, u, roles):
-    u_NIO = to_matrices(u, roles)
-    scale = 0.2 * math.sqrt(max(u_NIO.shape[1:]))
-    o = from_matrices(newton_schulz(u_NIO, ns_steps, dtype=ns_dtype), roles, jnp.shape(p))
+  u_leaves, treedef = jax.tree.flatten(u)
+  roles = treedef.flatten_up_to(m_views)
+  p_leaves = treedef.flatten_up_to(_split(params, views, True))
+  orth = newton_schulz_many([to_matrices(x, r) for x, r in zip(u_leaves, roles)], ns_steps, ns_dtype)
+  new_leaves, sq = [], 0.0
+  for p, o_NIO, r in zip(p_leaves, orth, roles):
+    o = from_matrices(o_NIO, r, jnp.shape(p))
     p32 = p.astype(jnp.float32)
-    return (p32 - lr * lr_scale * (scale * o + weight_decay * p32)).astype(p.dtype)
+    p32 = p32 - lr * lr_scale * (0.2 * math.sqrt(max(o_NIO.shape[1:])) * o + weight_decay * p32)
+    new_leaves.append(p32.astype(p.dtype))
+    sq = sq + jnp.sum(jnp.square(p32))
+  muon_params = treedef.unflatten(new_leaves)
 
-  muon_params = jax.tree.map(step, _split(params, views, True), u, m_views)
   a_params = _split(params, views, False)
-  a_params, a_state = adamw.update(_split(grads, views, False), state["adamw"], a_params, lr,
-                                   b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                                   mask=adamw.decay_mask(a_params))
-  return _merge(muon_params, a_params), {"momentum": buf, "adamw": a_state}
+  a_params, a_state, a_norm = adamw.update_and_norm(
+      _split(grads, views, False), state["adamw"], a_params, lr, b1=b1, b2=b2, eps=eps,
+      weight_decay=weight_decay, mask=adamw.decay_mask(a_params), grad_scale=grad_scale,
+      backend=backend)
+  norm = jnp.sqrt(sq + jnp.square(a_norm))
+  return _merge(muon_params, a_params), {"momentum": buf, "adamw": a_state}, norm

@@ -166,13 +166,11 @@ def make_train_step(config, mesh, on_device):
     lr = adamw.lr_at(step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
                      min_lr=t.min_lr, schedule=t.schedule, decay_frac=t.decay_frac)
     if _optimizer(t) == "muon":  # Muon on the hidden matrices, AdamW on the rest (muon.py)
-      if scale is not None:
-        grads = adamw.scale_grads(grads, scale)
-      params, opt = muon.update(grads, state["opt"], params, lr, momentum=t.muon_momentum,
-                                nesterov=t.muon_nesterov, lr_scale=t.muon_lr_scale, b1=t.b1,
-                                b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
-                                ns_dtype=MUON_NS_DTYPES[t.get("muon_ns_dtype", "float32")])
-      param_norm = adamw.global_norm(params)
+      params, opt, param_norm = muon.update_and_norm(
+          grads, state["opt"], params, lr, momentum=t.muon_momentum, nesterov=t.muon_nesterov,
+          lr_scale=t.muon_lr_scale, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+          ns_dtype=MUON_NS_DTYPES[t.get("muon_ns_dtype", "float32")], grad_scale=scale,
+          backend=t.get("adamw_backend", "xla"))
     else:
       params, opt, param_norm = adamw.update_and_norm(
           grads, state["opt"], params, lr, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,

@@ -185,8 +185,10 @@ def _flat(tree):
   return {"embed": tree["embed"], "final_norm": tree["final_norm"], **tree["blocks"]}
 
 
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_three_steps_match_the_numpy_reference(nesterov):
+@pytest.mark.parametrize("nesterov,grad_scale", [(True, None), (False, None), (True, 0.5)])
+def test_three_steps_match_the_numpy_reference(nesterov, grad_scale):
+  """Three steps of update_and_norm against the float64 transcription: the params, the AdamW count,
+  the clipping factor applied to every gradient (grad_scale), and the new params' global norm."""
   L, D, H, K, F, V = 2, 8, 2, 4, 12, 11
   rng = np.random.default_rng(1)
   shapes = {"embed": (V, D), "final_norm": (D,), "attn_norm": (L, D), "wqkv": (L, D, 3, H, K),
@@ -196,17 +198,22 @@ def test_three_steps_match_the_numpy_reference(nesterov):
   params = nest(lambda k: jnp.asarray(rng.normal(size=shapes[k]), jnp.float32))
   grads = [nest(lambda k: jnp.asarray(rng.normal(size=shapes[k]), jnp.float32)) for _ in range(3)]
   kw = dict(lr=0.02, mu=0.9, nesterov=nesterov, wd=0.1)
-  step = jax.jit(lambda g, s, p: muon.update(g, s, p, kw["lr"], momentum=kw["mu"], nesterov=nesterov,
-                                             weight_decay=kw["wd"]))
+  step = jax.jit(lambda g, s, p: muon.update_and_norm(
+      g, s, p, kw["lr"], momentum=kw["mu"], nesterov=nesterov, weight_decay=kw["wd"],
+      grad_scale=grad_scale))
   ours, state = params, muon.init(params)
   for g in grads:
-    ours, state = step(g, state, ours)
-  want = np_reference_steps(_flat(params), [_flat(g) for g in grads], **kw)
+    ours, state, norm = step(g, state, ours)
+  s = 1.0 if grad_scale is None else grad_scale
+  want = np_reference_steps(_flat(params), [{k: s * np.asarray(v, np.float64) for k, v in _flat(g).items()}
+                                            for g in grads], **kw)
   got = _flat(ours)
   assert set(got) == set(want)
   for k in want:
     np.testing.assert_allclose(np.asarray(got[k]), want[k], atol=2e-5, rtol=0, err_msg=k)
   assert int(state["adamw"]["count"]) == 3
+  want_norm = np.sqrt(sum(np.sum(np.square(v)) for v in want.values()))
+  np.testing.assert_allclose(float(norm), want_norm, rtol=1e-5)
 
 
 def test_update_rms_matches_adamws_so_the_lr_carries_over():
