@@ -236,6 +236,9 @@ def extend(params, cfg, kind, cache, tokens_BT, start, pad_B, top_k=0, indexer=N
     out_BTD, p_BHTS = _ATTEND[kind](p, h_BTD, put, pos, keep_BTS, sel, cfg, top_k, dtype)
     if collect:
       aux.append((h_BTD, p_BHTS.mean(axis=1)))
+    if model._option(cfg, "parallel_block"):   # pylint: disable=protected-access
+      x_BTD = x_BTD + out_BTD + model.swiglu(p, h_BTD, dtype)
+      continue
     x_BTD = x_BTD + out_BTD
     x_BTD = x_BTD + model.swiglu(p, model.rms_norm(x_BTD, p["mlp_norm"], dtype), dtype)
   spec, w = model._head(params, cfg)

@@ -59,6 +59,8 @@ def default_model_config():
       qk_norm=False,           # RMSNorm over the head dim of q and k (learned gains), before RoPE
       zero_init_out=False,     # block output projections wo, w2 start at zero: each block starts as identity
       logit_softcap=0.0,       # c > 0: logits = c * tanh(logits / c) (Gemma 2); 0 = off
+      # x + attn(n(x)) + mlp(n(x)) with one norm a layer (GPT-J, PaLM) instead of two in sequence
+      parallel_block=False,
   ))
 
 
@@ -95,6 +97,9 @@ def _check(cfg):
     # scan over one layer's weights cannot express.
     raise UserError("config.model.norm_backend='triton' needs scan_layers=False; set "
                     "--config.model.scan_layers=False or --config.model.norm_backend=xla")
+  if _option(cfg, "parallel_block") and _option(cfg, "norm_backend") == "triton":
+    raise UserError("config.model.parallel_block=True has no fused-norm path yet; set "
+                    "--config.model.norm_backend=xla")
   if cfg.compute_dtype not in DTYPES:
     raise UserError(f"config.model.compute_dtype={cfg.compute_dtype!r} is unknown; use one of {list(DTYPES)}")
   if _option(cfg, "residual_dtype") not in DTYPES:
@@ -177,7 +182,6 @@ def init_params(key, cfg):
   blocks = {
       "attn_norm": jnp.ones((L, D), jnp.float32),
       **_ATTENTION[cfg.attention][0](k_attn, cfg),
-      "mlp_norm": jnp.ones((L, D), jnp.float32),
       # W1 and W3 fused: [gate (W1) | up (W3)], one D x 2F matmul.
       "w13": _linear(k_13, (L, D, 2, F), D, F),
       "w2": _linear(k_2, (L, F, D), F, D),
@@ -194,6 +198,8 @@ def init_params(key, cfg):
       "blocks": blocks,
       "final_norm": jnp.ones((D,), jnp.float32),
   }
+  if not _option(cfg, "parallel_block"):   # the parallel block's MLP reads the attention's norm
+    blocks["mlp_norm"] = jnp.ones((L, D), jnp.float32)
   if not cfg.tie_embeddings:
     params["lm_head"] = _linear(k_head, (D, V), D, V)
   if _option(cfg, "qk_norm"):
@@ -413,16 +419,21 @@ def block(p, x_BTD, rope, cfg):
   attn_fn = _ATTENTION[cfg.attention][1]
   h_BTD = rms_norm(x_BTD, p["attn_norm"], dtype)
   h8 = _attn_input_fp8(h_BTD, p["attn_norm"], cfg)
-  x_BTD = _residual_add(x_BTD, attn_fn(p, h_BTD, rope, cfg, dtype, h8))
-  mlp_BTD = swiglu(p, rms_norm(x_BTD, p["mlp_norm"], dtype), dtype, _option(cfg, "swiglu_backend"),
-                   _option(cfg, "mlp_fp8"), _option(cfg, "mlp_fp8_w2"), _option(cfg, "mlp_fp8_wgrad"),
-                   _option(cfg, "mlp_fp8_wgrad_w2"), _option(cfg, "mlp_fp8_h13"), _option(cfg, "mlp_fp8_da"))
-  return _residual_add(x_BTD, mlp_BTD)
+  attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8)
+  mlp = functools.partial(swiglu, p, dtype=dtype, backend=_option(cfg, "swiglu_backend"), fp8=_option(cfg, "mlp_fp8"),
+                          fp8_w2=_option(cfg, "mlp_fp8_w2"), fp8_wgrad=_option(cfg, "mlp_fp8_wgrad"),
+                          fp8_wgrad_w2=_option(cfg, "mlp_fp8_wgrad_w2"), fp8_h13=_option(cfg, "mlp_fp8_h13"),
+                          fp8_da=_option(cfg, "mlp_fp8_da"))
+  if _option(cfg, "parallel_block"):
+    # Both branches read the same normed x, so a layer has one norm and its two halves no order.
+    return _residual_add(x_BTD, attn_BTD, mlp(h_BTD))
+  x_BTD = _residual_add(x_BTD, attn_BTD)
+  return _residual_add(x_BTD, mlp(rms_norm(x_BTD, p["mlp_norm"], dtype)))
 
 
-def _residual_add(x_BTD, y_BTD):
-  """x + y summed in fp32 and rounded once to the stream's dtype (a no-op cast for the fp32 stream)."""
-  return (x_BTD.astype(jnp.float32) + y_BTD.astype(jnp.float32)).astype(x_BTD.dtype)
+def _residual_add(x_BTD, *ys_BTD):
+  """x + the ys summed in fp32 and rounded once to the stream's dtype (a no-op cast for the fp32 stream)."""
+  return sum((y.astype(jnp.float32) for y in ys_BTD), x_BTD.astype(jnp.float32)).astype(x_BTD.dtype)
 
 
 def hidden(params, tokens_BT, cfg):

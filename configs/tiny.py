@@ -46,6 +46,7 @@ def get_config():
   m.qk_norm = False  # RMSNorm over the head dim of q and k (learned gains) before RoPE; MHA only.
   m.zero_init_out = False  # the blocks' output projections wo, w2 start at zero (each block starts as identity).
   m.logit_softcap = 0.0  # > 0: logits = c * tanh(logits / c) (Gemma 2 uses 30); 0 = off.
+  m.parallel_block = False  # x + attn(n(x)) + mlp(n(x)): one norm a layer (GPT-J, PaLM).
 
   # Data: a directory made by data.py (train.bin, val.bin, meta.json, tokenizer.json).
   d = config.data = ml_collections.ConfigDict()

@@ -104,6 +104,8 @@ def get_config():
   # > 0: logits = c * tanh(logits / c) (Gemma 2 uses 30); 0 = off. c = 30 at 200 steps: 3.007 / 2.989
   # vs 3.024 / 2.988 (2 seeds), +0.35 ms a step (the tanh in the loss kernel). h100_session33/.
   m.logit_softcap = 0.0
+  # x + attn(n(x)) + mlp(n(x)), one norm a layer (GPT-J, PaLM). Being measured (fifty-second session).
+  m.parallel_block = False
 
   d = config.data = ml_collections.ConfigDict()
   d.dataset = "tinystories"  # too big to prepare implicitly: train.py prints the command.

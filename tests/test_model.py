@@ -588,7 +588,7 @@ def test_indexer_distillation_lowers_the_kl():
 
 # ----------------------------------------------------------------------------- tokens-to-target options
 
-OPTIONS = ("qk_norm", "zero_init_out", "logit_softcap")
+OPTIONS = ("qk_norm", "zero_init_out", "logit_softcap", "parallel_block")
 
 
 def _np_rms(x, g):
@@ -607,7 +607,7 @@ def _randomised(params, seed=7):
 
 def test_options_default_off_and_add_no_params():
   cfg = model.default_model_config()
-  assert (cfg.qk_norm, cfg.zero_init_out, cfg.logit_softcap) == (False, False, 0.0)
+  assert (cfg.qk_norm, cfg.zero_init_out, cfg.logit_softcap, cfg.parallel_block) == (False, False, 0.0, False)
   params = init({})
   assert set(params["blocks"]) == {"attn_norm", "wqkv", "wo", "mlp_norm", "w13", "w2"}
   # A config saved before the options existed (an older checkpoint's config.json) means all off.
@@ -639,19 +639,21 @@ def test_qk_norm_gains_are_per_layer_head_dim_vectors_without_weight_decay():
     np.testing.assert_array_equal(params["blocks"][name], a)
 
 
-def np_one_block_lm(p, tok, theta, qk_norm):
-  """NumPy transcription of a one-layer tied model, with the q/k RMSNorm before RoPE when qk_norm."""
+def np_one_block_lm(p, tok, theta, qk_norm, parallel=False):
+  """NumPy transcription of a one-layer tied model, with the q/k RMSNorm before RoPE when qk_norm;
+  parallel: x + attn(n(x)) + mlp(n(x)), both halves on the one attn_norm."""
   b = {k: np.asarray(v, np.float64)[0] for k, v in p["blocks"].items()}
   embed = np.asarray(p["embed"], np.float64)
   x = embed[np.asarray(tok)]
-  qkv = np.einsum("btd,dshk->btshk", _np_rms(x, b["attn_norm"]), b["wqkv"])
+  h_in = _np_rms(x, b["attn_norm"])
+  qkv = np.einsum("btd,dshk->btshk", h_in, b["wqkv"])
   q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
   if qk_norm:
     q, k = _np_rms(q, b["q_norm"]), _np_rms(k, b["k_norm"])
   q = np.stack([np_rope(qi, theta) for qi in q])
   k = np.stack([np_rope(ki, theta) for ki in k])
   x = x + np.einsum("bthk,hkd->btd", np_causal_attention(q, k, v), b["wo"])
-  h = _np_rms(x, b["mlp_norm"])
+  h = h_in if parallel else _np_rms(x, b["mlp_norm"])
   gate, up = h @ b["w13"][:, 0], h @ b["w13"][:, 1]
   x = x + (gate / (1 + np.exp(-gate)) * up) @ b["w2"]
   return _np_rms(x, np.asarray(p["final_norm"], np.float64)) @ embed.T
@@ -666,6 +668,28 @@ def test_qk_norm_forward_matches_numpy(scan_layers):
   np.testing.assert_allclose(model.forward(params, tok, cfg), want, atol=2e-4, rtol=1e-4)
   # The reference can tell: without the norm it is far from the model.
   assert np.abs(np_one_block_lm(params, tok, cfg.rope_theta, qk_norm=False) - want).max() > 1e-2
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_parallel_block_forward_matches_numpy(scan_layers):
+  cfg = make_cfg(parallel_block=True, n_layers=1, scan_layers=scan_layers)
+  params = _randomised(model.init_params(jax.random.PRNGKey(0), cfg))
+  tok = tokens(2, 9, 256)
+  want = np_one_block_lm(params, tok, cfg.rope_theta, qk_norm=False, parallel=True)
+  np.testing.assert_allclose(model.forward(params, tok, cfg), want, atol=2e-4, rtol=1e-4)
+  # The reference can tell: the sequential block on the same gains is far from it.
+  seq = {**params, "blocks": {**params["blocks"], "mlp_norm": params["blocks"]["attn_norm"]}}
+  assert np.abs(np_one_block_lm(seq, tok, cfg.rope_theta, qk_norm=False) - want).max() > 1e-2
+
+
+def test_parallel_block_has_one_norm_a_layer_and_the_same_draws():
+  params = init(dict(parallel_block=True))
+  assert set(params["blocks"]) == {"attn_norm", "wqkv", "wo", "w13", "w2"}
+  for name, a in init({})["blocks"].items():   # an A/B run differs only by the block's form
+    if name != "mlp_norm":
+      np.testing.assert_array_equal(params["blocks"][name], a)
+  with pytest.raises(UserError, match="parallel_block.*norm_backend=xla"):
+    model.forward(params, tokens(1, 4, 256), make_cfg(parallel_block=True, norm_backend="triton"))
 
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -159,6 +159,17 @@ def test_cached_greedy_with_qk_norm_and_softcap_equals_brute_force():
     assert o == _greedy_reference(params, cfg, [int(t) for t in p], 12, eos=-1)
 
 
+def test_cached_greedy_with_parallel_block_equals_brute_force():
+  params, cfg = _options_model(parallel_block=True)
+  assert "mlp_norm" not in params["blocks"]
+  rng = np.random.default_rng(4)
+  prompts = [list(rng.integers(0, cfg.vocab_size, n)) for n in (3, 8)]
+  gen = sample.Generator(params, cfg, "mha", temperature=0.0)
+  outs, _, _ = gen.generate(prompts, 12)
+  for p, o in zip(prompts, outs):
+    assert o == _greedy_reference(params, cfg, [int(t) for t in p], 12, eos=-1)
+
+
 def test_val_loss_with_softcap_matches_numpy_cross_entropy():
   """decode.val_loss (sample.py --eval_tokens) runs the capped logits: NumPy CE of c*tanh(raw/c)."""
   cap = 0.5   # far below the raw logits' range, so an uncapped loss would differ clearly
