@@ -293,6 +293,65 @@ def head_logits(h8_ND, qh, w_VD):
 # ----------------------------------------------------------------------------- the fused GPU path
 
 
+def _mlp_fwd(h8, hs, w8, w2_FD, shape, dtype, fp8_w2, fp8_wgrad_w2, fp8_h13):
+  """The MLP from its input's e4m3 copy h8 and row scales hs (which carry W13's scale s13): (y, its
+  row scales or None, h13, h13's row scales, what W2's weight gradient reads). y is x W2's unscaled
+  FP8 output with fp8_w2 (the norm kernel that reads it applies the scales), else bf16.
+  w8 = (w13_8T, s2, w2_8T, c13) of mlp_weights."""
+  w13_8T, s2, w2_8T, c13 = w8
+  # cuBLASLt's FP8 dots want both operands K-major. hs13: the rows' scale of h13 (hs, which carries
+  # s13, over the e4m3 output's c13); hs itself stays for W13's weight gradient.
+  if fp8_h13:
+    h13_N2F, hs13 = dot8_e4m3(h8, w13_8T, 1, c13), hs / c13
+  else:
+    h13_N2F, hs13 = dot8(h8, w13_8T, 1), hs
+  if fp8_w2:
+    import swiglu_kernel  # pylint: disable=import-outside-toplevel
+    # With fp8_wgrad_w2, act's own row scales (max|act[t]| / 448) are kept for W2's gradient, so
+    # they must not carry s2: zero for a zero W2 (zero_init_out), which would zero that gradient.
+    act_NF, a8, a_scale = swiglu_kernel.forward_fp8(h13_N2F, hs13, _ONE if fp8_wgrad_w2 else s2,
+                                                    write_act=not fp8_wgrad_w2, dtype=dtype)
+    y_scale = a_scale * s2 if fp8_wgrad_w2 else a_scale
+    y_BTD = dot8(a8, w2_8T, 1).reshape(shape)   # unscaled: the norm kernel applies y_scale
+    act_NF = (a8, a_scale) if fp8_wgrad_w2 else act_NF   # what W2's weight gradient reads
+  else:
+    act_NF = silu_mul_scaled(h13_N2F, hs13, dtype)
+    y_BTD, y_scale = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(shape), None
+  return y_BTD, y_scale, h13_N2F, hs13, act_NF
+
+
+def _mlp_bwd_dh(d8, ds, h13_N2F, hs13, w8, dtype, fp8_w2, fp8_wgrad, fp8_wgrad_w2, fp8_da):
+  """The MLP's backward down to its input: (dh unscaled [N, D], its row scales dhs, dH13 in bf16 or
+  None with fp8_wgrad, dH13's e4m3 copy) from dY's e4m3 copy d8 and row scales ds (without W2's
+  scale s2 when W2's weight gradient is FP8 too). w8 = (w13_8, s13, w2_8, s2, c2) of mlp_weights."""
+  import swiglu_kernel  # pylint: disable=import-outside-toplevel
+  w13_8, s13, w2_8, s2, c2 = w8
+  das = ds * s2 if fp8_w2 and fp8_wgrad_w2 else ds   # dA's row scales: dY's, with W2's scale
+  if fp8_da:   # dA in e4m3 from the dot's epilogue; its scale c2 moves into the rows'
+    da_NF, das = dot8_e4m3(d8, w2_8, 1, c2), das / c2
+  else:
+    da_NF = dot8(d8, w2_8, 1)
+  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs13, da_NF, das, s13, write_dh13=not fp8_wgrad,
+                                                  dtype=dtype)
+  return dot8(dh8, w13_8, 1), dhs, dh13_N2F, dh8
+
+
+def _mlp_bwd_w(d_y, ds, act_NF, h_src, hs, dh13_N2F, dh8, dhs, s13, fp8_w2, fp8_wgrad, fp8_wgrad_w2):
+  """The MLP's weight gradients (dW13 [D, 2F], dW2 [F, D], fp32) from dY [..., D]. h_src = (h [..., D],
+  None), or with fp8_wgrad (the stream s [..., D], (rstd, gain, dtype)) for W13's gradient to remake
+  h from (NORM_IN_WGRAD)."""
+  D = d_y.shape[-1]
+  if fp8_w2 and fp8_wgrad_w2:
+    dw2 = wgrad_kernels(d_y.reshape(-1, D), ds, *act_NF, _ONE).T
+  else:
+    dw2 = jnp.dot(act_NF.T, d_y.reshape(-1, D), preferred_element_type=jnp.float32)
+  if fp8_wgrad:
+    dw13 = wgrad_kernels(h_src[0].reshape(-1, D), hs, dh8, dhs, s13, norm=h_src[1])
+  else:
+    dw13 = jnp.dot(h_src[0].reshape(-1, D).T, dh13_N2F, preferred_element_type=jnp.float32)
+  return dw13, dw2
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 10, 11, 12, 13, 14, 15))
 def mlp_sublayer(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_next=None, w8=None,
                  keep_x=True, fp8_wgrad=False, fp8_wgrad_w2=False, fp8_h13=False, fp8_da=False, dh_mul=1.0):
@@ -322,24 +381,8 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
   # h itself is read again only by W13's weight gradient, which can remake it (NORM_IN_WGRAD).
   s_BTD, h_BTD, rstd1, (h8, hs) = norm_kernel.forward(x_BTD, attn_BTD, g_mlp, dtype, fp8_qmul=s13,
                                                       write_h=not (fp8_wgrad and NORM_IN_WGRAD))
-  # cuBLASLt's FP8 dots want both operands K-major. hs13: the rows' scale of h13 (hs, which carries
-  # s13, over the e4m3 output's c13); hs itself stays for W13's weight gradient.
-  if fp8_h13:
-    h13_N2F, hs13 = dot8_e4m3(h8, w13_8T, 1, c13), hs / c13
-  else:
-    h13_N2F, hs13 = dot8(h8, w13_8T, 1), hs
-  if fp8_w2:
-    import swiglu_kernel  # pylint: disable=import-outside-toplevel
-    # With fp8_wgrad_w2, act's own row scales (max|act[t]| / 448) are kept for W2's gradient, so
-    # they must not carry s2: zero for a zero W2 (zero_init_out), which would zero that gradient.
-    act_NF, a8, a_scale = swiglu_kernel.forward_fp8(h13_N2F, hs13, _ONE if fp8_wgrad_w2 else s2,
-                                                    write_act=not fp8_wgrad_w2, dtype=dtype)
-    y_scale = a_scale * s2 if fp8_wgrad_w2 else a_scale
-    y_BTD = dot8(a8, w2_8T, 1).reshape(B, T, D)   # unscaled: the norm kernel applies y_scale
-    act_NF = (a8, a_scale) if fp8_wgrad_w2 else act_NF   # what W2's weight gradient reads
-  else:
-    act_NF = silu_mul_scaled(h13_N2F, hs13, dtype)
-    y_BTD, y_scale = jnp.dot(act_NF, w2_FD.astype(dtype)).reshape(B, T, D), None
+  y_BTD, y_scale, h13_N2F, hs13, act_NF = _mlp_fwd(h8, hs, (w13_8T, s2, w2_8T, c13), w2_FD, (B, T, D), dtype,
+                                                   fp8_w2, fp8_wgrad_w2, fp8_h13)
   x_out, h_next, rstd2, fp8 = norm_kernel.forward(s_BTD, y_BTD, g_next, dtype, fp8_qmul=q_next, fp8_rows=False,
                                                   y_scale=y_scale)
   res = (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, c2, g_mlp, g_next,
@@ -351,7 +394,6 @@ def _fwd(x_BTD, attn_BTD, g_mlp, w13_D2F, w2_FD, g_next, dtype, fp8_w2=False, q_
 
 def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, dh_mul, res, cotangents):  # pylint: disable=unused-argument
   import norm_kernel  # pylint: disable=import-outside-toplevel
-  import swiglu_kernel  # pylint: disable=import-outside-toplevel
   (s_BTD, rstd1, h_BTD, h13_N2F, hs, hs13, act_NF, x_out, rstd2, w13_8, s13, w2_8, s2, c2, g_mlp, g_next, attn_like,
    w13_like, w2_like, q_next, w8_mark) = res
   cotangents = cotangents[:2]   # the e4m3 copy's (when q_next is given) is zero: qkv_dot passes nothing to it
@@ -359,32 +401,79 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, dh_mul
   F = w2_8.shape[0]
   dx_out = cotangents[0] if keep_x else None
   w2_wgrad8 = fp8_w2 and fp8_wgrad_w2   # act_NF is then the forward's (a8, max|act[t]| / 448)
-  # dY's row scales without s2 for W2's gradient too (as act's above); dA's take s2 here.
+  # dY's row scales without s2 for W2's gradient too (as act's above); dA's take s2 in _mlp_bwd_dh.
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd2, g_next, dtype,
                                                      fp8_qmul=_ONE if w2_wgrad8 else s2, dh_mul=dh_mul)
-  das = ds * s2 if w2_wgrad8 else ds   # dA's row scales: dY's, with W2's scale
-  if fp8_da:   # dA in e4m3 from the dot's epilogue; its scale c2 moves into the rows'
-    da_NF, das = dot8_e4m3(d8, w2_8, 1, c2), das / c2
-  else:
-    da_NF = dot8(d8, w2_8, 1)
-  dh13_N2F, dh8, dhs = swiglu_kernel.backward_fp8(h13_N2F, hs13, da_NF, das, s13, write_dh13=not fp8_wgrad,
-                                                  dtype=dtype)
-  dh_ND = dot8(dh8, w13_8, 1)
+  dh_ND, dhs, dh13_N2F, dh8 = _mlp_bwd_dh(d8, ds, h13_N2F, hs13, (w13_8, s13, w2_8, s2, c2), dtype, fp8_w2,
+                                          fp8_wgrad, fp8_wgrad_w2, fp8_da)
   dx, dattn, dg_mlp = norm_kernel.backward(d_s, dh_ND, s_BTD, rstd1, g_mlp, attn_like.dtype, dh_scale=dhs)
-  if w2_wgrad8:
-    dw2 = wgrad_kernels(d_y.reshape(B * T, D), ds, *act_NF, _ONE).T
-  else:
-    dw2 = jnp.dot(act_NF.T, d_y.reshape(B * T, D), preferred_element_type=jnp.float32)
-  if fp8_wgrad:   # without h (NORM_IN_WGRAD), h's copy is remade from the stream, its rstd and the gain
-    src, norm = (s_BTD, (rstd1, g_mlp, dtype)) if h_BTD is None else (h_BTD, None)
-    dw13 = wgrad_kernels(src.reshape(B * T, D), hs, dh8, dhs, s13, norm=norm)
-  else:
-    dw13 = jnp.dot(h_BTD.reshape(B * T, D).T, dh13_N2F, preferred_element_type=jnp.float32)
+  # Without h (NORM_IN_WGRAD), W13's gradient remakes h's copy from the stream, its rstd and the gain.
+  src = (s_BTD, (rstd1, g_mlp, dtype)) if h_BTD is None else (h_BTD, None)
+  dw13, dw2 = _mlp_bwd_w(d_y, ds, act_NF, src, hs, dh13_N2F, dh8, dhs, s13, fp8_w2, fp8_wgrad,
+                         fp8_wgrad_w2)
   return (dx, dattn, dg_mlp, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype), dg_next,
           None if q_next is None else jnp.zeros_like(q_next), None if w8_mark is None else (None,) * 8)
 
 
 mlp_sublayer.defvjp(_fwd, _bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14, 15, 16))
+def parallel_sublayer(x_BTD, attn_BTD, h_BTD, h8, hs, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype, keep_x=True,
+                      fp8_h13=False, fp8_da=False, dh_mul=1.0, dh_mul_in=1.0):
+  """The parallel block's MLP and the add + norm after it (model.py's parallel_block on the fused
+  path): x' = x + attn + MLP(h), h' = RMSNorm(x') * g_next, where h = RMSNorm(x) * g is the layer's
+  one normed input, which the attention read too, and (h8, hs) its e4m3 copy with row scales that
+  carry W13's scale (as norm_kernel.forward's fp8_qmul=s13 writes them). Returns (x' or None with
+  keep_x=False, h', e4m3(h' * q_next) or None, the next MLP's copy of h' with row scales times
+  q_rows (the next W13's scale) as two items, or None, None). All four MLP dots are e4m3 (mlp_fp8_w2)
+  and so are both weight gradients (mlp_fp8_wgrad, mlp_fp8_wgrad_w2), as in the speedrun config;
+  fp8_h13 and fp8_da as in mlp_sublayer. w8: this layer's mlp_weights, or None to make them here.
+
+  h's gradient leaves as the MLP's share only; JAX adds the attention's. dh_mul (a Python float), as
+  in mlp_sublayer: h' gets its gradient that many times too small and the norm's backward multiplies
+  it back. dh_mul_in: the same convention for h, whose norm made it for an attention too; the MLP's
+  share is handed over that many times too small, so that it adds to the attention's raw one
+  (attention_kernel's dh_raw)."""
+  return _par_fwd(x_BTD, attn_BTD, h_BTD, h8, hs, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype, keep_x,
+                  fp8_h13, fp8_da, dh_mul, dh_mul_in)[0]
+
+
+def _par_fwd(x_BTD, attn_BTD, h_BTD, h8, hs, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype, keep_x=True,
+             fp8_h13=False, fp8_da=False, dh_mul=1.0, dh_mul_in=1.0):  # pylint: disable=unused-argument  (the backward's)
+  import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
+  w13_8, w13_8T, s13, w2_8, s2, w2_8T, c13, c2 = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
+  y_BTD, y_scale, h13_N2F, hs13, act_NF = _mlp_fwd(h8, hs, (w13_8T, s2, w2_8T, c13), w2_FD, x_BTD.shape, dtype,
+                                                   True, True, fp8_h13)
+  x_out, h_next, rstd, h8_next, rows_next = norm_kernel.forward_parallel(x_BTD, attn_BTD, y_BTD, y_scale, g_next,
+                                                                        dtype, q_next, q_rows)
+  res = (x_out, rstd, h_BTD, hs, h13_N2F, hs13, act_NF, w13_8, s13, w2_8, s2, c2, g_next, q_next, q_rows,
+         jnp.zeros((0,), w13_D2F.dtype), jnp.zeros((0,), w2_FD.dtype), None if w8 is None else ())
+  return (x_out if keep_x else None, h_next, h8_next, *(rows_next or (None, None))), res
+
+
+def _par_bwd(dtype, keep_x, fp8_h13, fp8_da, dh_mul, dh_mul_in, res, cotangents):  # pylint: disable=unused-argument
+  import norm_kernel  # pylint: disable=import-outside-toplevel
+  (x_out, rstd, h_BTD, hs, h13_N2F, hs13, act_NF, w13_8, s13, w2_8, s2, c2, g_next, q_next, q_rows, w13_like,
+   w2_like, w8_mark) = res
+  D, F = x_out.shape[-1], w2_8.shape[0]
+  # The e4m3 copies' cotangents are zero: the dots that read them pass nothing back through them.
+  dx_out = cotangents[0] if keep_x else None
+  # One gradient for the stream, the attention's output and the MLP's; its e4m3 copy (row scales
+  # without s2, which _mlp_bwd_dh applies) for dY W2^T and W2's weight gradient.
+  d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd, g_next, dtype, fp8_qmul=_ONE,
+                                                     dh_mul=dh_mul)
+  dh_ND, dhs, dh13_N2F, dh8 = _mlp_bwd_dh(d8, ds, h13_N2F, hs13, (w13_8, s13, w2_8, s2, c2), dtype, True, True,
+                                          True, fp8_da)
+  # The MLP's share of h's gradient, under the caller's dh_mul convention (see the docstring).
+  dh = (dh_ND.astype(jnp.float32) * (dhs / dh_mul_in)[:, None]).astype(h_BTD.dtype).reshape(h_BTD.shape)
+  dw13, dw2 = _mlp_bwd_w(d_y, ds, act_NF, (h_BTD, None), hs, dh13_N2F, dh8, dhs, s13, True, True, True)
+  zero = lambda a: None if a is None else jnp.zeros_like(a)   # pylint: disable=unnecessary-lambda-assignment
+  return (d_s, d_y, dh, None, None, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype),
+          dg_next, zero(q_next), zero(q_rows), None if w8_mark is None else (None,) * 8)
+
+
+parallel_sublayer.defvjp(_par_fwd, _par_bwd)
 
 
 def wgrad_kernels(h_ND, hs_N, dh8_NE, dhs_N, s, norm=None):

@@ -97,8 +97,12 @@ def _check(cfg):
     # scan over one layer's weights cannot express.
     raise UserError("config.model.norm_backend='triton' needs scan_layers=False; set "
                     "--config.model.scan_layers=False or --config.model.norm_backend=xla")
-  if _option(cfg, "parallel_block") and _option(cfg, "norm_backend") == "triton":
-    raise UserError("config.model.parallel_block=True has no fused-norm path yet; set "
+  fp8_all = ("mlp_fp8", "mlp_fp8_w2", "mlp_fp8_wgrad", "mlp_fp8_wgrad_w2")
+  if (_option(cfg, "parallel_block") and _option(cfg, "norm_backend") == "triton"
+      and not all(_option(cfg, name) for name in fp8_all)):
+    # fp8_mlp.parallel_sublayer is built for the speedrun's all-FP8 MLP only.
+    raise UserError("config.model.parallel_block=True with norm_backend='triton' needs the all-FP8 MLP ("
+                    + ", ".join(f"{name}=True" for name in fp8_all) + "); set those, or "
                     "--config.model.norm_backend=xla")
   if cfg.compute_dtype not in DTYPES:
     raise UserError(f"config.model.compute_dtype={cfg.compute_dtype!r} is unknown; use one of {list(DTYPES)}")
@@ -531,6 +535,11 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
         qh = jax.vmap(fp8_mlp.static_scale)(blocks["attn_norm"]) if fp8_mlp.DH_WEIGHT_AHEAD else None
         wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1), qh,
                                   fp8_dh=bool(_option(cfg, "attn_fp8_dqkv")))
+  parallel = _option(cfg, "parallel_block")
+  if parallel:   # layer 0's MLP copy of h, with row scales (the later ones come out of each norm)
+    w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"]) if w8 is None else w8   # (_check: the all-FP8 MLP)
+    h8r, hs = fp8_mlp.quantize_rows(jax.lax.stop_gradient(h_BTD).reshape(-1, h_BTD.shape[-1]))
+    hs = hs * w8[2][0].reshape(())
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
     h8_i = h8 if wq8 is None else (*h8, tuple(a[i] for a in wq8))
@@ -539,6 +548,17 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
     attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8_i)
     last = i + 1 == cfg.n_layers
     gain = params["final_norm"] if last else blocks["attn_norm"][i + 1]
+    if parallel:
+      # The MLP reads the h the attention read; the norm after both writes the next layer's h with
+      # both e4m3 copies (the attention's, one scale; the MLP's, scales per row).
+      wants_h8 = _option(cfg, "head_fp8") if last else h8 is not None
+      q_next = fp8_mlp.static_scale(gain) if wants_h8 else None
+      x_BTD, h_BTD, h8_next, h8r, hs = fp8_mlp.parallel_sublayer(
+          x_BTD, attn_BTD, h_BTD, h8r, hs, p["w13"], p["w2"], gain, q_next, None if last else w8[2][i + 1],
+          tuple(a[i] for a in w8), dtype, not last, bool(_option(cfg, "mlp_fp8_h13")), bool(_option(cfg, "mlp_fp8_da")),
+          1.0 if last else dh_mul, dh_mul)
+      h8 = None if h8_next is None else (h8_next, q_next)
+      continue
     if _option(cfg, "mlp_fp8"):
       # The add, the norm, the MLP and the next add + norm in one custom VJP: the FP8 casts ride
       # in the norm and SwiGLU kernels (fp8_mlp.py), the next attention's e4m3 input with them.

@@ -80,6 +80,30 @@ def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True, y_scale=N
           fp8)
 
 
+def forward_parallel(x_BTD, z_BTD, y_BTD, y_scale, gain_D, dtype, q_static=None, q_rows=None):
+  """The parallel block's add + norm: (x + z + y * y_scale[row] in x's dtype, h = RMSNorm(that) *
+  gain in dtype, rstd [N], e4m3(h * q_static) or None, (h in e4m3 with its scale per row times
+  q_rows, those scales [N]) or None). z is the attention's output, y the MLP's unscaled FP8 dot
+  output; q_static and q_rows are 1-element fp32 arrays (the next attention's and the next MLP's)."""
+  jt, kern = _triton()
+  D = x_BTD.shape[-1]
+  N = x_BTD.size // D
+  consts = _consts(D)
+  one = jnp.ones((1,), jnp.float32)
+  f8 = lambda on, shape: jax.ShapeDtypeStruct(shape if on else (1,), jnp.float8_e4m3fn)   # pylint: disable=unnecessary-lambda-assignment
+  x_out, h, rstd, h8, h8r, hsr = jt.triton_call(
+      x_BTD.reshape(N, D), z_BTD.reshape(N, D), y_BTD.reshape(N, D), gain_D, y_scale,
+      one if q_static is None else q_static, one if q_rows is None else q_rows, kernel=kern.add_norm_fwd_par_kernel,
+      out_shape=(jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
+                 jax.ShapeDtypeStruct((N,), jnp.float32), f8(q_static is not None, (N, D)),
+                 f8(q_rows is not None, (N, D)), jax.ShapeDtypeStruct((N,) if q_rows is not None else (1,), jnp.float32)),
+      grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS,
+      STATIC8=q_static is not None, ROW8=q_rows is not None, **consts)
+  shape = x_BTD.shape
+  return (x_out.reshape(shape), h.reshape(shape), rstd, None if q_static is None else h8.reshape(shape),
+          None if q_rows is None else (h8r, hsr))
+
+
 def _fwd(x_BTD, y_BTD, gain_D, dtype):
   x_out, h, rstd, _ = forward(x_BTD, y_BTD, gain_D, dtype)
   return (x_out, h), (x_out, rstd, gain_D, jnp.zeros((0,), y_BTD.dtype))

@@ -25,13 +25,14 @@ def _store_fp8_rows(v, mask, offs, rows, N, V8, VS, QMUL):
 @triton.jit
 def _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                        ROWS: tl.constexpr, EPS: tl.constexpr, YS=None, Y_SCALED: tl.constexpr = False,
-                       HAS_Y: tl.constexpr = True, WRITE_H: tl.constexpr = True):
+                       HAS_Y: tl.constexpr = True, WRITE_H: tl.constexpr = True, Z=None, HAS_Z: tl.constexpr = False):
   """add_norm_fwd_kernel's body; returns (h in fp32, mask, offsets, rows) of this program's rows.
   With Y_SCALED, Y's rows are multiplied by YS[row] first (Y is then an FP8 dot's unscaled output).
   HAS_Y=False normalizes X itself (the first layer's norm, no add before it): Y and XOUT are
   dummies, never read or written. WRITE_H=False: H is not stored (a caller that needs only the
   e4m3 copy, and remakes h from XOUT and RSTD where it needs it again); H is then a 1-element
-  dummy of its dtype."""
+  dummy of its dtype. HAS_Z: a second branch Z joins the sum, x + z + y in that order (the parallel
+  block's attention output, added before the MLP's)."""
   rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
   cols = tl.arange(0, BLOCK_D)
   mask = (rows[:, None] < N) & (cols[None, :] < D)
@@ -41,8 +42,10 @@ def _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N: tl.constexpr, D: tl.constexpr,
     if Y_SCALED:
       # Rounded to Y's dtype once scaled: the sublayer's output as fp8_mlp.swiglu returns it.
       y = (y * tl.load(YS + rows, mask=rows < N, other=0.0)[:, None]).to(Y.dtype.element_ty).to(tl.float32)
-    s = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) + y
-    s = s.to(XOUT.dtype.element_ty)
+    s = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+      s += tl.load(Z + offs, mask=mask, other=0.0).to(tl.float32)
+    s = (s + y).to(XOUT.dtype.element_ty)
     tl.store(XOUT + offs, s, mask=mask)
     s = s.to(tl.float32)
   else:
@@ -91,6 +94,24 @@ def add_norm_fwd_fp8_kernel(X, Y, G, QMUL, YS, XOUT, H, RSTD, H8, HS, N: tl.cons
     _store_fp8_rows(h, mask, offs, rows, N, H8, HS, QMUL)
   else:
     tl.store(H8 + offs, tl.clamp(h * tl.load(QMUL), -F8_MAX, F8_MAX).to(H8.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def add_norm_fwd_par_kernel(X, Z, Y, G, YS, QMUL, QROW, XOUT, H, RSTD, H8, H8R, HSR, N: tl.constexpr, D: tl.constexpr,
+                            BLOCK_D: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr, STATIC8: tl.constexpr,
+                            ROW8: tl.constexpr):
+  """The parallel block's norm (fp8_mlp.parallel_sublayer): XOUT = X + Z + Y * YS[row] (the stream,
+  the attention's output, the MLP's unscaled FP8 dot output), H = RMSNorm(XOUT) * G, RSTD; with
+  STATIC8 H8 = e4m3(H * QMUL) (the next attention's copy, one scale for the tensor), with ROW8 H8R
+  in e4m3 with its scale per row times QROW (HSR; the next MLP's copy). Unused outputs are
+  1-element dummies."""
+  h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, YS, True, True, True,
+                                           Z, True)
+  h = h.to(H.dtype.element_ty).to(tl.float32)   # both copies quantize H as stored
+  if STATIC8:
+    tl.store(H8 + offs, tl.clamp(h * tl.load(QMUL), -F8_MAX, F8_MAX).to(H8.dtype.element_ty), mask=mask)
+  if ROW8:
+    _store_fp8_rows(h, mask, offs, rows, N, H8R, HSR, QROW)
 
 
 @triton.jit

@@ -119,6 +119,39 @@ def norm_fwd_scaled(n, d, rng):
           np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max()]
 
 
+def norm_fwd_par(n, d, rng):
+  """add_norm_fwd_par_kernel (the parallel block's norm): XO = X + Z + Y * YS (summed in that order,
+  Y's scaled rows rounded to Y's dtype first), H, and both e4m3 copies, the static one and the one
+  with row scales; with neither copy, XO, H and RSTD unchanged."""
+  t = lambda a: torch.from_numpy(a.astype(np.float32)).to(torch.float16)  # pylint: disable=unnecessary-lambda-assignment
+  x, z, y = t(rng.standard_normal((n, d))), t(0.5 * rng.standard_normal((n, d))), t(rng.standard_normal((n, d)) * 100)
+  ys = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32))
+  g = torch.from_numpy((1 + 0.3 * rng.standard_normal(d)).astype(np.float32))
+  q_static = F8_MAX / (np.sqrt(d) * np.abs(g.double().numpy()).max())
+  qs, qr = torch.tensor([q_static], dtype=torch.float32), torch.tensor([0.37])
+  c = norm_kernel._consts(d)  # pylint: disable=protected-access
+  outs = []
+  for both in (True, False):
+    o = [torch.empty((n, d), dtype=torch.float16), torch.empty((n, d), dtype=torch.float16), torch.empty(n)]
+    o += [torch.empty((n, d), dtype=E4M3), torch.empty((n, d), dtype=E4M3), torch.empty(n)] if both else \
+         [torch.empty(1, dtype=E4M3), torch.empty(1, dtype=E4M3), torch.empty(1)]
+    NK.add_norm_fwd_par_kernel[(-(-n // c["ROWS"]),)](x, z, y, g, ys, qs, qr, *o, n, EPS=EPS, STATIC8=both,
+                                                      ROW8=both, **c)
+    outs.append(o)
+  (xo, h, r, h8s, h8r, hsr), other = outs
+  assert all(torch.equal(a, b) for a, b in zip(outs[0][:3], other[:3])), "par norm: the copies changed XO/H/RSTD"
+  y_ref = (y.double().numpy() * ys.double().numpy()[:, None]).astype(np.float16).astype(np.float64)
+  s_ref = (x.double().numpy() + z.double().numpy()) + y_ref
+  s = s_ref.astype(np.float16).astype(np.float64)
+  h_ref = s / np.sqrt((s * s).mean(1) + EPS)[:, None] * g.double().numpy()
+  want8 = torch.from_numpy((h.double().numpy() * np.float32(q_static)).astype(np.float32)).to(E4M3).double().numpy()
+  step = np.maximum(np.abs(want8), 2.0 ** -6) * 2.0 ** -3
+  assert (np.abs(h8s.double().numpy() - want8) <= step + 1e-12).all(), "par norm, static copy: e4m3 values differ"
+  return [np.abs(xo.double().numpy() - s_ref).max() / np.abs(s_ref).max(),
+          np.abs(h.double().numpy() - h_ref).max() / np.abs(h_ref).max(),
+          check_fp8_rows(h8r, hsr, h.double().numpy(), 0.37, "par norm, row copy")]
+
+
 def norm_bwd(n, d, rng, fp8=True, has_dxout=True):
   t = lambda a: torch.from_numpy(a.astype(np.float32)).to(torch.float16)  # pylint: disable=unnecessary-lambda-assignment
   xo, dxo = t(rng.standard_normal((n, d))), t(rng.standard_normal((n, d)))
@@ -467,6 +500,100 @@ def jax_side():
   return errs
 
 
+def parallel_side():
+  """fp8_mlp.parallel_sublayer (the parallel block's MLP + add + norm through the kernels) against
+  its XLA reference, and the model's fused parallel path against its XLA path: relative errors."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import errors  # pylint: disable=import-outside-toplevel
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  import model  # pylint: disable=import-outside-toplevel
+  errors.triton_kernels = lambda name, option: (InterpretedJaxTriton, importlib.import_module(name))
+  rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32)))  # pylint: disable=unnecessary-lambda-assignment
+  bf = jnp.bfloat16
+  errs = {}
+  B, T, D, F = 2, 9, 64, 100
+  k = jax.random.split(jax.random.PRNGKey(1), 8)
+  g_in = 1 + 0.2 * jax.random.normal(k[2], (D,))
+  x = jax.random.normal(k[0], (B, T, D)).astype(bf)
+  args = (x, (0.5 * jax.random.normal(k[1], (B, T, D))).astype(bf), model.rms_norm(x, g_in, bf),
+          jax.random.normal(k[4], (D, 2, F)) * D ** -0.5, jax.random.normal(k[5], (F, D)) * F ** -0.5,
+          1 + 0.2 * jax.random.normal(k[3], (D,)))
+  cot = ((1e-3 * jax.random.normal(k[6], (B, T, D))).astype(bf), (1e-3 * jax.random.normal(k[7], (B, T, D))).astype(bf))
+
+  def ref(x, attn, h, w13, w2, g_next, h13, da):
+    y = fp8_mlp.swiglu(h, w13, w2, bf, True, True, True, h13, da)
+    x_out = (x.astype(jnp.float32) + attn.astype(jnp.float32) + y.astype(jnp.float32)).astype(x.dtype)
+    return x_out, model.rms_norm(x_out, g_next, bf)
+
+  def fused(x, attn, h, w13, w2, g_next, h13, da, keep_x=True, dh_mul_in=1.0, qs=None, qr=None):
+    s13 = fp8_mlp.mlp_weights(w13, w2)[2]
+    h8, hs = fp8_mlp.quantize_rows(jax.lax.stop_gradient(h).reshape(-1, D))
+    out = fp8_mlp.parallel_sublayer(x, attn, h, h8, hs * s13.reshape(()), w13, w2, g_next, qs, qr, None, bf, keep_x,
+                                    h13, da, 1.0, dh_mul_in)
+    return out if qs is not None or qr is not None else out[:2]
+
+  names = ("x_out", "h_next", "dx", "dattn", "dh", "dw13", "dw2", "dg_next")
+  for h13, da in ((False, False), (True, False), (True, True)):
+    tag = f"parallel{', fp8 h13' if h13 else ''}{' + dA' if da else ''}"
+    outs = []
+    for f in (lambda *a: fused(*a, h13, da), lambda *a: ref(*a, h13, da)):
+      y, vjp = jax.vjp(f, *args)
+      outs.append((*y, *vjp(cot)))
+    for name, g, w in zip(names, *outs):
+      assert g.dtype == w.dtype and g.shape == w.shape, (name, tag, g.dtype, w.dtype)
+      assert np.isfinite(np.asarray(g, np.float32)).all(), (name, tag)
+      errs[f"{name} ({tag})"] = rel(g, w)
+  # keep_x=False, dh_mul_in: no stream out, the reference's gradients for a zero stream cotangent, and
+  # h's share handed over dh_mul_in times too small (the attention's raw convention).
+  _, vjp = jax.vjp(lambda *a: fused(*a, True, False, False, 4.0)[1], *args)
+  _, vjp_ref = jax.vjp(lambda *a: ref(*a, True, False)[1], *args)
+  for name, g, w in zip(names[2:], vjp(cot[1]), vjp_ref(cot[1])):
+    errs[f"{name} (parallel, keep_x=False, dh_mul_in=4)"] = rel(g * 4.0 if name == "dh" else g, w)
+  # Both e4m3 copies of h' out: the static one as quantize_static of the reference's h', the row one
+  # as quantize_rows of it (its scales carrying q_rows).
+  qs, qr = fp8_mlp.static_scale(args[5]), jnp.asarray([0.37], jnp.float32)
+  _, h_next, h8s, h8r, hsr = fused(*args, True, False, qs=qs, qr=qr)
+  h_ref = ref(*args, True, False)[1]
+  want8 = fp8_mlp.quantize_static(h_ref, qs).astype(jnp.float32)
+  step = jnp.maximum(jnp.abs(want8), 2.0 ** -6) * 2.0 ** -3
+  assert bool(jnp.all(jnp.abs(h8s.astype(jnp.float32) - want8) <= step)), "parallel: static copy"
+  r8, rs = fp8_mlp.quantize_rows(h_next.reshape(-1, D))
+  assert bool(jnp.array_equal(h8r, r8)) and bool(jnp.allclose(hsr, rs * 0.37, rtol=1e-6)), "parallel: row copy"
+  # The model: the fused parallel path against the XLA one, with the speedrun's FP8 recipe; with
+  # attn_fp8_dqkv, x Wqkv's 2^-k applied by the norm kernels (DH_SCALE='norm') against on the dot.
+  cfg = model.default_model_config()
+  cfg.update(dict(vocab_size=300, context_length=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
+                  residual_dtype="bfloat16", mlp_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True,
+                  mlp_fp8_wgrad_w2=True, mlp_fp8_h13=True, parallel_block=True, head_fp8=True))
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
+  grads = lambda c: jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c))(params)  # pylint: disable=unnecessary-lambda-assignment
+  for tag, extra in (("", {}), (", attn_fp8", dict(attn_fp8=True)))[:int(os.environ.get("PAR_MODEL_ARMS", "2"))]:
+    c = _with(cfg, **extra)
+    (l_ref, g_ref), (l, g) = grads(c), grads(_with(c, norm_backend="triton"))
+    errs[f"model loss (parallel{tag})"] = abs(float(l) - float(l_ref)) / float(l_ref)
+    for name in ("w13", "w2", "wqkv", "wo", "attn_norm"):
+      errs[f"model d{name} (parallel{tag})"] = rel(g["blocks"][name], g_ref["blocks"][name])
+    errs[f"model dembed (parallel{tag})"] = rel(g["embed"], g_ref["embed"])
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  cfgq = _with(cfg, attn_fp8=True, attn_fp8_dqkv=True, norm_backend="triton")
+  default = attention_kernel.DH_SCALE
+  try:
+    attention_kernel.DH_SCALE = "output"
+    l_ref, g_ref = grads(cfgq)
+    attention_kernel.DH_SCALE = "norm"
+    l, g = grads(cfgq)
+  finally:
+    attention_kernel.DH_SCALE = default
+  for name in ("attn_norm", "wqkv", "w13", "w2"):
+    errs[f"model d{name} (parallel, dh's 2^-k in the norm vs on the dot)"] = rel(g["blocks"][name], g_ref["blocks"][name])
+  errs["model dembed (parallel, dh's 2^-k in the norm vs on the dot)"] = rel(g["embed"], g_ref["embed"])
+  errs["model loss (parallel, dh's 2^-k in the norm vs on the dot)"] = abs(float(l) - float(l_ref)) / float(l_ref)
+  return errs
+
+
 def _with(cfg, **kw):
   out = cfg.copy_and_resolve_references()
   out.update(kw)
@@ -475,6 +602,14 @@ def _with(cfg, **kw):
 
 def main():
   rng = np.random.default_rng(0)
+  if "--parallel_only" in sys.argv:   # the parallel block's kernel and sublayer alone
+    for n, d in [(1, 32), (13, 64), (61, 512)]:
+      print(f"parallel norm fwd N={n} D={d}: x_out, h, row copy {norm_fwd_par(n, d, rng)}", flush=True)
+    errs = parallel_side()
+    for k, v in errs.items():
+      print(f"parallel, fused vs XLA reference: {k} rel err {v:.1e}", flush=True)
+    assert max(errs.values()) < 4e-2, errs
+    return
   worst, worst8 = 0.0, 0.0
   for n, d in [(1, 32), (13, 64), (9, 512), (61, 512)]:
     e = (norm_fwd(n, d, rng) + norm_bwd(n, d, rng) + norm_bwd(n, d, rng, fp8=False)
@@ -487,6 +622,10 @@ def main():
     e = norm_fwd_scaled(n, d, rng)
     print(f"norm fwd, Y row-scaled, N={n} D={d}: x_out {e[0]:.1e}, h {e[1]:.1e}", flush=True)
     worst = max(worst, *e)
+  for n, d in [(1, 32), (13, 64), (61, 512)]:
+    e = norm_fwd_par(n, d, rng)
+    print(f"parallel norm fwd N={n} D={d}: x_out {e[0]:.1e}, h {e[1]:.1e}, row copy {e[2]:.1e}", flush=True)
+    worst, worst8 = max(worst, e[0], e[1]), max(worst8, e[2])
   for n, f in [(1, 64), (5, 100), (3, 1344)]:
     for e4m3 in (False, True):
       e = swiglu_bwd(n, f, rng, e4m3) + swiglu_fwd(n, f, rng, e4m3)
@@ -502,6 +641,7 @@ def main():
   assert worst < 2e-3, worst
   assert worst8 <= 2.0 ** -4 * 1.01, worst8   # half an e4m3 step at the row's top binade
   errs = jax_side()
+  errs.update(parallel_side())
   for k, v in errs.items():
     print(f"jax side, fused vs XLA reference: {k} rel err {v:.1e}", flush=True)
   fwd = [v for k, v in errs.items() if k.split()[0] in ("x_out", "h_next", "h8_next") or k.startswith("model loss")]

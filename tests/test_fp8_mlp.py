@@ -633,6 +633,32 @@ def test_dh_scale_in_the_norm_kernels_gives_the_same_gradients(monkeypatch):
     assert _rel(got, want) < 1e-3, (jax.tree_util.keystr(path), _rel(got, want))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dqkv", [False, True])
+def test_parallel_block_fused_path_matches_the_xla_path(dqkv):
+  """parallel_block on the GPU path (fp8_mlp.parallel_sublayer: the MLP reads the e4m3 copy with row
+  scales that the previous norm kernel wrote beside the attention's, its share of h's gradient joins
+  the attention's) against the XLA path of the same recipe: the same loss, and every gradient closer
+  to it than the bf16 parallel model's is. With dqkv, x Wqkv's FP8 backward and its 2^-k applied
+  by the norm kernels (attention_kernel.DH_SCALE='norm', the default)."""
+  kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True, mlp_fp8_wgrad_w2=True, mlp_fp8_h13=True,
+            head_fp8=True, attn_fp8_dqkv=dqkv, parallel_block=True, d_model=128, d_ff=320)
+  cfg = _cfg(**kw)
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  assert "mlp_norm" not in params["blocks"]
+  params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
+  params["blocks"]["wo"] = 0.02 * jax.random.normal(jax.random.PRNGKey(3), params["blocks"]["wo"].shape)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
+  l_ref, g_ref = _loss_and_grads(cfg, params, tok)
+  l, g = _loss_and_grads(_cfg(**kw, norm_backend="triton", attention_backend="triton", xent_backend="triton"),
+                         params, tok)
+  _, g16 = _loss_and_grads(_cfg(parallel_block=True, d_model=128, d_ff=320), params, tok)
+  assert abs(float(l) - float(l_ref)) < 2e-3 * float(l_ref)
+  for (path, got), want, bf16 in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_ref),
+                                     jax.tree.leaves(g16)):
+    assert _rel(got, want) < _rel(bf16, want), (jax.tree_util.keystr(path), _rel(got, want), _rel(bf16, want))
+
+
 def test_kernels_in_triton_interpreter_match_numpy_and_the_reference(triton_interpreter):
   """The three kernels against NumPy float64 and e4m3 rounding, and the wrappers' plumbing: the fused
   sublayer and the model's fused path, run through the interpreter, against fp8_mlp.swiglu."""

@@ -539,6 +539,39 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   assert not too_big, too_big
 
 
+def test_parallel_block_step_compiles_for_hopper_with_one_norm_a_layer(monkeypatch):
+  """The speedrun config with parallel_block: every kernel its step launches compiles for sm_90, and
+  each layer has one add + norm each way (add_norm_fwd_par_kernel after both halves; the first
+  layer's norm, the lookup's backward), where the sequential block has two; the norm backward
+  kernels apply x Wqkv's 2^-k where an attention read h (all but the last, which feeds the head)."""
+  pytest.importorskip("triton")
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  import hopper_compile  # pylint: disable=import-outside-toplevel
+  compiler = hopper_compile.patch(monkeypatch)
+  counts = {}
+  call = compiler.triton_call
+
+  def counting(*args, kernel, **kw):
+    counts[kernel.__name__] = counts.get(kernel.__name__, 0) + 1
+    return call(*args, kernel=kernel, **kw)
+
+  monkeypatch.setattr(compiler, "triton_call", counting)
+  config = tinystories_h100.get_config()
+  config.model.parallel_block = True
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
+  assert "mlp_norm" not in state["params"]["blocks"]
+  jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, jax.ShapeDtypeStruct((1_000_000,), np.uint16))
+  L = config.model.n_layers
+  assert counts["add_norm_fwd_par_kernel"] == L and counts["add_norm_fwd_fp8_kernel"] == 1, counts
+  assert counts["add_norm_bwd_fp8_kernel"] == L and counts["embed_norm_bwd_kernel"] == 1, counts
+  mul = 2.0 ** -(attention_kernel.DQKV_LOG2 + 15)   # N = 128 x 256 = 2^15 tokens
+  got = {(n, c["DH_MUL"]) for n, c in compiler.constants if "DH_MUL" in c}
+  assert got == {("embed_norm_bwd_kernel", mul), ("add_norm_bwd_fp8_kernel", mul), ("add_norm_bwd_fp8_kernel", 1.0)}, got
+  too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
+  assert not too_big, too_big
+
+
 def test_norm_kernels_taking_dh_scale_compile_for_hopper(monkeypatch):
   """attention_kernel.DH_SCALE='norm' on the speedrun config: the norm backward kernels that apply x
   Wqkv's 2^-k to h's gradient as a constant (DH_MUL) compile for sm_90, and the step asks for them
