@@ -104,7 +104,10 @@ def get_config():
   # > 0: logits = c * tanh(logits / c) (Gemma 2 uses 30); 0 = off. c = 30 at 200 steps: 3.007 / 2.989
   # vs 3.024 / 2.988 (2 seeds), +0.35 ms a step (the tanh in the loss kernel). h100_session33/.
   m.logit_softcap = 0.0
-  # x + attn(n(x)) + mlp(n(x)), one norm a layer (GPT-J, PaLM). Being measured (fifty-second session).
+  # x + attn(n(x)) + mlp(n(x)), one norm a layer (GPT-J, PaLM): 4 add + norm kernels fewer each way and
+  # the two halves free to overlap; a different model (no mlp_norm), so off until a loss A/B at equal
+  # wall time says otherwise. Built and checked on the CPU, not yet run on a GPU (docs/model.md,
+  # "Fifty-second session"; bench/results/h100_session52/).
   m.parallel_block = False
 
   d = config.data = ml_collections.ConfigDict()
