@@ -498,6 +498,8 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
   compiler = hopper_compile.patch(monkeypatch)
   config = (tinystories_h100 if name == "speedrun" else small).get_config()
   assert config.model.mlp_fp8 == (name == "speedrun")   # the configs' choices, as documented
+  # The sequential block's FP8 combinations; the speedrun's parallel block has its own test below.
+  config.model.parallel_block = False
   config.model.mlp_fp8, config.model.attn_fp8, config.model.mlp_fp8_w2 = mlp_fp8, attn_fp8, fp8_w2
   config.model.mlp_fp8_wgrad, config.model.head_fp8, config.model.mlp_fp8_wgrad_w2 = wgrad, head, wgrad_w2
   config.model.mlp_fp8_h13, config.model.mlp_fp8_da = bool(h13), h13 == "da"   # "da": both
@@ -557,7 +559,7 @@ def test_parallel_block_step_compiles_for_hopper_with_one_norm_a_layer(monkeypat
 
   monkeypatch.setattr(compiler, "triton_call", counting)
   config = tinystories_h100.get_config()
-  config.model.parallel_block = True
+  assert config.model.parallel_block   # the speedrun config's choice
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   assert "mlp_norm" not in state["params"]["blocks"]
@@ -584,6 +586,7 @@ def test_norm_kernels_taking_dh_scale_compile_for_hopper(monkeypatch):
   monkeypatch.setattr(attention_kernel, "DH_SCALE", "norm")
   config = tinystories_h100.get_config()
   assert config.model.attn_fp8_dqkv and config.model.mlp_fp8
+  config.model.parallel_block = False   # the sequential block's norms (the parallel one: the test above)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, jax.ShapeDtypeStruct((1_000_000,), np.uint16))
