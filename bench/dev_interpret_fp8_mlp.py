@@ -478,17 +478,9 @@ def jax_side():
   # sublayer's second norm: attention_kernel.DH_SCALE='norm') against a multiply on the dot's output:
   # dh is the same bf16 dot output times a power of two either way, so the same gradients, bit for
   # bit; a kernel that skipped the 2^-k would be off by 2^20 here (N = 32 tokens).
-  import attention_kernel  # pylint: disable=import-outside-toplevel
   cfgq = _with(cfg, attn_fp8=True, attn_fp8_dqkv=True, mlp_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True,
                mlp_fp8_wgrad_w2=True, mlp_fp8_h13=True, mlp_fp8_da=False, norm_backend="triton")
-  default = attention_kernel.DH_SCALE
-  try:
-    attention_kernel.DH_SCALE = "output"
-    l_ref, g_ref = grads(cfgq)
-    attention_kernel.DH_SCALE = "norm"
-    l, g = grads(cfgq)
-  finally:
-    attention_kernel.DH_SCALE = default
+  (l_ref, g_ref), (l, g) = _by_dh_scale(grads, cfgq, ("output", "norm"))
   same = [float(l) == float(l_ref)] + [bool(jnp.array_equal(a, b)) for a, b in
                                        zip(jax.tree.leaves(g), jax.tree.leaves(g_ref))]
   print(f"dh's 2^-k in the norm kernels vs on the dot's output: loss and {len(same) - 1} gradients equal: "
@@ -577,21 +569,26 @@ def parallel_side():
     for name in ("w13", "w2", "wqkv", "wo", "attn_norm"):
       errs[f"model d{name} (parallel{tag})"] = rel(g["blocks"][name], g_ref["blocks"][name])
     errs[f"model dembed (parallel{tag})"] = rel(g["embed"], g_ref["embed"])
-  import attention_kernel  # pylint: disable=import-outside-toplevel
   cfgq = _with(cfg, attn_fp8=True, attn_fp8_dqkv=True, norm_backend="triton")
-  default = attention_kernel.DH_SCALE
-  try:
-    attention_kernel.DH_SCALE = "output"
-    l_ref, g_ref = grads(cfgq)
-    attention_kernel.DH_SCALE = "norm"
-    l, g = grads(cfgq)
-  finally:
-    attention_kernel.DH_SCALE = default
+  (l_ref, g_ref), (l, g) = _by_dh_scale(grads, cfgq, ("output", "norm"))
   for name in ("attn_norm", "wqkv", "w13", "w2"):
     errs[f"model d{name} (parallel, dh's 2^-k in the norm vs on the dot)"] = rel(g["blocks"][name], g_ref["blocks"][name])
   errs["model dembed (parallel, dh's 2^-k in the norm vs on the dot)"] = rel(g["embed"], g_ref["embed"])
   errs["model loss (parallel, dh's 2^-k in the norm vs on the dot)"] = abs(float(l) - float(l_ref)) / float(l_ref)
   return errs
+
+
+def _by_dh_scale(grads, cfg, modes):
+  """grads(cfg) under each attention_kernel.DH_SCALE of modes, the default restored after."""
+  import attention_kernel  # pylint: disable=import-outside-toplevel
+  default, out = attention_kernel.DH_SCALE, []
+  try:
+    for mode in modes:
+      attention_kernel.DH_SCALE = mode
+      out.append(grads(cfg))
+  finally:
+    attention_kernel.DH_SCALE = default
+  return out
 
 
 def _with(cfg, **kw):

@@ -149,25 +149,23 @@ def _options_model(**options):
   return {**params, "blocks": blocks}, cfg
 
 
-def test_cached_greedy_with_qk_norm_and_softcap_equals_brute_force():
-  params, cfg = _options_model(qk_norm=True, logit_softcap=3.0)
-  rng = np.random.default_rng(2)
-  prompts = [list(rng.integers(0, cfg.vocab_size, n)) for n in (2, 9)]
-  gen = sample.Generator(params, cfg, "mha", temperature=0.0)
-  outs, _, _ = gen.generate(prompts, 12)
+def _check_cached_greedy(params, cfg, seed, lengths):
+  """Cached greedy generation (12 tokens, no end token) equals the brute-force recompute loop."""
+  rng = np.random.default_rng(seed)
+  prompts = [list(rng.integers(0, cfg.vocab_size, n)) for n in lengths]
+  outs, _, _ = sample.Generator(params, cfg, "mha", temperature=0.0).generate(prompts, 12)
   for p, o in zip(prompts, outs):
     assert o == _greedy_reference(params, cfg, [int(t) for t in p], 12, eos=-1)
+
+
+def test_cached_greedy_with_qk_norm_and_softcap_equals_brute_force():
+  _check_cached_greedy(*_options_model(qk_norm=True, logit_softcap=3.0), seed=2, lengths=(2, 9))
 
 
 def test_cached_greedy_with_parallel_block_equals_brute_force():
   params, cfg = _options_model(parallel_block=True)
   assert "mlp_norm" not in params["blocks"]
-  rng = np.random.default_rng(4)
-  prompts = [list(rng.integers(0, cfg.vocab_size, n)) for n in (3, 8)]
-  gen = sample.Generator(params, cfg, "mha", temperature=0.0)
-  outs, _, _ = gen.generate(prompts, 12)
-  for p, o in zip(prompts, outs):
-    assert o == _greedy_reference(params, cfg, [int(t) for t in p], 12, eos=-1)
+  _check_cached_greedy(params, cfg, seed=4, lengths=(3, 8))
 
 
 def test_val_loss_with_softcap_matches_numpy_cross_entropy():
