@@ -583,6 +583,21 @@ def test_fused_w2_gradient_in_e4m3_from_a_zero_w2():
   assert abs(np.linalg.norm(got) / np.linalg.norm(want) - 1) < 0.03, np.linalg.norm(got) / np.linalg.norm(want)
 
 
+def _gpu_path_vs_xla(kw, bf16_kw=None):
+  """((loss, grads) on the GPU path: Triton norms, attention and loss; the same on the XLA path; the
+  bf16 model's grads) for the recipe kw, on one random model whose zero-init wo and w2 are made
+  non-zero (so every gradient flows) and one batch."""
+  cfg = _cfg(**kw)
+  params = model.init_params(jax.random.PRNGKey(0), cfg)
+  params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
+  params["blocks"]["wo"] = 0.02 * jax.random.normal(jax.random.PRNGKey(3), params["blocks"]["wo"].shape)
+  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
+  gpu = _loss_and_grads(_cfg(**kw, norm_backend="triton", attention_backend="triton", xent_backend="triton"),
+                        params, tok)
+  return gpu, _loss_and_grads(cfg, params, tok), _loss_and_grads(_cfg(**(bf16_kw or {}), d_model=128, d_ff=320),
+                                                                  params, tok)[1]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dqkv", [False, True])
 @pytest.mark.parametrize("fp8_w2,head", [(False, False), (True, False), (True, True)])
@@ -595,15 +610,7 @@ def test_model_fused_path_with_fp8_attention_matches_the_xla_path(fp8_w2, head, 
   dqkv (attn_fp8_dqkv), the Triton attention's backward kernels store dQKV in e5m2, both layouts, for
   x Wqkv's FP8 dots (attention_kernel.flash_attention_qkv_fp8), against that op's XLA reference."""
   kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=fp8_w2, head_fp8=head, attn_fp8_dqkv=dqkv, d_model=128, d_ff=320)
-  cfg = _cfg(**kw)
-  params = model.init_params(jax.random.PRNGKey(0), cfg)
-  params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
-  params["blocks"]["wo"] = 0.02 * jax.random.normal(jax.random.PRNGKey(3), params["blocks"]["wo"].shape)
-  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
-  l_ref, g_ref = _loss_and_grads(cfg, params, tok)
-  l, g = _loss_and_grads(_cfg(**kw, norm_backend="triton", attention_backend="triton", xent_backend="triton"),
-                         params, tok)
-  _, g16 = _loss_and_grads(_cfg(d_model=128, d_ff=320), params, tok)
+  (l, g), (l_ref, g_ref), g16 = _gpu_path_vs_xla(kw)
   assert abs(float(l) - float(l_ref)) < 2e-3 * float(l_ref)
   for k in g_ref["blocks"]:
     fused, bf16 = _rel(g["blocks"][k], g_ref["blocks"][k]), _rel(g16["blocks"][k], g_ref["blocks"][k])
@@ -643,16 +650,8 @@ def test_parallel_block_fused_path_matches_the_xla_path(dqkv):
   by the norm kernels (attention_kernel.DH_SCALE='norm', the default)."""
   kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True, mlp_fp8_wgrad_w2=True, mlp_fp8_h13=True,
             head_fp8=True, attn_fp8_dqkv=dqkv, parallel_block=True, d_model=128, d_ff=320)
-  cfg = _cfg(**kw)
-  params = model.init_params(jax.random.PRNGKey(0), cfg)
-  assert "mlp_norm" not in params["blocks"]
-  params["blocks"]["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(2), params["blocks"]["w2"].shape)
-  params["blocks"]["wo"] = 0.02 * jax.random.normal(jax.random.PRNGKey(3), params["blocks"]["wo"].shape)
-  tok = jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, cfg.vocab_size)
-  l_ref, g_ref = _loss_and_grads(cfg, params, tok)
-  l, g = _loss_and_grads(_cfg(**kw, norm_backend="triton", attention_backend="triton", xent_backend="triton"),
-                         params, tok)
-  _, g16 = _loss_and_grads(_cfg(parallel_block=True, d_model=128, d_ff=320), params, tok)
+  (l, g), (l_ref, g_ref), g16 = _gpu_path_vs_xla(kw, dict(parallel_block=True))
+  assert "mlp_norm" not in g["blocks"]
   assert abs(float(l) - float(l_ref)) < 2e-3 * float(l_ref)
   for (path, got), want, bf16 in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_ref),
                                      jax.tree.leaves(g16)):
