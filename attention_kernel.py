@@ -311,9 +311,9 @@ def _qkv_fp8_forward(h8_ND, qh, w8, cos_TK, sin_TK, shape):
   return fp8_mlp.dot8(h8_ND, w8_ED, 1).reshape(shape), s, cos_TK * s, sin_TK * s
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
-def _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels, dh_raw):
-  return _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+def _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, h8_DN, shape, sm_scale, kernels, dh_raw):
+  return _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, h8_DN, shape, sm_scale, kernels)[0]
 
 
 def _reference_attention(qkv_BT3HK, cos_TK, sin_TK):
@@ -324,14 +324,14 @@ def _reference_attention(qkv_BT3HK, cos_TK, sin_TK):
   return model.attention(q, k, qkv_BT3HK[:, :, 2], "xla")
 
 
-def _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, shape, sm_scale, kernels, dh_raw=False):  # pylint: disable=unused-argument
+def _qkv_flash_fp8_fwd(h_ND, h8_ND, qh, w_DE, w8, cos_TK, sin_TK, h8_DN, shape, sm_scale, kernels, dh_raw=False):  # pylint: disable=unused-argument
   qkv, s, cos_s, sin_s = _qkv_fp8_forward(h8_ND, qh, w8, cos_TK, sin_TK, shape)
   if kernels:
     o_BTHK, res = _flash_rope_fwd(qkv, cos_s, sin_s, True, sm_scale, block_config(shape[1], shape[4]))
   else:
     o_BTHK, res = _reference_attention(qkv, cos_s, sin_s), (qkv, cos_s, sin_s)
   return (o_BTHK, s), (res, h8_ND, qh, w8[1], w8[2], jnp.zeros((0,), h_ND.dtype), jnp.zeros((0,), w_DE.dtype),
-                       tuple(None for _ in w8))
+                       tuple(None for _ in w8), h8_DN)
 
 
 def _dqkv8(res, do_BTHK, g, sm_scale, kernels):
@@ -362,24 +362,25 @@ def _dqkv8(res, do_BTHK, g, sm_scale, kernels):
 
 
 def _qkv_flash_fp8_bwd(shape, sm_scale, kernels, dh_raw, saved, cotangents):
-  res, h8_ND, qh, sw, w8_DE, h_like, w_like, w8_cot = saved
+  res, h8_ND, qh, sw, w8_DE, h_like, w_like, w8_cot, h8_given = saved
   n = h8_ND.shape[0]
   g = (qh * 2.0 ** _dqkv_log2(n)).astype(jnp.float32).reshape(1)
   d8_NE, d8_EN = _dqkv8(res, cotangents[0], g, sm_scale, kernels)
-  h8_DN = None
-  if kernels:   # h8's token-last copy by one Triton pass (XLA's e4m3 transposes cost more)
+  h8_DN = h8_given
+  if kernels and h8_DN is None:   # h8's token-last copy by one Triton pass (XLA's e4m3 transposes cost more)
     import swiglu_kernel  # pylint: disable=import-outside-toplevel
     h8_DN = swiglu_kernel.transpose_fp8(h8_ND)
   dh_ND, dw_DE = _qkv_grads_fp8(d8_NE, d8_EN, h8_ND, qh, sw, w8_DE, h_like.dtype, w_like.dtype, h8_DN, dh_raw)
   cos_s, sin_s = res[3:5] if kernels else res[1:3]   # the tables are constants: zero cotangents
-  return dh_ND, jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE, w8_cot, jnp.zeros_like(cos_s), jnp.zeros_like(sin_s)
+  return (dh_ND, jnp.zeros_like(h8_ND), jnp.zeros_like(qh), dw_DE, w8_cot, jnp.zeros_like(cos_s), jnp.zeros_like(sin_s),
+          None if h8_given is None else jnp.zeros_like(h8_given))
 
 
 _qkv_flash_fp8.defvjp(_qkv_flash_fp8_fwd, _qkv_flash_fp8_bwd)
 
 
 def flash_attention_qkv_fp8(h_ND, h8_ND, qh, w_DE, n_heads, cos_TK, sin_TK, batch, w8=None, kernels=True,
-                            dh_raw=False):
+                            dh_raw=False, h8_DN=None):
   """(o [B, T, H, K] times 1 / s, s [1]): causal flash_attention_rope(x Wqkv) with x Wqkv as
   fp8_mlp.qkv_dot computes it (e4m3 h8 = e4m3(h qh), e4m3 w, one scale each), s the dot's scale, left
   for the caller to fold into Wo (model._mha). Its backward hands x Wqkv's two dots dQKV in e5m2 from
@@ -387,7 +388,9 @@ def flash_attention_qkv_fp8(h_ND, h8_ND, qh, w_DE, n_heads, cos_TK, sin_TK, batc
   w_DE [D, 3 H K]; w8 = fp8_mlp.qkv_weights(w_DE, fp8_dh=True) when the caller made it (for all
   layers at once). kernels=False: the same arithmetic by XLA (CPU tests; the reference). dh_raw:
   h_ND's gradient comes out 1 / dh_raw_mul(N) times too large, for a caller whose norm kernel that
-  made h multiplies it back (DH_SCALE='norm'; model._hidden_fused_norms)."""
+  made h multiplies it back (DH_SCALE='norm'; model._hidden_fused_norms). h8_DN: h8's token-last
+  copy for the weight gradient, when the caller made it (to share it with the parallel block's MLP,
+  fp8_mlp.PARALLEL_W13_STATIC_H); else one Triton pass makes it in the backward."""
   import fp8_mlp  # pylint: disable=import-outside-toplevel
   n, e = h_ND.shape[0], w_DE.shape[1]
   k = e // (3 * n_heads)
@@ -397,4 +400,4 @@ def flash_attention_qkv_fp8(h_ND, h8_ND, qh, w_DE, n_heads, cos_TK, sin_TK, batc
   w8 = fp8_mlp.qkv_weights(w_DE, fp8_dh=True) if w8 is None else w8
   shape = (batch, n // batch, 3, n_heads, k)
   return _qkv_flash_fp8(h_ND, h8_ND, qh, w_DE, tuple(w8), cos_TK.astype(jnp.float32), sin_TK.astype(jnp.float32),
-                        shape, 1.0 / math.sqrt(k), bool(kernels), bool(dh_raw))
+                        h8_DN, shape, 1.0 / math.sqrt(k), bool(kernels), bool(dh_raw))

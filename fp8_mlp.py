@@ -56,6 +56,20 @@ NORM_IN_WGRAD = True
 # starts 13 us after the attention backward instead of 100; the B128 step measured 8.303 vs 8.333 ms
 # (means of five interleaved pairs, 3 of 5 faster: at the noise; `dhlate` in bench/dev_step_variants.sh).
 DH_WEIGHT_AHEAD = True
+# model.py's parallel block on the fused path (parallel_sublayer): each norm, the first one too, hands
+# the next MLP its row-scaled e4m3 copy and takes that MLP's share of h's gradient back unscaled
+# with its row scales, which its backward kernel adds to the attention's share as it reads both
+# (norm_kernel.backward's dh2). False: layer 0's copy is XLA's quantize_rows, and XLA sums the two
+# shares into one [N, D] gradient for the norm to read (the measured alternative, docs/model.md).
+PARALLEL_HANDOFF = True
+# With the hand-off and attn_fp8_dqkv, the norms write no bf16 h but the last (the head's): the
+# attention reads only h's e4m3 copy, and W13's weight gradient remakes h from the stream and rstd.
+PARALLEL_H_UNWRITTEN = True
+# With the hand-off and attn_fp8_dqkv, W13's weight gradient reads h's static e4m3 copy token-last,
+# the one x Wqkv's weight gradient reads (made once a layer), with dH13's row scales moved into its
+# own token-last copy (wgrad_static_h): no scaled copy of h a layer. False: h's copy scaled by dH13's
+# rows (wgrad_kernels), remade from the stream.
+PARALLEL_W13_STATIC_H = False
 
 
 def quantize_rows(x):
@@ -418,62 +432,104 @@ def _bwd(dtype, fp8_w2, keep_x, fp8_wgrad, fp8_wgrad_w2, fp8_h13, fp8_da, dh_mul
 mlp_sublayer.defvjp(_fwd, _bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14, 15, 16))
-def parallel_sublayer(x_BTD, attn_BTD, h_BTD, h8, hs, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype, keep_x=True,
-                      fp8_h13=False, fp8_da=False, dh_mul=1.0, dh_mul_in=1.0):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(12, 13, 14, 15, 16, 17, 18, 19, 20))
+def parallel_sublayer(x_BTD, attn_BTD, h_BTD, h8, hs, h_from, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype,
+                      keep_x=True, fp8_h13=False, fp8_da=False, dh_mul=1.0, dh_mul_in=1.0, handoff=False,
+                      write_h=True, static_h=False):
   """The parallel block's MLP and the add + norm after it (model.py's parallel_block on the fused
   path): x' = x + attn + MLP(h), h' = RMSNorm(x') * g_next, where h = RMSNorm(x) * g is the layer's
   one normed input, which the attention read too, and (h8, hs) its e4m3 copy with row scales that
   carry W13's scale (as norm_kernel.forward's fp8_qmul=s13 writes them). Returns (x' or None with
-  keep_x=False, h', e4m3(h' * q_next) or None, the next MLP's copy of h' with row scales times
-  q_rows (the next W13's scale) as two items, or None, None). All four MLP dots are e4m3 (mlp_fp8_w2)
-  and so are both weight gradients (mlp_fp8_wgrad, mlp_fp8_wgrad_w2), as in the speedrun config;
-  fp8_h13 and fp8_da as in mlp_sublayer. w8: this layer's mlp_weights, or None to make them here.
+  keep_x=False, h', e4m3(h' * q_next) or None, then four items for the next MLP: with q_rows (the
+  next W13's scale) and handoff, norm_kernel.parallel_handoff's (h_mlp', h8r', hs', rstd'); with
+  q_rows alone (None, h8r', hs', None), where the next MLP reads h' as its h; else four None). All
+  four MLP dots are e4m3 (mlp_fp8_w2) and so are both weight gradients (mlp_fp8_wgrad,
+  mlp_fp8_wgrad_w2), as in the speedrun config; fp8_h13 and fp8_da as in mlp_sublayer. w8: this
+  layer's mlp_weights, or None to make them here.
 
-  h's gradient leaves as the MLP's share only; JAX adds the attention's. dh_mul (a Python float), as
-  in mlp_sublayer: h' gets its gradient that many times too small and the norm's backward multiplies
-  it back. dh_mul_in: the same convention for h, whose norm made it for an attention too; the MLP's
-  share is handed over that many times too small, so that it adds to the attention's raw one
-  (attention_kernel's dh_raw)."""
-  return _par_fwd(x_BTD, attn_BTD, h_BTD, h8, hs, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype, keep_x,
-                  fp8_h13, fp8_da, dh_mul, dh_mul_in)[0]
+  h's gradient: without handoff, the MLP's share leaves as h's cotangent, under dh_mul_in's
+  convention (h's norm made it for an attention too, whose raw share it is added to: it is handed
+  over dh_mul_in times too small, attention_kernel's dh_raw), and JAX adds the attention's. With
+  handoff (h from a norm's parallel_handoff), the share leaves unscaled as h's cotangent, its row
+  scales as hs's, for that norm's backward to add in (norm_kernel.backward's dh2): no [N, D] sum.
+  What W13's weight gradient reads, h_from: None, h itself; (rstd, gain) of h's norm, h remade from
+  the stream x (h was not written: write_h=False upstream); with static_h, (h's static e4m3 copy
+  token-last [D, N], its scale qh [1]), the copy x Wqkv's weight gradient reads
+  (wgrad_static_h). dh_mul (a Python float), as in mlp_sublayer: h' gets its gradient that many
+  times too small and the norm's backward multiplies it back. write_h=False: h' is not written
+  (zeros come out), for an attention that takes only its gradient (attn_fp8_dqkv) and a next MLP
+  that does not read it."""
+  return _par_fwd(x_BTD, attn_BTD, h_BTD, h8, hs, h_from, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype, keep_x,
+                  fp8_h13, fp8_da, dh_mul, dh_mul_in, handoff, write_h, static_h)[0]
 
 
-def _par_fwd(x_BTD, attn_BTD, h_BTD, h8, hs, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype, keep_x=True,
-             fp8_h13=False, fp8_da=False, dh_mul=1.0, dh_mul_in=1.0):  # pylint: disable=unused-argument  (the backward's)
+def _par_fwd(x_BTD, attn_BTD, h_BTD, h8, hs, h_from, w13_D2F, w2_FD, g_next, q_next, q_rows, w8, dtype, keep_x=True,  # pylint: disable=unused-argument  (the backward's)
+             fp8_h13=False, fp8_da=False, dh_mul=1.0, dh_mul_in=1.0, handoff=False, write_h=True, static_h=False):
   import norm_kernel  # pylint: disable=import-outside-toplevel  (UserError without triton/GPU)
   w13_8, w13_8T, s13, w2_8, s2, w2_8T, c13, c2 = mlp_weights(w13_D2F, w2_FD) if w8 is None else w8
   y_BTD, y_scale, h13_N2F, hs13, act_NF = _mlp_fwd(h8, hs, (w13_8T, s2, w2_8T, c13), w2_FD, x_BTD.shape, dtype,
                                                    True, True, fp8_h13)
   x_out, h_next, rstd, h8_next, rows_next = norm_kernel.forward_parallel(x_BTD, attn_BTD, y_BTD, y_scale, g_next,
-                                                                        dtype, q_next, q_rows)
-  res = (x_out, rstd, h_BTD, hs, h13_N2F, hs13, act_NF, w13_8, s13, w2_8, s2, c2, g_next, q_next, q_rows,
-         jnp.zeros((0,), w13_D2F.dtype), jnp.zeros((0,), w2_FD.dtype), None if w8 is None else ())
-  return (x_out if keep_x else None, h_next, h8_next, *(rows_next or (None, None))), res
+                                                                        dtype, q_next, q_rows, write_h)
+  h_next = norm_kernel._h_or_zeros(h_next, x_BTD.shape, dtype)  # pylint: disable=protected-access
+  if rows_next is None:
+    nxt = (None,) * 4
+  else:
+    nxt = norm_kernel.parallel_handoff(h_next, rstd, rows_next) if handoff else (None, *rows_next, None)
+  # What W13's weight gradient reads (see h_from): h, the stream, or nothing of the forward's here.
+  src = h_BTD if h_from is None else None if static_h else x_BTD
+  res = (x_out, rstd, src, h_from, hs, h13_N2F, hs13, act_NF, w13_8, s13, w2_8, s2, c2, g_next, q_next, q_rows,
+         jnp.zeros((0,), h_BTD.dtype), jnp.zeros((0,), w13_D2F.dtype), jnp.zeros((0,), w2_FD.dtype),
+         None if w8 is None else ())
+  return (x_out if keep_x else None, h_next, h8_next, *nxt), res
 
 
-def _par_bwd(dtype, keep_x, fp8_h13, fp8_da, dh_mul, dh_mul_in, res, cotangents):  # pylint: disable=unused-argument
+def _par_bwd(dtype, keep_x, fp8_h13, fp8_da, dh_mul, dh_mul_in, handoff, write_h, static_h, res, cotangents):  # pylint: disable=unused-argument
   import norm_kernel  # pylint: disable=import-outside-toplevel
-  (x_out, rstd, h_BTD, hs, h13_N2F, hs13, act_NF, w13_8, s13, w2_8, s2, c2, g_next, q_next, q_rows, w13_like,
-   w2_like, w8_mark) = res
+  (x_out, rstd, src, h_from, hs, h13_N2F, hs13, act_NF, w13_8, s13, w2_8, s2, c2, g_next, q_next, q_rows, h_like,
+   w13_like, w2_like, w8_mark) = res
   D, F = x_out.shape[-1], w2_8.shape[0]
   # The e4m3 copies' cotangents are zero: the dots that read them pass nothing back through them.
   dx_out = cotangents[0] if keep_x else None
+  # The next MLP's share of h''s gradient, unscaled, and its row scales (the hand-off's h_mlp', hs').
+  dh2 = (cotangents[3], cotangents[5]) if handoff and q_rows is not None else None
   # One gradient for the stream, the attention's output and the MLP's; its e4m3 copy (row scales
   # without s2, which _mlp_bwd_dh applies) for dY W2^T and W2's weight gradient.
   d_s, d_y, dg_next, (d8, ds) = norm_kernel.backward(dx_out, cotangents[1], x_out, rstd, g_next, dtype, fp8_qmul=_ONE,
-                                                     dh_mul=dh_mul)
+                                                     dh_mul=dh_mul, dh2=dh2)
   dh_ND, dhs, dh13_N2F, dh8 = _mlp_bwd_dh(d8, ds, h13_N2F, hs13, (w13_8, s13, w2_8, s2, c2), dtype, True, True,
                                           True, fp8_da)
-  # The MLP's share of h's gradient, under the caller's dh_mul convention (see the docstring).
-  dh = (dh_ND.astype(jnp.float32) * (dhs / dh_mul_in)[:, None]).astype(h_BTD.dtype).reshape(h_BTD.shape)
-  dw13, dw2 = _mlp_bwd_w(d_y, ds, act_NF, (h_BTD, None), hs, dh13_N2F, dh8, dhs, s13, True, True, True)
+  if handoff:   # unscaled, with its row scales as hs's cotangent: h's norm adds it in
+    dh, dhs_out = dh_ND.astype(h_like.dtype).reshape(x_out.shape), dhs
+  else:   # the MLP's share of h's gradient, under the caller's dh_mul convention (see the docstring)
+    dh = (dh_ND.astype(jnp.float32) * (dhs / dh_mul_in)[:, None]).astype(h_like.dtype).reshape(x_out.shape)
+    dhs_out = None
+  if static_h:   # W2's as _mlp_bwd_w makes it; W13's from h's static copy
+    dw2 = wgrad_kernels(d_y.reshape(-1, D), ds, *act_NF, _ONE).T
+    dw13 = wgrad_static_h(*h_from, dh8, dhs, s13)
+  else:   # h, or the stream and (rstd, gain) that W13's weight gradient remakes h from
+    dw13, dw2 = _mlp_bwd_w(d_y, ds, act_NF, (src, None if h_from is None else (*h_from, dtype)), hs, dh13_N2F, dh8,
+                           dhs, s13, True, True, True)
   zero = lambda a: None if a is None else jnp.zeros_like(a)   # pylint: disable=unnecessary-lambda-assignment
-  return (d_s, d_y, dh, None, None, dw13.reshape(D, 2, F).astype(w13_like.dtype), dw2.astype(w2_like.dtype),
-          dg_next, zero(q_next), zero(q_rows), None if w8_mark is None else (None,) * 8)
+  return (d_s, d_y, dh, None, dhs_out, jax.tree.map(zero, h_from), dw13.reshape(D, 2, F).astype(w13_like.dtype),
+          dw2.astype(w2_like.dtype), dg_next, zero(q_next), zero(q_rows), None if w8_mark is None else (None,) * 8)
 
 
 parallel_sublayer.defvjp(_par_fwd, _par_bwd)
+
+
+def wgrad_static_h(h8_DN, qh, dh8_NE, dhs_N, s):
+  """h^T dH in fp32 [D, E] from h's static e4m3 copy token-last, h8 = e4m3(h qh) (the one x Wqkv's
+  weight gradient reads: attention_kernel's h8_DN), and dH = dh8 * dhs[token] / s (dhs: dh8's row
+  scales times s, as the SwiGLU backward writes them; s = W13's weight scale). The row scales move
+  into dH's own token-last copy, e4m3(dh8 * dhs * Q) with one Q = 1 / max(dhs) for the tensor (every
+  row of dh8 peaks at ~448), so dH is rounded to e4m3 twice and h's copy needs no pass of its own
+  (wgrad_kernels rounds dH once and makes h's copy scaled by the rows). GPU (Triton)."""
+  import swiglu_kernel  # pylint: disable=import-outside-toplevel
+  q = 1.0 / jnp.maximum(jnp.max(dhs_N), 1e-30)
+  dh_EN = swiglu_kernel.transpose_fp8(dh8_NE, dhs_N, q.reshape(1))
+  # (An all-zero W13 has s = 0 and dhs = 0: the copy and the dot are 0, and so is the gradient.)
+  return dot8(h8_DN, dh_EN, 1, out=jnp.float32) / jnp.maximum(qh.reshape(()) * q * s.reshape(()), 1e-30)
 
 
 def wgrad_kernels(h_ND, hs_N, dh8_NE, dhs_N, s, norm=None):

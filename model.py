@@ -336,9 +336,10 @@ out_proj.defvjp(_out_proj_fwd, _out_proj_bwd)
 
 def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
   """Multi-head attention with RoPE on q and k; returns the block's B x T x D output. With h8 =
-  (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights or None[, dh_raw]]) (attn_fp8), x
-  Wqkv runs in e4m3 (fp8_mlp.qkv_dot). dh_raw (attn_fp8_dqkv): h's gradient leaves without its 2^-k,
-  which the norm that made h applies (_hidden_fused_norms, attention_kernel.DH_SCALE)."""
+  (e4m3 copy of h, its scale[, this layer's fp8_mlp.qkv_weights or None[, dh_raw[, h8_DN]]])
+  (attn_fp8), x Wqkv runs in e4m3 (fp8_mlp.qkv_dot). dh_raw (attn_fp8_dqkv): h's gradient leaves
+  without its 2^-k, which the norm that made h applies (_hidden_fused_norms,
+  attention_kernel.DH_SCALE); h8_DN: the copy's token-last layout, made by the caller (attn_fp8_dqkv)."""
   cos, sin = rope
   wo = p["wo"]
   if h8 is None:
@@ -354,7 +355,7 @@ def _mha(p, h_BTD, rope, cfg, dtype, h8=None):
       o_BTHK, s = attention_kernel.flash_attention_qkv_fp8(
           h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1), cfg.n_heads, cos, sin,
           B, h8[2] if len(h8) > 2 else None, kernels=cfg.attention_backend == "triton",
-          dh_raw=len(h8) > 3 and h8[3])
+          dh_raw=len(h8) > 3 and h8[3], h8_DN=h8[4] if len(h8) > 4 else None)
       return out_proj(o_BTHK, (wo * s).astype(dtype))
     raw_NE, s = fp8_mlp.qkv_dot(h_BTD.reshape(B * T, D), h8[0].reshape(B * T, D), h8[1], p["wqkv"].reshape(D, -1),
                                 *h8[2:])
@@ -511,40 +512,55 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
                       "default: the norm kernels apply dh's 2^-k) or 'output' (a multiply on the dot's output)")
     if attention_kernel.DH_SCALE == "norm":
       dh_mul = attention_kernel.dh_raw_mul(x_BTD.shape[0] * x_BTD.shape[1])
+  parallel = _option(cfg, "parallel_block")
+  # The parallel block's hand-off (fp8_mlp.PARALLEL_HANDOFF): each norm, the first one too, writes
+  # the next MLP's row-scaled e4m3 copy and adds that MLP's share of h's gradient in its backward.
+  # Its h is not written where no one reads it (PARALLEL_H_UNWRITTEN): attn_fp8_dqkv's attention
+  # takes only h's gradient, and the MLP's weight gradient remakes h from the stream.
+  handoff = parallel and fp8_mlp.PARALLEL_HANDOFF
+  unwritten = handoff and fp8_mlp.PARALLEL_H_UNWRITTEN and q0 is not None and bool(_option(cfg, "attn_fp8_dqkv"))
+  # W13's weight gradient on the h copy that x Wqkv's reads (PARALLEL_W13_STATIC_H), made here for both.
+  static_h = handoff and fp8_mlp.PARALLEL_W13_STATIC_H and q0 is not None and bool(_option(cfg, "attn_fp8_dqkv"))
+  w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"]) if handoff else None   # (_check: the all-FP8 MLP)
+  first = dict(q_rows=w8[2][0], write_h=not unwritten) if handoff else {}   # q_rows: layer 0's W13 scale
   if jnp.issubdtype(x_BTD.dtype, jnp.integer):
     # With a tied head and EMBED_GRAD_IN_FIRST_NORM the head's weight comes out of the first norm,
     # so the head's share of the table's gradient reaches the norm's backward kernel, which adds
     # the lookup's share to it (norm_kernel.embed_rms_norm_first).
     route = head_w is not None and cfg.tie_embeddings and norm_kernel.EMBED_GRAD_IN_FIRST_NORM
-    x_BTD, h_BTD, h8_BTD, *w = norm_kernel.embed_rms_norm_first(
+    x_BTD, h_BTD, h8_BTD, *rest = norm_kernel.embed_rms_norm_first(
         params["embed"], x_BTD, blocks["attn_norm"][0], DTYPES[_option(cfg, "residual_dtype")], dtype, q0,
-        head_w.dtype if route else None, dh_mul)
+        head_w.dtype if route else None, dh_mul, **first)
     if route:
       assert head_w.shape == params["embed"].shape, "head_w must be the tied head's weight, params['embed'] cast"
-      head_w = w[0]
+      head_w, rest = rest[0], rest[1:]
   else:
-    x_BTD, h_BTD, h8_BTD = norm_kernel.rms_norm_first(x_BTD, blocks["attn_norm"][0], dtype, q0, dh_mul)
+    x_BTD, h_BTD, h8_BTD, *rest = norm_kernel.rms_norm_first(x_BTD, blocks["attn_norm"][0], dtype, q0, dh_mul,
+                                                             **first)
+  h_mlp, h8r, hs, rstd_in = rest if handoff else (None,) * 4
   h8 = None if q0 is None else (h8_BTD, q0)
-  w8 = wq8 = None
+  wq8 = None
   if _option(cfg, "mlp_fp8") or h8 is not None:
     if fp8_mlp.STACKED_WEIGHTS:   # every layer's e4m3 weights in a few passes, before the loop
-      if _option(cfg, "mlp_fp8"):
+      if _option(cfg, "mlp_fp8") and w8 is None:
         w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"])
       if h8 is not None:
         # Layer i's h8 has the static scale of its own attention norm's gain.
         qh = jax.vmap(fp8_mlp.static_scale)(blocks["attn_norm"]) if fp8_mlp.DH_WEIGHT_AHEAD else None
         wq8 = fp8_mlp.qkv_weights(blocks["wqkv"].reshape(cfg.n_layers, x_BTD.shape[-1], -1), qh,
                                   fp8_dh=bool(_option(cfg, "attn_fp8_dqkv")))
-  parallel = _option(cfg, "parallel_block")
-  if parallel:   # layer 0's MLP copy of h, with row scales (the later ones come out of each norm)
+  if parallel and not handoff:   # layer 0's MLP copy of h, with row scales (the later ones: each norm's)
     w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"]) if w8 is None else w8   # (_check: the all-FP8 MLP)
     h8r, hs = fp8_mlp.quantize_rows(jax.lax.stop_gradient(h_BTD).reshape(-1, h_BTD.shape[-1]))
     hs = hs * w8[2][0].reshape(())
   for i in range(cfg.n_layers):
     p = jax.tree.map(lambda a, i=i: a[i], blocks)
     h8_i = h8 if wq8 is None else (*h8, tuple(a[i] for a in wq8))
-    if dh_mul != 1.0:   # (_mha's dh_raw)
-      h8_i = (*h8[:2], None if wq8 is None else h8_i[2], True)
+    if dh_mul != 1.0 or static_h:   # (_mha's dh_raw, h8_DN)
+      h8_i = (*h8[:2], None if wq8 is None else h8_i[2], dh_mul != 1.0)
+    if static_h:
+      import swiglu_kernel  # pylint: disable=import-outside-toplevel
+      h8_i = (*h8_i, swiglu_kernel.transpose_fp8(jax.lax.stop_gradient(h8[0]).reshape(-1, h8[0].shape[-1])))
     attn_BTD = attn_fn(p, h_BTD, rope, cfg, dtype, h8_i)
     last = i + 1 == cfg.n_layers
     gain = params["final_norm"] if last else blocks["attn_norm"][i + 1]
@@ -553,11 +569,14 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
       # both e4m3 copies (the attention's, one scale; the MLP's, scales per row).
       wants_h8 = _option(cfg, "head_fp8") if last else h8 is not None
       q_next = fp8_mlp.static_scale(gain) if wants_h8 else None
-      x_BTD, h_BTD, h8_next, h8r, hs = fp8_mlp.parallel_sublayer(
-          x_BTD, attn_BTD, h_BTD, h8r, hs, p["w13"], p["w2"], gain, q_next, None if last else w8[2][i + 1],
-          tuple(a[i] for a in w8), dtype, not last, bool(_option(cfg, "mlp_fp8_h13")), bool(_option(cfg, "mlp_fp8_da")),
-          1.0 if last else dh_mul, dh_mul)
-      h8 = None if h8_next is None else (h8_next, q_next)
+      # What W13's weight gradient reads: h's static copy token-last, the stream h is remade from, or h.
+      h_from = (h8_i[4], h8[1]) if static_h else (rstd_in, p["attn_norm"]) if unwritten else None
+      x_BTD, h_next, h8_next, h_mlp, h8r, hs, rstd_in = fp8_mlp.parallel_sublayer(
+          x_BTD, attn_BTD, h_mlp if handoff else h_BTD, h8r, hs, h_from, p["w13"], p["w2"], gain, q_next,
+          None if last else w8[2][i + 1], tuple(a[i] for a in w8), dtype, not last,
+          bool(_option(cfg, "mlp_fp8_h13")), bool(_option(cfg, "mlp_fp8_da")), 1.0 if last else dh_mul, dh_mul,
+          handoff, not (unwritten and not last), static_h)
+      h_BTD, h8 = h_next, None if h8_next is None else (h8_next, q_next)
       continue
     if _option(cfg, "mlp_fp8"):
       # The add, the norm, the MLP and the next add + norm in one custom VJP: the FP8 casts ride

@@ -80,28 +80,35 @@ def forward(x_BTD, y_BTD, gain_D, dtype, fp8_qmul=None, fp8_rows=True, y_scale=N
           fp8)
 
 
-def forward_parallel(x_BTD, z_BTD, y_BTD, y_scale, gain_D, dtype, q_static=None, q_rows=None):
+def forward_parallel(x_BTD, z_BTD, y_BTD, y_scale, gain_D, dtype, q_static=None, q_rows=None, write_h=True):
   """The parallel block's add + norm: (x + z + y * y_scale[row] in x's dtype, h = RMSNorm(that) *
   gain in dtype, rstd [N], e4m3(h * q_static) or None, (h in e4m3 with its scale per row times
   q_rows, those scales [N]) or None). z is the attention's output, y the MLP's unscaled FP8 dot
-  output; q_static and q_rows are 1-element fp32 arrays (the next attention's and the next MLP's)."""
+  output; q_static and q_rows are 1-element fp32 arrays (the next attention's and the next MLP's).
+  z, y and y_scale None: no add (the first layer's norm), and the first item is x itself.
+  write_h=False: h is None, not written (its e4m3 copies are; a reader of h remakes it from the
+  stream and rstd, as swiglu_kernel.transpose_fp8's norm= does)."""
   jt, kern = _triton()
   D = x_BTD.shape[-1]
   N = x_BTD.size // D
   consts = _consts(D)
   one = jnp.ones((1,), jnp.float32)
+  has_y = y_BTD is not None
   f8 = lambda on, shape: jax.ShapeDtypeStruct(shape if on else (1,), jnp.float8_e4m3fn)   # pylint: disable=unnecessary-lambda-assignment
+  dummy = jnp.zeros((1,), x_BTD.dtype)   # Z, Y (and XOUT's shape) of the no-add form, never touched
   x_out, h, rstd, h8, h8r, hsr = jt.triton_call(
-      x_BTD.reshape(N, D), z_BTD.reshape(N, D), y_BTD.reshape(N, D), gain_D, y_scale,
-      one if q_static is None else q_static, one if q_rows is None else q_rows, kernel=kern.add_norm_fwd_par_kernel,
-      out_shape=(jax.ShapeDtypeStruct((N, D), x_BTD.dtype), jax.ShapeDtypeStruct((N, D), dtype),
+      x_BTD.reshape(N, D), z_BTD.reshape(N, D) if has_y else dummy, y_BTD.reshape(N, D) if has_y else dummy, gain_D,
+      y_scale if has_y else one, one if q_static is None else q_static, one if q_rows is None else q_rows,
+      kernel=kern.add_norm_fwd_par_kernel,
+      out_shape=(jax.ShapeDtypeStruct((N, D) if has_y else (1,), x_BTD.dtype),
+                 jax.ShapeDtypeStruct((N, D) if write_h else (1,), dtype),
                  jax.ShapeDtypeStruct((N,), jnp.float32), f8(q_static is not None, (N, D)),
                  f8(q_rows is not None, (N, D)), jax.ShapeDtypeStruct((N,) if q_rows is not None else (1,), jnp.float32)),
       grid=(-(-N // consts["ROWS"]),), num_warps=FWD_WARPS, num_stages=1, N=N, EPS=NORM_EPS,
-      STATIC8=q_static is not None, ROW8=q_rows is not None, **consts)
+      STATIC8=q_static is not None, ROW8=q_rows is not None, HAS_Y=has_y, WRITE_H=bool(write_h), **consts)
   shape = x_BTD.shape
-  return (x_out.reshape(shape), h.reshape(shape), rstd, None if q_static is None else h8.reshape(shape),
-          None if q_rows is None else (h8r, hsr))
+  return (x_out.reshape(shape) if has_y else x_BTD, h.reshape(shape) if write_h else None, rstd,
+          None if q_static is None else h8.reshape(shape), None if q_rows is None else (h8r, hsr))
 
 
 def _fwd(x_BTD, y_BTD, gain_D, dtype):
@@ -115,32 +122,63 @@ def add_rms_norm(x_BTD, y_BTD, gain_D, dtype):
   return _fwd(x_BTD, y_BTD, gain_D, dtype)[0]
 
 
-def rms_norm_first(x_BTD, gain_D, dtype, fp8_qmul=None, dh_mul=1.0):
+def rms_norm_first(x_BTD, gain_D, dtype, fp8_qmul=None, dh_mul=1.0, q_rows=None, write_h=True):
   """The first layer's norm, which no residual add precedes: (x, h = RMSNorm(x) * gain in `dtype`,
   h8) with h8 = e4m3(h * fp8_qmul) (fp8_qmul from fp8_mlp.static_scale; None: no e4m3 copy, h8
   None). h8 carries no gradient. x comes back unchanged as the residual stream, so that the
   backward receives the stream's cotangent too and writes x's one gradient (the stream's plus the
   norm's) in one pass, where XLA ran the norm's forward and backward as five reductions and fused
   its gradient into the embedding's scatter. dh_mul (a Python float): h's cotangent arrives that
-  many times too small (1.0: as it should; see backward)."""
-  return _first(x_BTD, gain_D, fp8_qmul, dtype, float(dh_mul))
+  many times too small (1.0: as it should; see backward). q_rows (the parallel block's first MLP,
+  its W13 scale): four more items, the MLP's hand-off (see parallel_handoff); write_h=False (with
+  q_rows): h is not written and comes out as zeros, for readers that take only its gradient."""
+  return _first(x_BTD, gain_D, fp8_qmul, q_rows, dtype, float(dh_mul), bool(write_h))
 
 
-def _first_fwd(x_BTD, gain_D, fp8_qmul, dtype, dh_mul=1.0):  # pylint: disable=unused-argument
-  _, h, rstd, fp8 = forward(x_BTD, None, gain_D, dtype, fp8_qmul=fp8_qmul, fp8_rows=False)
-  return (x_BTD, h, None if fp8 is None else fp8[0].reshape(x_BTD.shape)), (x_BTD, rstd, gain_D, fp8_qmul)
+def parallel_handoff(h, rstd, rows):
+  """What a norm hands the parallel block's next MLP (fp8_mlp.parallel_sublayer): (h_mlp, h8r, hs,
+  rstd), h_mlp = h again (zeros when h was not written: the MLP remakes h from the stream and
+  rstd), whose cotangent comes back as the MLP's unscaled share of h's gradient, with hs's as its
+  row scales (the norm's backward adds it in: backward's dh2); rows = (h8r, hs) from forward_parallel."""
+  return (h, *rows, rstd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _first(x_BTD, gain_D, fp8_qmul, dtype, dh_mul):
-  return _first_fwd(x_BTD, gain_D, fp8_qmul, dtype)[0]
+def _h_or_zeros(h, shape, dtype):
+  """h, or for a norm that did not write it, zeros its readers take only the shape of (XLA writes none)."""
+  return jnp.zeros(shape, dtype) if h is None else h
 
 
-def _first_bwd(dtype, dh_mul, res, cotangents):  # pylint: disable=unused-argument
-  x_BTD, rstd, gain_D, fp8_qmul = res
-  dx_out, dh, _ = cotangents   # h8's cotangent is dropped: the e4m3 copy is a constant to autodiff
-  dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype, dh_mul=dh_mul)
-  return dx, dgain, None if fp8_qmul is None else jnp.zeros_like(fp8_qmul)
+def _first_fwd(x_BTD, gain_D, fp8_qmul, q_rows, dtype, dh_mul=1.0, write_h=True):  # pylint: disable=unused-argument
+  if q_rows is None:
+    _, h, rstd, fp8 = forward(x_BTD, None, gain_D, dtype, fp8_qmul=fp8_qmul, fp8_rows=False)
+    outs = (x_BTD, h, None if fp8 is None else fp8[0].reshape(x_BTD.shape))
+  else:
+    _, h, rstd, h8, rows = forward_parallel(x_BTD, None, None, None, gain_D, dtype, fp8_qmul, q_rows, write_h)
+    h = _h_or_zeros(h, x_BTD.shape, dtype)
+    outs = (x_BTD, h, h8, *parallel_handoff(h, rstd, rows))
+  return outs, (x_BTD, rstd, gain_D, fp8_qmul, q_rows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _first(x_BTD, gain_D, fp8_qmul, q_rows, dtype, dh_mul, write_h):
+  return _first_fwd(x_BTD, gain_D, fp8_qmul, q_rows, dtype, dh_mul, write_h)[0]
+
+
+def _handoff_dh2(cotangents):
+  """backward's dh2 from the cotangents of parallel_handoff's items (h_mlp, h8r, hs, rstd)."""
+  return cotangents[0], cotangents[2]
+
+
+def _zeros_or_none(a):
+  return None if a is None else jnp.zeros_like(a)
+
+
+def _first_bwd(dtype, dh_mul, write_h, res, cotangents):  # pylint: disable=unused-argument
+  x_BTD, rstd, gain_D, fp8_qmul, q_rows = res
+  dx_out, dh = cotangents[:2]   # h8's cotangent is dropped: the e4m3 copy is a constant to autodiff
+  dh2 = None if q_rows is None else _handoff_dh2(cotangents[3:])
+  dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype, dh_mul=dh_mul, dh2=dh2)
+  return dx, dgain, _zeros_or_none(fp8_qmul), _zeros_or_none(q_rows)
 
 
 _first.defvjp(_first_fwd, _first_bwd)
@@ -161,7 +199,7 @@ EMBED_GRAD_IN_FIRST_NORM = True
 
 
 def embed_rms_norm_first(table_VD, tokens_BT, gain_D, stream_dtype, dtype, fp8_qmul=None, head_dtype=None,
-                         dh_mul=1.0):
+                         dh_mul=1.0, q_rows=None, write_h=True):
   """rms_norm_first(table[tokens] in stream_dtype, gain, dtype, fp8_qmul) as one op that owns the
   lookup: (x, h, h8), x the residual stream [B, T, D]; with head_dtype a fourth item, the table in
   head_dtype (a tied head's weight), whose cotangent joins the table's gradient in the backward.
@@ -169,16 +207,26 @@ def embed_rms_norm_first(table_VD, tokens_BT, gain_D, stream_dtype, dtype, fp8_q
   backward gives the table the gradient the gather (and the cast) would: the norm's one backward
   pass, each row's gradient rounded to stream_dtype and summed into the table's row in fp32, plus
   the head's cotangent in fp32; with EMBED_GRAD_IN_FIRST_NORM all in the norm's backward kernel,
-  else in XLA. The tokens get no gradient. dh_mul as in rms_norm_first."""
-  return _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype, float(dh_mul))
+  else in XLA. The tokens get no gradient. dh_mul, q_rows and write_h as in rms_norm_first (with
+  q_rows the lookup is XLA's: the parallel norm's kernel does the rest); parallel_handoff's four
+  items come last."""
+  return _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, q_rows, stream_dtype, dtype, head_dtype, float(dh_mul),
+                      bool(write_h))
 
 
-def _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype, dh_mul=1.0):  # pylint: disable=unused-argument
+def _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, q_rows, stream_dtype, dtype, head_dtype, dh_mul=1.0,  # pylint: disable=unused-argument
+                     write_h=True):
   D = table_VD.shape[-1]
   N = tokens_BT.size
   fp8 = fp8_qmul is not None
   shape = (*tokens_BT.shape, D)
-  if EMBED_IN_FIRST_NORM:
+  handoff = ()
+  if q_rows is not None:
+    x = table_VD[tokens_BT].astype(stream_dtype)
+    _, h, rstd, h8, rows = forward_parallel(x, None, None, None, gain_D, dtype, fp8_qmul, q_rows, write_h)
+    h = _h_or_zeros(h, shape, dtype)
+    handoff = parallel_handoff(h, rstd, rows)
+  elif EMBED_IN_FIRST_NORM:
     jt, kern = _triton()
     consts = _consts(D)
     x, h, rstd, h8 = jt.triton_call(
@@ -193,41 +241,45 @@ def _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype,
     x = table_VD[tokens_BT].astype(stream_dtype)
     _, h, rstd, h8 = forward(x, None, gain_D, dtype, fp8_qmul=fp8_qmul, fp8_rows=False)
     h8 = None if h8 is None else h8[0].reshape(shape)
-  outs = (x, h, h8) + (() if head_dtype is None else (table_VD.astype(head_dtype),))
+  outs = (x, h, h8) + (() if head_dtype is None else (table_VD.astype(head_dtype),)) + handoff
   # table_like: a [V, 0] array, so the backward knows the table's rows and dtype without keeping it.
-  return outs, (x, rstd, gain_D, fp8_qmul, tokens_BT, jnp.zeros((table_VD.shape[0], 0), table_VD.dtype))
+  return outs, (x, rstd, gain_D, fp8_qmul, q_rows, tokens_BT, jnp.zeros((table_VD.shape[0], 0), table_VD.dtype))
 
 
-def _embed_first_bwd(stream_dtype, dtype, head_dtype, dh_mul, res, cotangents):  # pylint: disable=unused-argument
-  x_BTD, rstd, gain_D, fp8_qmul, tokens_BT, table_like = res
+def _embed_first_bwd(stream_dtype, dtype, head_dtype, dh_mul, write_h, res, cotangents):  # pylint: disable=unused-argument
+  x_BTD, rstd, gain_D, fp8_qmul, q_rows, tokens_BT, table_like = res
   dx_out, dh = cotangents[:2]   # h8's cotangent is dropped, as in _first_bwd
   D = x_BTD.shape[-1]
   V, tdtype = table_like.shape[0], table_like.dtype
   base = jnp.zeros((V, D), tdtype) if head_dtype is None else cotangents[3].astype(tdtype)
+  dh2 = None if q_rows is None else _handoff_dh2(cotangents[-4:])
   if EMBED_GRAD_IN_FIRST_NORM:
-    d_table, dgain = _embed_backward(dx_out, dh, x_BTD, rstd, gain_D, tokens_BT, base, dh_mul)
+    d_table, dgain = _embed_backward(dx_out, dh, x_BTD, rstd, gain_D, tokens_BT, base, dh_mul, dh2)
   else:
-    dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype, dh_mul=dh_mul)
+    dx, _, dgain = backward(dx_out, dh, x_BTD, rstd, gain_D, x_BTD.dtype, dh_mul=dh_mul, dh2=dh2)
     d_table = base.at[tokens_BT.reshape(-1)].add(dx.reshape(-1, D).astype(tdtype))
-  return d_table, None, dgain, None if fp8_qmul is None else jnp.zeros_like(fp8_qmul)
+  return d_table, None, dgain, _zeros_or_none(fp8_qmul), _zeros_or_none(q_rows)
 
 
-def _embed_backward(dx_out, dh, x_out, rstd, gain_D, tokens_BT, base_VD, dh_mul=1.0):
-  """(base + the lookup's gradient of the table, dgain) from embed_norm_bwd_kernel (fp32 table)."""
+def _embed_backward(dx_out, dh, x_out, rstd, gain_D, tokens_BT, base_VD, dh_mul=1.0, dh2=None):
+  """(base + the lookup's gradient of the table, dgain) from embed_norm_bwd_kernel (fp32 table); dh2
+  as in backward."""
   jt, kern = _triton()
   D, N, consts, programs = _bwd_grid(x_out)
   d_table, dg_part = jt.triton_call(
       dx_out.reshape(N, D), dh.reshape(N, D), x_out.reshape(N, D), rstd, gain_D,
-      tokens_BT.reshape(N).astype(jnp.int32), base_VD.astype(jnp.float32), kernel=kern.embed_norm_bwd_kernel,
+      tokens_BT.reshape(N).astype(jnp.int32), base_VD.astype(jnp.float32), *_dh2_args(dh2, N, D),
+      kernel=kern.embed_norm_bwd_kernel,
       out_shape=(jax.ShapeDtypeStruct(base_VD.shape, jnp.float32), jax.ShapeDtypeStruct((programs, D), jnp.float32)),
       input_output_aliases={6: 0}, grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs,
-      DH_MUL=float(dh_mul), **consts)
+      DH_MUL=float(dh_mul), HAS_DH2=dh2 is not None, **consts)
   return d_table.astype(base_VD.dtype), jnp.sum(dg_part, 0).astype(gain_D.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype, dh_mul):
-  return _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, stream_dtype, dtype, head_dtype)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _embed_first(table_VD, tokens_BT, gain_D, fp8_qmul, q_rows, stream_dtype, dtype, head_dtype, dh_mul, write_h):
+  return _embed_first_fwd(table_VD, tokens_BT, gain_D, fp8_qmul, q_rows, stream_dtype, dtype, head_dtype, dh_mul,
+                          write_h)[0]
 
 
 _embed_first.defvjp(_embed_first_fwd, _embed_first_bwd)
@@ -247,14 +299,16 @@ def _sm_count():
   return int(getattr(jax.devices()[0], "core_count", 0) or 132)
 
 
-def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=None, dh_mul=1.0):
+def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=None, dh_mul=1.0, dh2=None):
   """add_rms_norm's gradients (dx, dy, dgain) from the cotangents of (x + y, h); dx_out None for a
   zero one (the last layer's stream: no B x T x D of zeros written and read back). For fp8_mlp.py:
   dh_scale [N] multiplies dh's rows (dh is then an FP8 dot's unscaled output), and fp8_qmul adds a
   4th item, dx in e4m3 with its scale per row times fp8_qmul: (d8 [N, D], ds [N]). dh_mul (a Python
   float, a constant of the kernel) multiplies all of dh as it is read: the next attention's FP8
   backward hands dh over without its 2^-k (attention_kernel.flash_attention_qkv_fp8's dh_raw), which
-  cost a pass of its own over dh on the dot's output."""
+  cost a pass of its own over dh on the dot's output. dh2 = (dh2 [..., D], its row scales [N]): h's
+  second cotangent, an FP8 dot's unscaled output, added in after dh_mul (the parallel block's MLP
+  share, beside the attention's dh: no [N, D] sum written and read back)."""
   jt, kern = _triton()
   D, N, consts, programs = _bwd_grid(x_out)
   # The residual add hands one gradient to both of its inputs: with one dtype (the bf16 stream) it
@@ -266,19 +320,26 @@ def backward(dx_out, dh, x_out, rstd, gain_D, y_dtype, dh_scale=None, fp8_qmul=N
           jax.ShapeDtypeStruct((programs, D), jnp.float32))
   launch = dict(grid=(programs,), num_warps=BWD_WARPS, num_stages=1, N=N, PROGRAMS=programs, TWO_OUT=two,
                 HAS_DXOUT=has_dxout, DH_MUL=float(dh_mul), **consts)
-  if dh_scale is None and fp8_qmul is None:
+  if dh_scale is None and fp8_qmul is None and dh2 is None:
     (dx, dy, dg_part), fp8 = jt.triton_call(*ins, kernel=kern.add_norm_bwd_kernel, out_shape=outs, **launch), None
   else:
     ones = jnp.ones((1,), jnp.float32)
     f8 = ((N, D), (N,)) if fp8_qmul is not None else ((1,), (1,))   # 1-element dummies when unused
     dx, dy, dg_part, *fp8 = jt.triton_call(
-        *ins, ones if dh_scale is None else dh_scale, ones if fp8_qmul is None else fp8_qmul,
+        *ins, ones if dh_scale is None else dh_scale, ones if fp8_qmul is None else fp8_qmul, *_dh2_args(dh2, N, D),
         kernel=kern.add_norm_bwd_fp8_kernel,
         out_shape=(*outs, jax.ShapeDtypeStruct(f8[0], jnp.float8_e4m3fn), jax.ShapeDtypeStruct(f8[1], jnp.float32)),
-        DH_SCALED=dh_scale is not None, FP8=fp8_qmul is not None, **launch)
+        DH_SCALED=dh_scale is not None, FP8=fp8_qmul is not None, HAS_DH2=dh2 is not None, **launch)
   dx = dx.reshape(x_out.shape)
   grads = dx, dy.reshape(x_out.shape) if two else dx, jnp.sum(dg_part, 0).astype(gain_D.dtype)
   return (*grads, tuple(fp8)) if fp8_qmul is not None else grads
+
+
+def _dh2_args(dh2, N, D):
+  """The kernels' DH2, DHS2 inputs: dh2 = (dh2, its row scales) as [N, D] and [N], or 1-element dummies."""
+  if dh2 is None:
+    return jnp.zeros((1,), jnp.bfloat16), jnp.ones((1,), jnp.float32)
+  return dh2[0].reshape(N, D), dh2[1].reshape(N).astype(jnp.float32)
 
 
 def _bwd(dtype, res, cotangents):  # pylint: disable=unused-argument

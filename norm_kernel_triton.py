@@ -99,14 +99,15 @@ def add_norm_fwd_fp8_kernel(X, Y, G, QMUL, YS, XOUT, H, RSTD, H8, HS, N: tl.cons
 @triton.jit
 def add_norm_fwd_par_kernel(X, Z, Y, G, YS, QMUL, QROW, XOUT, H, RSTD, H8, H8R, HSR, N: tl.constexpr, D: tl.constexpr,
                             BLOCK_D: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr, STATIC8: tl.constexpr,
-                            ROW8: tl.constexpr):
+                            ROW8: tl.constexpr, HAS_Y: tl.constexpr = True, WRITE_H: tl.constexpr = True):
   """The parallel block's norm (fp8_mlp.parallel_sublayer): XOUT = X + Z + Y * YS[row] (the stream,
   the attention's output, the MLP's unscaled FP8 dot output), H = RMSNorm(XOUT) * G, RSTD; with
   STATIC8 H8 = e4m3(H * QMUL) (the next attention's copy, one scale for the tensor), with ROW8 H8R
-  in e4m3 with its scale per row times QROW (HSR; the next MLP's copy). Unused outputs are
-  1-element dummies."""
-  h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, YS, True, True, True,
-                                           Z, True)
+  in e4m3 with its scale per row times QROW (HSR; the next MLP's copy). HAS_Y=False: H =
+  RMSNorm(X) * G (the first layer's norm; Z, Y, YS, XOUT untouched). WRITE_H=False: H is not stored
+  (both e4m3 copies still quantize h as H would store it). Unused outputs are 1-element dummies."""
+  h, mask, offs, rows = _add_norm_fwd_rows(X, Y, G, XOUT, H, RSTD, N, D, BLOCK_D, ROWS, EPS, YS, True, HAS_Y,
+                                           WRITE_H, Z, True)
   h = h.to(H.dtype.element_ty).to(tl.float32)   # both copies quantize H as stored
   if STATIC8:
     tl.store(H8 + offs, tl.clamp(h * tl.load(QMUL), -F8_MAX, F8_MAX).to(H8.dtype.element_ty), mask=mask)
@@ -143,10 +144,11 @@ def embed_norm_fwd_kernel(E, IDS, G, QMUL, XOUT, H, RSTD, H8, N: tl.constexpr, D
 
 
 @triton.jit
-def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk, cols, N: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
-               DH_SCALED: tl.constexpr, HAS_DXOUT: tl.constexpr):
-  """One block's inputs: (rows, row offsets, mask, s, dh, dxout, rstd, dh's row scale or 1); rows
-  past N load zeros, and so does dxout without HAS_DXOUT (DXOUT is then never read)."""
+def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, DH2, DHS2, blk, cols, N: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
+               DH_SCALED: tl.constexpr, HAS_DXOUT: tl.constexpr, HAS_DH2: tl.constexpr):
+  """One block's inputs: (rows, row offsets, mask, s, dh, dxout, rstd, dh's row scale or 1, dh2,
+  dh2's row scale); rows past N load zeros, and so does dxout without HAS_DXOUT (DXOUT is then never
+  read). Without HAS_DH2 the last two are dh and its scale again (placeholders, never used)."""
   rows = blk * ROWS + tl.arange(0, ROWS)
   mask = (rows[:, None] < N) & (cols[None, :] < D)
   offs = rows[:, None].to(tl.int64) * D + cols[None, :]
@@ -159,32 +161,40 @@ def _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk, cols, N: tl.constexpr, D: tl.con
     dxo = tl.load(DXOUT + offs, mask=mask, other=0.0)
   else:
     dxo = tl.zeros(s.shape, tl.float32)
-  return (rows, offs, mask, s, tl.load(DH + offs, mask=mask, other=0.0), dxo,
-          tl.load(RSTD + rows, mask=rows < N, other=0.0), dhs)
+  dh = tl.load(DH + offs, mask=mask, other=0.0)
+  if HAS_DH2:
+    dh2, dhs2 = tl.load(DH2 + offs, mask=mask, other=0.0), tl.load(DHS2 + rows, mask=rows < N, other=0.0)
+  else:
+    dh2, dhs2 = dh, dhs
+  return rows, offs, mask, s, dh, dxo, tl.load(RSTD + rows, mask=rows < N, other=0.0), dhs, dh2, dhs2
 
 
 @triton.jit
 def _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
                        D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
                        TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr, HAS_DXOUT: tl.constexpr,
-                       DH_MUL: tl.constexpr, IDS=None, SCATTER: tl.constexpr = False):
-  """The persistent backward (add_norm_bwd_kernel's docstring); DH_SCALED, FP8 and HAS_DXOUT as in
-  add_norm_bwd_fp8_kernel, DH_MUL as in add_norm_bwd_kernel. With DH_SCALED and FP8 False, DHS,
+                       DH_MUL: tl.constexpr, IDS=None, SCATTER: tl.constexpr = False, DH2=None, DHS2=None,
+                       HAS_DH2: tl.constexpr = False):
+  """The persistent backward (add_norm_bwd_kernel's docstring); DH_SCALED, FP8, HAS_DXOUT and HAS_DH2
+  as in add_norm_bwd_fp8_kernel, DH_MUL as in add_norm_bwd_kernel. With DH_SCALED and FP8 False, DHS,
   QMUL, D8 and DS are never touched. SCATTER (embed_norm_bwd_kernel): row r's gradient, rounded to
   XOUT's dtype, is added into row IDS[r] of the fp32 table DX instead of being stored as row r."""
   pid = tl.program_id(0)
   cols = tl.arange(0, BLOCK_D)
   g = tl.load(G + cols, mask=cols < D, other=0.0).to(tl.float32)
   dg = tl.zeros([ROWS, BLOCK_D], tl.float32)
-  nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, pid, cols, N, D, ROWS, DH_SCALED, HAS_DXOUT)
+  nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, DH2, DHS2, pid, cols, N, D, ROWS, DH_SCALED, HAS_DXOUT, HAS_DH2)
   for blk in range(pid, tl.cdiv(N, ROWS), PROGRAMS):
-    rows, offs, mask, s, dh, dxo, r, dhs = nxt
-    nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, blk + PROGRAMS, cols, N, D, ROWS, DH_SCALED, HAS_DXOUT)
+    rows, offs, mask, s, dh, dxo, r, dhs, dh2, dhs2 = nxt
+    nxt = _bwd_loads(DXOUT, DH, XOUT, RSTD, DHS, DH2, DHS2, blk + PROGRAMS, cols, N, D, ROWS, DH_SCALED, HAS_DXOUT,
+                     HAS_DH2)
     s, dh, dxo = s.to(tl.float32), dh.to(tl.float32), dxo.to(tl.float32)
     if DH_SCALED:
       dh = dh * dhs[:, None]
     if DH_MUL != 1.0:
       dh = dh * DH_MUL
+    if HAS_DH2:   # h's second reader's share, in fp32: no [N, D] sum of the two written and read back
+      dh += dh2.to(tl.float32) * dhs2[:, None]
     u = dh * g[None, :]
     d = dxo + r[:, None] * u - s * (r * r * r * tl.sum(u * s, 1) / D)[:, None]
     if SCATTER:   # relaxed fp32 atomics: repeated tokens sum in any order, as XLA's scatter-add does
@@ -227,27 +237,29 @@ def add_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, DX, DY, DG_PART, N: tl.constex
 
 
 @triton.jit
-def add_norm_bwd_fp8_kernel(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
+def add_norm_bwd_fp8_kernel(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DH2, DHS2, DX, DY, DG_PART, D8, DS, N: tl.constexpr,
                             D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
                             TWO_OUT: tl.constexpr, DH_SCALED: tl.constexpr, FP8: tl.constexpr,
-                            HAS_DXOUT: tl.constexpr, DH_MUL: tl.constexpr):
+                            HAS_DXOUT: tl.constexpr, DH_MUL: tl.constexpr, HAS_DH2: tl.constexpr = False):
   """add_norm_bwd_kernel for fp8_mlp.py: DH_SCALED multiplies each row of DH by DHS[row] as it is
   read (DH is then an FP8 dot's unscaled output), and FP8 also writes DX in e4m3 (D8) with its
-  scale per row times QMUL (DS). Unused pointers are 1-element arrays. HAS_DXOUT and DH_MUL as in
-  add_norm_bwd_kernel."""
+  scale per row times QMUL (DS). HAS_DH2: h has a second cotangent, DH2 (an FP8 dot's unscaled
+  output) with row scales DHS2, added in after DH's DH_MUL (the parallel block, whose attention and
+  MLP both read the h this norm made). Unused pointers are 1-element arrays. HAS_DXOUT and DH_MUL as
+  in add_norm_bwd_kernel."""
   _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, DHS, QMUL, DX, DY, DG_PART, D8, DS, N, D, BLOCK_D, ROWS,
-                     PROGRAMS, TWO_OUT, DH_SCALED, FP8, HAS_DXOUT, DH_MUL)
+                     PROGRAMS, TWO_OUT, DH_SCALED, FP8, HAS_DXOUT, DH_MUL, DH2=DH2, DHS2=DHS2, HAS_DH2=HAS_DH2)
 
 
 @triton.jit
-def embed_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, IDS, DE_IN, DE, DG_PART, N: tl.constexpr, D: tl.constexpr,
-                          BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
-                          DH_MUL: tl.constexpr):
+def embed_norm_bwd_kernel(DXOUT, DH, XOUT, RSTD, G, IDS, DE_IN, DH2, DHS2, DE, DG_PART, N: tl.constexpr,
+                          D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PROGRAMS: tl.constexpr,
+                          DH_MUL: tl.constexpr, HAS_DH2: tl.constexpr = False):
   """The first norm's backward (add_norm_bwd_kernel with DXOUT, one output) with the embedding
   lookup's backward in it: each row's gradient of the stream, rounded to XOUT's dtype as the stream
   stores it, is added into row IDS[r] of the fp32 table gradient DE (which aliases DE_IN: the head's
   share of the tied table's gradient, or zeros). No [N, D] gradient is written for an XLA scatter to
   read back, at the very end of the step's backward, where AdamW waits on the table's gradient.
-  DH_MUL as in add_norm_bwd_kernel."""
+  DH_MUL as in add_norm_bwd_kernel, HAS_DH2 (DH2, DHS2) as in add_norm_bwd_fp8_kernel."""
   _add_norm_bwd_loop(DXOUT, DH, XOUT, RSTD, G, RSTD, RSTD, DE, DE, DG_PART, DE, RSTD, N, D, BLOCK_D, ROWS,
-                     PROGRAMS, False, False, False, True, DH_MUL, IDS, True)
+                     PROGRAMS, False, False, False, True, DH_MUL, IDS, True, DH2, DHS2, HAS_DH2)

@@ -113,8 +113,9 @@ def transpose_fp8(x_NC, row_scale_N=None, qmul=None, norm=None):
   scaled = row_scale_N is not None
   assert scaled or norm is None, "norm= needs row_scale_N and qmul"
   unread = jnp.zeros((1,), jnp.float32)   # the placeholder of each input the kernel's mode skips
+  x8 = scaled and x_NC.dtype == jnp.float8_e4m3fn   # e4m3 in as its bytes (the kernel's X8)
   if scaled:
-    src, out_dtype = x_NC, jnp.float8_e4m3fn
+    src, out_dtype = jax.lax.bitcast_convert_type(x_NC, jnp.uint8) if x8 else x_NC, jnp.float8_e4m3fn
   else:
     src, out_dtype = jax.lax.bitcast_convert_type(x_NC, jnp.uint8), jnp.uint8
     row_scale_N = qmul = unread
@@ -124,7 +125,7 @@ def transpose_fp8(x_NC, row_scale_N=None, qmul=None, norm=None):
       src, row_scale_N.astype(jnp.float32), jnp.asarray(qmul, jnp.float32).reshape(1), rstd, gain, h_like,
       kernel=kern.transpose_fp8_kernel, out_shape=jax.ShapeDtypeStruct((C, N), out_dtype),
       grid=(-(-N // bn), -(-C // bc)), num_warps=warps, num_stages=1, N=N, C=C, BLOCK_N=bn, BLOCK_C=bc,
-      SCALED=scaled, WIDE=wide, NORMED=norm is not None)
+      SCALED=scaled, WIDE=wide, NORMED=norm is not None, X8=x8)
   return out if scaled else jax.lax.bitcast_convert_type(out, x_NC.dtype)
 
 

@@ -143,13 +143,14 @@ def swiglu_fwd_fp8_kernel(H13, HS, QMUL, ACT, ACT8, AS, N: tl.constexpr, F: tl.c
 @triton.jit
 def transpose_fp8_kernel(X, RS, QMUL, RSTD, G, HL, OUT, N: tl.constexpr, C: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_C: tl.constexpr, SCALED: tl.constexpr, WIDE: tl.constexpr,
-                         NORMED: tl.constexpr = False):
+                         NORMED: tl.constexpr = False, X8: tl.constexpr = False):
   """OUT [C, N] = X [N, C] transposed, for an FP8 dot that sums over the N rows (cuBLASLt's FP8 path
   wants that axis contiguous in both operands). SCALED: OUT = e4m3(X * RS[row] * QMUL[0]) from any
   float X; else X's bytes as they are (an e4m3 array viewed as uint8). NORMED (with SCALED): X is a
   residual stream and what is scaled is its RMSNorm, h = X * RSTD[row] * G[col] rounded to HL's
   dtype, the values norm_kernel_triton._add_norm_fwd_rows computes (and then need not store); RSTD,
-  G, HL are never read otherwise. A program moves one BLOCK_N x BLOCK_C tile: loads run along C,
+  G, HL are never read otherwise. X8 (with SCALED): X is e4m3 handed over as its bytes (uint8: a
+  masked load of an 8-bit float takes no integer fill). A program moves one BLOCK_N x BLOCK_C tile: loads run along C,
   stores along N, the transpose between them in registers and shared memory (Triton's layout
   conversion), on 32-bit values if WIDE, else on the bytes."""
   rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -158,6 +159,8 @@ def transpose_fp8_kernel(X, RS, QMUL, RSTD, G, HL, OUT, N: tl.constexpr, C: tl.c
               other=0)
   if SCALED:   # saturating conversion (cvt.rn.satfinite), as the other e4m3 stores here
     rs = tl.load(RS + rows, mask=rows < N, other=0.0) * tl.load(QMUL)
+    if X8:
+      x = x.to(tl.float8e4nv, bitcast=True)
     x = x.to(tl.float32)
     if NORMED:   # the norm kernel's product, in its order, and its rounding
       rstd = tl.load(RSTD + rows, mask=rows < N, other=0.0)

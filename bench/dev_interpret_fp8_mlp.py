@@ -31,9 +31,14 @@ _NARROW = {tl.float8e4nv: (ml_dtypes.float8_e4m3fn, np.uint8), tl.bfloat16: (ml_
 def _round_from_fp32(x, src, dst, rounding_mode):
   """Triton 3.9's interpreter rounds fp32 -> e4m3 and fp32 -> bf16 wrongly (half up, and a carry
   into the next binade is lost: 124.1 -> 64, not 128, in e4m3); the GPU rounds to nearest even,
-  as ml_dtypes does. Swapped in so that what this script checks is the kernels' arithmetic."""
+  as ml_dtypes does. Swapped in so that what this script checks is the kernels' arithmetic. The
+  GPU's fp32 -> e4m3 conversion saturates (cvt.rn.satfinite) where ml_dtypes' overflows to NaN, so
+  e4m3 results are clipped to +-448 first (a kernel that relies on it: transpose_fp8_kernel)."""
   if src == tl.float32 and dst in _NARROW:
-    return np.asarray(x, np.float32).astype(_NARROW[dst][0]).view(_NARROW[dst][1])
+    x = np.asarray(x, np.float32)
+    if dst == tl.float8e4nv:
+      x = np.clip(x, -F8_MAX, F8_MAX)
+    return x.astype(_NARROW[dst][0]).view(_NARROW[dst][1])
   return _convert_float(x, src, dst, rounding_mode)
 
 
@@ -140,6 +145,28 @@ def norm_fwd_par(n, d, rng):
     outs.append(o)
   (xo, h, r, h8s, h8r, hsr), other = outs
   assert all(torch.equal(a, b) for a, b in zip(outs[0][:3], other[:3])), "par norm: the copies changed XO/H/RSTD"
+  # WRITE_H=False: the same RSTD and copies, H untouched; HAS_Y=False (the first norm): the norm of X
+  # itself, against the full kernel run on X with zero Z and Y.
+  nan16 = lambda: torch.full((1,), float("nan"), dtype=torch.float16)  # pylint: disable=unnecessary-lambda-assignment
+  o = [torch.empty((n, d), dtype=torch.float16), nan16(), torch.empty(n), torch.empty((n, d), dtype=E4M3),
+       torch.empty((n, d), dtype=E4M3), torch.empty(n)]
+  NK.add_norm_fwd_par_kernel[(-(-n // c["ROWS"]),)](x, z, y, g, ys, qs, qr, *o, n, EPS=EPS, STATIC8=True, ROW8=True,
+                                                    WRITE_H=False, **c)
+  assert torch.isnan(o[1]).all(), "WRITE_H=False must leave H alone"
+  assert all(torch.equal(a.view(torch.uint8) if a.dtype == E4M3 else a, b.view(torch.uint8) if b.dtype == E4M3 else b)
+             for i, (a, b) in enumerate(zip(o, outs[0])) if i != 1), "WRITE_H=False: XO/RSTD/copies differ"
+  zero = torch.zeros_like(x)
+  ref1 = [torch.empty((n, d), dtype=torch.float16), torch.empty((n, d), dtype=torch.float16), torch.empty(n),
+          torch.empty((n, d), dtype=E4M3), torch.empty((n, d), dtype=E4M3), torch.empty(n)]
+  NK.add_norm_fwd_par_kernel[(-(-n // c["ROWS"]),)](x, zero, zero, g, ys, qs, qr, *ref1, n, EPS=EPS, STATIC8=True,
+                                                    ROW8=True, **c)
+  o1 = [nan16(), torch.empty((n, d), dtype=torch.float16), torch.empty(n), torch.empty((n, d), dtype=E4M3),
+        torch.empty((n, d), dtype=E4M3), torch.empty(n)]
+  NK.add_norm_fwd_par_kernel[(-(-n // c["ROWS"]),)](x, nan16(), nan16(), g, torch.full((1,), float("nan")), qs, qr,
+                                                    *o1, n, EPS=EPS, STATIC8=True, ROW8=True, HAS_Y=False, **c)
+  assert torch.isnan(o1[0]).all(), "HAS_Y=False must leave XOUT alone"
+  assert all(torch.equal(a.view(torch.uint8) if a.dtype == E4M3 else a, b.view(torch.uint8) if b.dtype == E4M3 else b)
+             for a, b in zip(o1[1:], ref1[1:])), "HAS_Y=False: H/RSTD/copies differ from X's own norm"
   y_ref = (y.double().numpy() * ys.double().numpy()[:, None]).astype(np.float16).astype(np.float64)
   s_ref = (x.double().numpy() + z.double().numpy()) + y_ref
   s = s_ref.astype(np.float16).astype(np.float64)
@@ -152,7 +179,7 @@ def norm_fwd_par(n, d, rng):
           check_fp8_rows(h8r, hsr, h.double().numpy(), 0.37, "par norm, row copy")]
 
 
-def norm_bwd(n, d, rng, fp8=True, has_dxout=True):
+def norm_bwd(n, d, rng, fp8=True, has_dxout=True, dh2=False):
   t = lambda a: torch.from_numpy(a.astype(np.float32)).to(torch.float16)  # pylint: disable=unnecessary-lambda-assignment
   xo, dxo = t(rng.standard_normal((n, d))), t(rng.standard_normal((n, d)))
   dh = t(rng.standard_normal((n, d)) * 100)   # an FP8 dot's unscaled output
@@ -171,11 +198,18 @@ def norm_bwd(n, d, rng, fp8=True, has_dxout=True):
   # DH_MUL: with fp8, DH comes 8x too large and the kernel's constant takes it back (a next attention
   # whose FP8 backward hands dh over without its 2^-k); the reference below is unchanged.
   mul = 0.125 if fp8 else 1.0
+  # dh2 (the parallel block's norm): a second cotangent of h, an FP8 dot's unscaled output with its
+  # own row scales, joins DH (1-element dummies without it, never read).
+  dh2v = t(rng.standard_normal((n, d)) * 100) if dh2 else torch.zeros(1, dtype=torch.float16)
+  dhs2 = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32)) if dh2 else torch.ones(1)
   NK.add_norm_bwd_fp8_kernel[(programs,)](dxo if has_dxout else torch.full((1,), float("nan"), dtype=torch.float16),
-                                      dh / mul, xo, r, g, dhs, qmul, dx, dy, dg, d8, ds, n, D=d,
+                                      dh / mul, xo, r, g, dhs, qmul, dh2v, dhs2, dx, dy, dg, d8, ds, n, D=d,
                                       BLOCK_D=norm_kernel._consts(d)["BLOCK_D"], ROWS=rows, PROGRAMS=programs,  # pylint: disable=protected-access
-                                      TWO_OUT=False, DH_SCALED=True, FP8=fp8, HAS_DXOUT=has_dxout, DH_MUL=mul)
+                                      TWO_OUT=False, DH_SCALED=True, FP8=fp8, HAS_DXOUT=has_dxout, DH_MUL=mul,
+                                      HAS_DH2=dh2)
   DH = dh.double().numpy() * dhs.double().numpy()[:, None]
+  if dh2:
+    DH = DH + dh2v.double().numpy() * dhs2.double().numpy()[:, None]
   G, R = g.double().numpy(), r.double().numpy()
   ref = dxo.double().numpy().copy() if has_dxout else np.zeros((n, d))
   for i in range(n):
@@ -266,6 +300,14 @@ def transpose(n, c, rng, wide):
   scaled = x.float().numpy() * (rs.numpy() * np.float32(20.0))[:, None]   # fp32 products, as the kernel's
   want = np.clip(scaled, -F8_MAX, F8_MAX).astype(ml_dtypes.float8_e4m3fn).astype(np.float64).T
   np.testing.assert_array_equal(out8.double().numpy(), want, err_msg="transpose_fp8: scaled")
+  # X8: an e4m3 X (handed over as its bytes) rescaled by rows into a new e4m3 copy (wgrad_static_h).
+  x8f = torch.from_numpy(np.clip(rng.standard_normal((n, c)) * 100, -448, 448).astype(np.float32)).to(E4M3)
+  out8b = torch.empty((c, n), dtype=E4M3)
+  SK.transpose_fp8_kernel[(-(-n // bn), -(-c // bc))](x8f.view(torch.uint8), rs, torch.tensor([0.4]), z, z, z, out8b,
+                                                      N=n, C=c, BLOCK_N=bn, BLOCK_C=bc, SCALED=True, WIDE=wide, X8=True)
+  scaled8 = x8f.float().numpy() * (rs.numpy() * np.float32(0.4))[:, None]
+  want8 = np.clip(scaled8, -F8_MAX, F8_MAX).astype(ml_dtypes.float8_e4m3fn).astype(np.float64).T
+  np.testing.assert_array_equal(out8b.double().numpy(), want8, err_msg="transpose_fp8: e4m3 in, scaled")
   # NORMED: the copy of h = RMSNorm(s) * g remade from the stream s and its rstd must be the copy of
   # the h that the norm kernel writes (NumPy's fp32 products in the kernels' order, too), and the
   # norm kernel with WRITE_H=False must write everything else as it does with H.
@@ -522,8 +564,8 @@ def parallel_side():
   def fused(x, attn, h, w13, w2, g_next, h13, da, keep_x=True, dh_mul_in=1.0, qs=None, qr=None):
     s13 = fp8_mlp.mlp_weights(w13, w2)[2]
     h8, hs = fp8_mlp.quantize_rows(jax.lax.stop_gradient(h).reshape(-1, D))
-    out = fp8_mlp.parallel_sublayer(x, attn, h, h8, hs * s13.reshape(()), w13, w2, g_next, qs, qr, None, bf, keep_x,
-                                    h13, da, 1.0, dh_mul_in)
+    out = fp8_mlp.parallel_sublayer(x, attn, h, h8, hs * s13.reshape(()), None, w13, w2, g_next, qs, qr, None, bf,
+                                    keep_x, h13, da, 1.0, dh_mul_in)
     return out if qs is not None or qr is not None else out[:2]
 
   names = ("x_out", "h_next", "dx", "dattn", "dh", "dw13", "dw2", "dg_next")
@@ -546,13 +588,14 @@ def parallel_side():
   # Both e4m3 copies of h' out: the static one as quantize_static of the reference's h', the row one
   # as quantize_rows of it (its scales carrying q_rows).
   qs, qr = fp8_mlp.static_scale(args[5]), jnp.asarray([0.37], jnp.float32)
-  _, h_next, h8s, h8r, hsr = fused(*args, True, False, qs=qs, qr=qr)
+  _, h_next, h8s, _, h8r, hsr, _ = fused(*args, True, False, qs=qs, qr=qr)
   h_ref = ref(*args, True, False)[1]
   want8 = fp8_mlp.quantize_static(h_ref, qs).astype(jnp.float32)
   step = jnp.maximum(jnp.abs(want8), 2.0 ** -6) * 2.0 ** -3
   assert bool(jnp.all(jnp.abs(h8s.astype(jnp.float32) - want8) <= step)), "parallel: static copy"
   r8, rs = fp8_mlp.quantize_rows(h_next.reshape(-1, D))
   assert bool(jnp.array_equal(h8r, r8)) and bool(jnp.allclose(hsr, rs * 0.37, rtol=1e-6)), "parallel: row copy"
+  errs.update(_handoff_side(args, cot, fused, qs, qr, jax.vjp(lambda *a: ref(*a, False, False), *args)[1](cot)))
   # The model: the fused parallel path against the XLA one, with the speedrun's FP8 recipe; with
   # attn_fp8_dqkv, x Wqkv's 2^-k applied by the norm kernels (DH_SCALE='norm') against on the dot.
   cfg = model.default_model_config()
@@ -575,6 +618,84 @@ def parallel_side():
     errs[f"model d{name} (parallel, dh's 2^-k in the norm vs on the dot)"] = rel(g["blocks"][name], g_ref["blocks"][name])
   errs["model dembed (parallel, dh's 2^-k in the norm vs on the dot)"] = rel(g["embed"], g_ref["embed"])
   errs["model loss (parallel, dh's 2^-k in the norm vs on the dot)"] = abs(float(l) - float(l_ref)) / float(l_ref)
+  return errs
+
+
+def _handoff_side(args, cot, fused, qs, qr, want_ref):
+  """parallel_sublayer's hand-off (fp8_mlp.PARALLEL_HANDOFF, PARALLEL_H_UNWRITTEN) against its plain
+  form: h's MLP share out unscaled with its row scales as hs's cotangent, W13's weight gradient from
+  h remade from the stream, and the norm's backward taking the next MLP's share as (raw, row
+  scales) beside h''s own cotangent; write_h=False leaves every other output as it was."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import fp8_mlp  # pylint: disable=import-outside-toplevel
+  bf, f32 = jnp.bfloat16, jnp.float32
+  rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(f32)) / jnp.linalg.norm(b.astype(f32)))  # pylint: disable=unnecessary-lambda-assignment
+  x, attn, h, w13, w2, g_next = args
+  D = x.shape[-1]
+  xf = x.astype(f32).reshape(-1, D)
+  rstd_in = jax.lax.rsqrt(jnp.mean(xf * xf, -1) + 1e-5)
+  g_in = h.astype(f32).reshape(-1, D)[0] / (xf[0] * rstd_in[0])   # h = RMSNorm(x) * g_in (args' construction)
+  s13 = fp8_mlp.mlp_weights(w13, w2)[2].reshape(())
+  h8, hs = fp8_mlp.quantize_rows(h.reshape(-1, D))
+  errs = {}
+
+  def plain(x, attn, h, w13, w2, g_next):
+    return fp8_mlp.parallel_sublayer(x, attn, h, h8, hs * s13, None, w13, w2, g_next, None, None, None, bf)[:2]
+
+  def taking(x, attn, h, hs_in, w13, w2, g_next):   # the hand-off's consumer: h's share raw, hs's its scales
+    return fp8_mlp.parallel_sublayer(x, attn, h, h8, hs_in, (rstd_in, g_in), w13, w2, g_next, None, None, None, bf,
+                                     handoff=True)[:2]
+
+  qh = fp8_mlp.static_scale(g_in)
+  h8s_DN = fp8_mlp.quantize_static(h, qh).reshape(-1, D).T   # the attention's static copy, token-last
+
+  def static(x, attn, h, hs_in, w13, w2, g_next):   # W13's weight gradient on that copy (PARALLEL_W13_STATIC_H)
+    return fp8_mlp.parallel_sublayer(x, attn, h, h8, hs_in, (h8s_DN, qh), w13, w2, g_next, None, None, None, bf,
+                                     handoff=True, static_h=True)[:2]
+
+  (_, vjp), (_, vjp_h) = jax.vjp(plain, *args), jax.vjp(taking, x, attn, h, hs * s13, w13, w2, g_next)
+  want, got = vjp(cot), vjp_h(cot)
+  got_s = jax.vjp(static, x, attn, h, hs * s13, w13, w2, g_next)[1](cot)
+  # Against the XLA reference (swiglu's arithmetic): dH13 rounded twice, at 18 tokens, so W13's
+  # gradient carries more e4m3 noise than the fused path's (its own bound, in main).
+  for name, i, j in (("dw13", 4, 3), ("dw2", 5, 4), ("dx", 0, 0)):
+    errs[f"static h: {name} (vs the XLA reference)"] = rel(got_s[i], want_ref[j])
+  errs["handoff in: dw13 (h remade, vs the XLA reference)"] = rel(got[4], want_ref[3])
+  dh = (got[2].astype(f32).reshape(-1, D) * got[3][:, None]).reshape(h.shape)
+  errs["handoff in: dh (raw x its row scales)"] = rel(dh, want[2])
+  for name, g, w in (("dx", got[0], want[0]), ("dattn", got[1], want[1]), ("dw13 (h remade)", got[4], want[3]),
+                     ("dw2", got[5], want[4]), ("dg_next", got[6], want[5])):
+    errs[f"handoff in: {name}"] = rel(g, w)
+
+  def giving(x, attn, h, w13, w2, g_next, write_h=True):   # the producer: the next MLP's four items out
+    out = fp8_mlp.parallel_sublayer(x, attn, h, h8, hs * s13, None, w13, w2, g_next, qs, qr, None, bf,
+                                    handoff=True, write_h=write_h)
+    return out[0], out[1], out[3], out[5]   # x', h', h_mlp', hs'
+
+  (outs, vjp_g), (outs_p, vjp_p) = jax.vjp(giving, *args), jax.vjp(lambda *a: fused(*a, False, False)[:2], *args)
+  assert all(bool(jnp.array_equal(a, b)) for a, b in zip(outs[:2], outs_p)), "handoff out: x', h' changed"
+  assert bool(jnp.array_equal(outs[2], outs[1])), "handoff out: h_mlp' is h'"
+  x_o = outs[0].astype(f32).reshape(-1, D)
+  nxt = jax.random.split(jax.random.PRNGKey(9), 2)
+  c2 = (100 * jax.random.normal(nxt[0], x.shape)).astype(bf)   # the next MLP's raw share and its row scales
+  r2 = jax.random.uniform(nxt[1], (x_o.shape[0],), f32, 0.5e-5, 2e-5)
+  got = vjp_g((cot[0], cot[1], c2, r2))
+  want = vjp_p((cot[0], (cot[1].astype(f32) + c2.astype(f32) * r2.reshape(x.shape[:-1] + (1,))).astype(bf)))
+  # (h's own gradient is the hand-off's input side, checked above: giving takes it raw.)
+  for name, g, w in zip(("dx", "dattn", "dh", "dw13", "dw2", "dg_next"), got, want):
+    if name != "dh":
+      errs[f"handoff out: {name} (dh2 in the norm vs summed first)"] = rel(g, w)
+  rstd_out = fp8_mlp.parallel_sublayer(*args[:2], h, h8, hs * s13, None, *args[3:], qs, qr, None, bf,
+                                       handoff=True)[6]
+  errs["handoff out: rstd'"] = rel(rstd_out, jax.lax.rsqrt(jnp.mean(x_o * x_o, -1) + 1e-5))
+  unwritten = fp8_mlp.parallel_sublayer(*args[:2], h, h8, hs * s13, None, *args[3:], qs, qr, None, bf,
+                                        handoff=True, write_h=False)
+  written = fp8_mlp.parallel_sublayer(*args[:2], h, h8, hs * s13, None, *args[3:], qs, qr, None, bf,
+                                      handoff=True)
+  assert not bool(jnp.any(unwritten[1])), "write_h=False: h' comes out as zeros"
+  assert all(a is None and b is None or bool(jnp.array_equal(a, b)) for i, (a, b) in enumerate(zip(unwritten, written))
+             if i not in (1, 3)), "write_h=False changed another output"
   return errs
 
 
@@ -602,19 +723,23 @@ def main():
   if "--parallel_only" in sys.argv:   # the parallel block's kernel and sublayer alone
     for n, d in [(1, 32), (13, 64), (61, 512)]:
       print(f"parallel norm fwd N={n} D={d}: x_out, h, row copy {norm_fwd_par(n, d, rng)}", flush=True)
+      e = norm_bwd(n, d, rng, dh2=True)
+      print(f"norm bwd with dh2 N={n} D={d}: dx, dgain, d8 {e}", flush=True)
+      assert max(e[:2]) < 2e-3 and e[2] <= 2.0 ** -4 * 1.01, e
     errs = parallel_side()
     for k, v in errs.items():
       print(f"parallel, fused vs XLA reference: {k} rel err {v:.1e}", flush=True)
-    assert max(errs.values()) < 4e-2, errs
+    _assert_parallel_bounds(errs)
     return
   worst, worst8 = 0.0, 0.0
   for n, d in [(1, 32), (13, 64), (9, 512), (61, 512)]:
     e = (norm_fwd(n, d, rng) + norm_bwd(n, d, rng) + norm_bwd(n, d, rng, fp8=False)
-         + norm_bwd(n, d, rng, has_dxout=False))
+         + norm_bwd(n, d, rng, has_dxout=False) + norm_bwd(n, d, rng, dh2=True))
     print(f"norm N={n} D={d}: h {e[0]:.1e}, h8 {e[1]:.1e}; dx {e[2]:.1e}, dgain {e[3]:.1e}, d8 {e[4]:.1e}; "
           f"without the e4m3 copy: dx {e[5]:.1e}, dgain {e[6]:.1e}; without dxout: dx {e[8]:.1e}, "
-          f"dgain {e[9]:.1e}, d8 {e[10]:.1e}", flush=True)
-    worst, worst8 = max(worst, e[0], e[2], e[3], e[5], e[6], e[8], e[9]), max(worst8, e[1], e[4], e[10])
+          f"dgain {e[9]:.1e}, d8 {e[10]:.1e}; with dh2: dx {e[11]:.1e}, dgain {e[12]:.1e}, d8 {e[13]:.1e}", flush=True)
+    worst = max(worst, e[0], e[2], e[3], e[5], e[6], e[8], e[9], e[11], e[12])
+    worst8 = max(worst8, e[1], e[4], e[10], e[13])
   for n, d in [(1, 32), (13, 64), (61, 512)]:
     e = norm_fwd_scaled(n, d, rng)
     print(f"norm fwd, Y row-scaled, N={n} D={d}: x_out {e[0]:.1e}, h {e[1]:.1e}", flush=True)
@@ -632,7 +757,8 @@ def main():
   for n, c in [(1, 1), (21, 200), (130, 64), (64, 513)]:
     for wide in (False, True):
       transpose(n, c, rng, wide)
-  print("transpose_fp8: bytes, scaled and normed e4m3 exact; the norm without H writes the rest as with it",
+  print("transpose_fp8: bytes, scaled (from fp16 and from e4m3) and normed e4m3 exact; the norm without H writes "
+        "the rest as with it",
         flush=True)
   print(f"worst error: fp16 outputs {worst:.2e}, e4m3 outputs (of the row max) {worst8:.2e}")
   assert worst < 2e-3, worst
@@ -646,7 +772,16 @@ def main():
   # The values match (the same roundings); the gradients differ by the norm backward (the kernel's
   # formula against XLA's autodiff), whose bf16 roundings then flip some e4m3 ones: ~1e-2 here,
   # against ~8e-2 between the FP8 and the bf16 MLP, and O(1) for a misapplied scale.
-  assert max(fwd) < 1e-3 and max(errs.values()) < 4e-2, errs
+  assert max(fwd) < 1e-3, errs
+  _assert_parallel_bounds(errs)
+
+
+def _assert_parallel_bounds(errs):
+  """Gradients within 4e-2 of the references, those of W13's weight gradient on h's static copy
+  (two roundings of dH13 at 18 tokens) within 8e-2."""
+  static = {k: v for k, v in errs.items() if k.startswith("static h")}
+  assert max(static.values()) < 8e-2, static
+  assert max(v for k, v in errs.items() if k not in static) < 4e-2, errs
 
 
 if __name__ == "__main__":

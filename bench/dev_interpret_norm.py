@@ -60,12 +60,7 @@ def run(n, d, stream_dtype):
     assert torch.isnan(dy).all(), "TWO_OUT=False must leave DY alone"
     dy = dx
   S, DH, G = xo.double().numpy(), dh.double().numpy(), g.double().numpy()
-  R = 1 / np.sqrt((S * S).mean(1) + EPS)
-  ref = dxo.double().numpy().copy()
-  for i in range(n):
-    jac = R[i] * np.diag(G) - np.outer(G * S[i], S[i]) * R[i] ** 3 / d   # [j, i] = dh_j / ds_i
-    ref[i] += jac.T @ DH[i]
-  dg_ref = (DH * S * R[:, None]).sum(0)
+  ref, dg_ref = _np_norm_bwd(dxo.double().numpy(), DH, S, G)
   rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()  # pylint: disable=unnecessary-lambda-assignment
   errs += [rel(dx.double().numpy(), ref), rel(dy.double().numpy(), ref), rel(dg.double().numpy().sum(0), dg_ref)]
   # HAS_DXOUT=False (the last layer's stream): the sum's cotangent is zero and DXOUT is not read,
@@ -106,12 +101,36 @@ def run(n, d, stream_dtype):
   # 0.5.
   base = t(rng.standard_normal((v, d)), torch.float32)
   de, dge = base.clone(), torch.empty((programs, d))
-  K.embed_norm_bwd_kernel[(programs,)](dxo, dh * 2, xo, r, g, ids, de, de, dge, n, D=d, BLOCK_D=c["BLOCK_D"],
+  none2 = (torch.zeros(1, dtype=torch.float16), torch.ones(1))   # DH2, DHS2 without HAS_DH2: never read
+  K.embed_norm_bwd_kernel[(programs,)](dxo, dh * 2, xo, r, g, ids, de, *none2, de, dge, n, D=d, BLOCK_D=c["BLOCK_D"],
                                        ROWS=rows, PROGRAMS=programs, DH_MUL=0.5)
   de_ref = base.double().numpy().copy()
   np.add.at(de_ref, ids.long().numpy(), dx.double().numpy())
   errs += [rel(de.double().numpy(), de_ref), rel(dge.double().numpy().sum(0), dg_ref)]
+  # HAS_DH2 (the parallel block's first norm): h's second cotangent, an FP8 dot's unscaled output
+  # DH2 with row scales DHS2, joins DH * DH_MUL; the reference sums the two in float64.
+  dh2 = t(rng.standard_normal((n, d)) * 100, torch.float16)
+  dhs2 = torch.from_numpy((rng.uniform(0.5, 2.0, n) / 100).astype(np.float32))
+  de2, dge2 = base.clone(), torch.empty((programs, d))
+  K.embed_norm_bwd_kernel[(programs,)](dxo, dh * 2, xo, r, g, ids, de2, dh2, dhs2, de2, dge2, n, D=d,
+                                       BLOCK_D=c["BLOCK_D"], ROWS=rows, PROGRAMS=programs, DH_MUL=0.5, HAS_DH2=True)
+  ref2, dg_ref2 = _np_norm_bwd(dxo.double().numpy(), DH + dh2.double().numpy() * dhs2.double().numpy()[:, None], S, G)
+  de_ref2 = base.double().numpy().copy()
+  np.add.at(de_ref2, ids.long().numpy(), ref2)
+  errs += [rel(de2.double().numpy(), de_ref2), rel(dge2.double().numpy().sum(0), dg_ref2)]
   return errs
+
+
+def _np_norm_bwd(dxo, DH, S, G):
+  """(dx, dgain) of x -> (x, RMSNorm(x) * G) at x = S, from the cotangents (dxo, DH), in float64,
+  with the Jacobian written out row by row."""
+  d = S.shape[1]
+  R = 1 / np.sqrt((S * S).mean(1) + EPS)
+  ref = dxo.copy()
+  for i in range(S.shape[0]):
+    jac = R[i] * np.diag(G) - np.outer(G * S[i], S[i]) * R[i] ** 3 / d   # [j, i] = dh_j / ds_i
+    ref[i] += jac.T @ DH[i]
+  return ref, (DH * S * R[:, None]).sum(0)
 
 
 def main():
@@ -123,7 +142,7 @@ def main():
       assert np.isfinite(errs).all(), errs
       worst = max(worst, *errs)
       print(f"N={n} D={d} stream={stream}: err sum/h/h and rstd without y/dx/dy/dgain, without dxout dx/dgain/"
-            "embedded h/rstd/share of e4m3 neighbours x 1e-2/scattered table/dgain " + " ".join(f"{e:.1e}" for e in errs), flush=True)
+            "embedded h/rstd/share of e4m3 neighbours x 1e-2/scattered table/dgain, with dh2 table/dgain " + " ".join(f"{e:.1e}" for e in errs), flush=True)
   print(f"worst error {worst:.2e}")
   assert worst < 2e-3, worst   # fp16 outputs: ~5e-4 relative
 
