@@ -13,7 +13,7 @@ export PRE_nohandoff="import fp8_mlp; fp8_mlp.PARALLEL_HANDOFF = False"
 export PRE_hwritten="import fp8_mlp; fp8_mlp.PARALLEL_H_UNWRITTEN = False"
 export PRE_statich="import fp8_mlp; fp8_mlp.PARALLEL_W13_STATIC_H = True"
 OUT=$OUT/steps SWEEP=0 ROUNDS=${ROUNDS:-2} VARIANTS="${VARIANTS:-base nohandoff statich}" PROFILE=0 \
-  timeout $(( $(left) - 230 )) bash bench/dev_step_variants.sh 2>&1 | grep -v Warn | grep -E "ms a step|mean|faster|paired|round|^base|^no|^hw|^stat" | tail -20
+  timeout $(( $(left) - ${RESERVE:-230} )) bash bench/dev_step_variants.sh 2>&1 | grep -v Warn | grep -E "ms a step|mean|faster|paired|round|^base|^no|^hw|^stat" | tail -20
 echo "variants done at $(( $(date +%s) - t0 )) s"
 XLA_FLAGS=--xla_gpu_autotune_level=0 timeout $(( $(left) - 75 )) python3 -m pytest -q -m gpu tests/test_fp8_mlp.py \
   tests/test_norm_kernel.py -k "parallel or dh_scale or norm" 2>&1 | tail -6
