@@ -59,9 +59,10 @@ DH_WEIGHT_AHEAD = True
 # model.py's parallel block on the fused path (parallel_sublayer): each norm, the first one too, hands
 # the next MLP its row-scaled e4m3 copy and takes that MLP's share of h's gradient back unscaled
 # with its row scales, which its backward kernel adds to the attention's share as it reads both
-# (norm_kernel.backward's dh2). False: layer 0's copy is XLA's quantize_rows, and XLA sums the two
-# shares into one [N, D] gradient for the norm to read (the measured alternative, docs/model.md).
-PARALLEL_HANDOFF = True
+# (norm_kernel.backward's dh2). Off until timed on a GPU: built in the fifty-third session, which got
+# no machine (bench/results/h100_session53/call1.sh times it). False: layer 0's copy is XLA's
+# quantize_rows, and XLA sums the two shares into one [N, D] gradient for the norm to read.
+PARALLEL_HANDOFF = False
 # With the hand-off and attn_fp8_dqkv, the norms write no bf16 h but the last (the head's): the
 # attention reads only h's e4m3 copy, and W13's weight gradient remakes h from the stream and rstd.
 PARALLEL_H_UNWRITTEN = True

@@ -95,9 +95,10 @@ def forward_parallel(x_BTD, z_BTD, y_BTD, y_scale, gain_D, dtype, q_static=None,
   one = jnp.ones((1,), jnp.float32)
   has_y = y_BTD is not None
   f8 = lambda on, shape: jax.ShapeDtypeStruct(shape if on else (1,), jnp.float8_e4m3fn)   # pylint: disable=unnecessary-lambda-assignment
-  dummy = jnp.zeros((1,), x_BTD.dtype)   # Z, Y (and XOUT's shape) of the no-add form, never touched
+  # Z and Y of the no-add form: 1-element dummies, never touched.
+  z, y = (z_BTD.reshape(N, D), y_BTD.reshape(N, D)) if has_y else (jnp.zeros((1,), x_BTD.dtype),) * 2
   x_out, h, rstd, h8, h8r, hsr = jt.triton_call(
-      x_BTD.reshape(N, D), z_BTD.reshape(N, D) if has_y else dummy, y_BTD.reshape(N, D) if has_y else dummy, gain_D,
+      x_BTD.reshape(N, D), z, y, gain_D,
       y_scale if has_y else one, one if q_static is None else q_static, one if q_rows is None else q_rows,
       kernel=kern.add_norm_fwd_par_kernel,
       out_shape=(jax.ShapeDtypeStruct((N, D) if has_y else (1,), x_BTD.dtype),

@@ -10,6 +10,7 @@ mlp_fp8_wgrad_w2 the token-last e4m3 copies (transpose_fp8_kernel).
 
 tests/test_fp8_mlp.py checks the jax-triton side (the custom VJP against fp8_mlp.swiglu) on a GPU.
 """
+import contextlib
 import os
 import sys
 
@@ -605,15 +606,21 @@ def parallel_side():
   params = model.init_params(jax.random.PRNGKey(0), cfg)
   tok = jax.random.randint(jax.random.PRNGKey(1), (2, 17), 0, cfg.vocab_size)
   grads = lambda c: jax.value_and_grad(lambda p: model.loss_fn(p, tok[:, :-1], tok[:, 1:], c))(params)  # pylint: disable=unnecessary-lambda-assignment
-  for tag, extra in (("", {}), (", attn_fp8", dict(attn_fp8=True)))[:int(os.environ.get("PAR_MODEL_ARMS", "2"))]:
+  # The hand-off's arms first (fp8_mlp.PARALLEL_HANDOFF; with attn_fp8_dqkv no bf16 h is written),
+  # then the tree's default path; PAR_MODEL_ARMS=n runs the first n.
+  arms = ((", hand-off", {}, True), (", attn_fp8 + dqkv, hand-off", dict(attn_fp8=True, attn_fp8_dqkv=True), True),
+          ("", {}, False), (", attn_fp8", dict(attn_fp8=True), False))
+  for tag, extra, handoff in arms[:int(os.environ.get("PAR_MODEL_ARMS", "4"))]:
     c = _with(cfg, **extra)
-    (l_ref, g_ref), (l, g) = grads(c), grads(_with(c, norm_backend="triton"))
+    with _switch(fp8_mlp, PARALLEL_HANDOFF=handoff):
+      (l_ref, g_ref), (l, g) = grads(c), grads(_with(c, norm_backend="triton"))
     errs[f"model loss (parallel{tag})"] = abs(float(l) - float(l_ref)) / float(l_ref)
     for name in ("w13", "w2", "wqkv", "wo", "attn_norm"):
       errs[f"model d{name} (parallel{tag})"] = rel(g["blocks"][name], g_ref["blocks"][name])
     errs[f"model dembed (parallel{tag})"] = rel(g["embed"], g_ref["embed"])
   cfgq = _with(cfg, attn_fp8=True, attn_fp8_dqkv=True, norm_backend="triton")
-  (l_ref, g_ref), (l, g) = _by_dh_scale(grads, cfgq, ("output", "norm"))
+  with _switch(fp8_mlp, PARALLEL_HANDOFF=True):
+    (l_ref, g_ref), (l, g) = _by_dh_scale(grads, cfgq, ("output", "norm"))
   for name in ("attn_norm", "wqkv", "w13", "w2"):
     errs[f"model d{name} (parallel, dh's 2^-k in the norm vs on the dot)"] = rel(g["blocks"][name], g_ref["blocks"][name])
   errs["model dembed (parallel, dh's 2^-k in the norm vs on the dot)"] = rel(g["embed"], g_ref["embed"])
@@ -697,6 +704,19 @@ def _handoff_side(args, cot, fused, qs, qr, want_ref):
   assert all(a is None and b is None or bool(jnp.array_equal(a, b)) for i, (a, b) in enumerate(zip(unwritten, written))
              if i not in (1, 3)), "write_h=False changed another output"
   return errs
+
+
+@contextlib.contextmanager
+def _switch(module, **values):
+  """The module's constants set to values inside the block, restored after."""
+  old = {k: getattr(module, k) for k in values}
+  try:
+    for k, v in values.items():
+      setattr(module, k, v)
+    yield
+  finally:
+    for k, v in old.items():
+      setattr(module, k, v)
 
 
 def _by_dh_scale(grads, cfg, modes):

@@ -641,15 +641,18 @@ def test_dh_scale_in_the_norm_kernels_gives_the_same_gradients(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dqkv,static_h", [(False, False), (True, False), (True, True)])
-def test_parallel_block_fused_path_matches_the_xla_path(monkeypatch, dqkv, static_h):
+@pytest.mark.parametrize("dqkv,handoff,static_h", [(False, False, False), (True, False, False), (False, True, False),
+                                                   (True, True, False), (True, True, True)])
+def test_parallel_block_fused_path_matches_the_xla_path(monkeypatch, dqkv, handoff, static_h):
   """parallel_block on the GPU path (fp8_mlp.parallel_sublayer: the MLP reads the e4m3 copy with row
-  scales that the previous norm kernel wrote beside the attention's, its share of h's gradient joins
-  the attention's in that norm's backward kernel) against the XLA path of the same recipe: the same
-  loss, and every gradient closer to it than the bf16 parallel model's is. With dqkv, x Wqkv's FP8
-  backward and its 2^-k applied by the norm kernels (attention_kernel.DH_SCALE='norm', the default),
-  and no bf16 h written but the head's; with static_h, W13's weight gradient on the h copy x Wqkv's
-  reads (fp8_mlp.PARALLEL_W13_STATIC_H)."""
+  scales that the previous norm kernel wrote beside the attention's, and its share of h's gradient
+  joins the attention's) against the XLA path of the same recipe: the same loss, and every gradient
+  closer to it than the bf16 parallel model's is. With dqkv, x Wqkv's FP8 backward and its 2^-k
+  applied by the norm kernels (attention_kernel.DH_SCALE='norm', the default). With handoff
+  (fp8_mlp.PARALLEL_HANDOFF), the first norm writes layer 0's MLP copy and each norm's backward
+  kernel adds the MLP's share; with dqkv too, no bf16 h is written but the head's. With static_h,
+  W13's weight gradient on the h copy x Wqkv's reads (fp8_mlp.PARALLEL_W13_STATIC_H)."""
+  monkeypatch.setattr(fp8_mlp, "PARALLEL_HANDOFF", handoff)
   monkeypatch.setattr(fp8_mlp, "PARALLEL_W13_STATIC_H", static_h)
   kw = dict(mlp_fp8=True, attn_fp8=True, mlp_fp8_w2=True, mlp_fp8_wgrad=True, mlp_fp8_wgrad_w2=True, mlp_fp8_h13=True,
             head_fp8=True, attn_fp8_dqkv=dqkv, parallel_block=True, d_model=128, d_ff=320)

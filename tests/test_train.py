@@ -543,12 +543,13 @@ def test_every_triton_kernel_of_the_gpu_configs_compiles_for_hopper(monkeypatch,
 
 def test_parallel_block_step_compiles_for_hopper_with_one_norm_a_layer(monkeypatch):
   """The speedrun config with parallel_block: every kernel its step launches compiles for sm_90, and
-  each layer has one add + norm each way (add_norm_fwd_par_kernel after both halves, and for the
-  first layer's norm; the lookup's backward), where the sequential block has two; the norm backward
+  each layer has one add + norm each way (add_norm_fwd_par_kernel after both halves; the first
+  layer's norm, the lookup's backward), where the sequential block has two; the norm backward
   kernels apply x Wqkv's 2^-k where an attention read h (all but the last, which feeds the head).
-  With the hand-off (fp8_mlp.PARALLEL_HANDOFF) those same norms take the next MLP's share of h's
-  gradient as a second input, and write no bf16 h (PARALLEL_H_UNWRITTEN): only the last one does,
-  for the head."""
+  With the hand-off (fp8_mlp.PARALLEL_HANDOFF) the first norm is the parallel kernel's no-add form,
+  the norms that an attention reads take the next MLP's share of h's gradient as a second input,
+  and write no bf16 h (PARALLEL_H_UNWRITTEN): only the last one does, for the head. With
+  PARALLEL_W13_STATIC_H a layer has one token-last copy fewer."""
   pytest.importorskip("triton")
   import attention_kernel  # pylint: disable=import-outside-toplevel
   import fp8_mlp  # pylint: disable=import-outside-toplevel
@@ -567,25 +568,37 @@ def test_parallel_block_step_compiles_for_hopper_with_one_norm_a_layer(monkeypat
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   state = jax.eval_shape(lambda k: train._init_state(config, k), jax.random.key(0))  # pylint: disable=protected-access
   assert "mlp_norm" not in state["params"]["blocks"]
-  jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, jax.ShapeDtypeStruct((1_000_000,), np.uint16))
   L = config.model.n_layers
-  assert counts["add_norm_fwd_par_kernel"] == L + 1 and "add_norm_fwd_fp8_kernel" not in counts, counts
-  assert counts["add_norm_bwd_fp8_kernel"] == L and counts["embed_norm_bwd_kernel"] == 1, counts
   mul = 2.0 ** -(attention_kernel.DQKV_LOG2 + 15)   # N = 128 x 256 = 2^15 tokens
-  # (constants: one entry per distinct compile; the middle layers' are alike)
-  got = {(n, c["DH_MUL"], c.get("HAS_DH2", False)) for n, c in compiler.constants if "DH_MUL" in c}
-  assert got == {("embed_norm_bwd_kernel", mul, True), ("add_norm_bwd_fp8_kernel", mul, True),
-                 ("add_norm_bwd_fp8_kernel", 1.0, False)}, got
+
+  def step(**switches):   # the step traced under fp8_mlp's switches: (launch counts, distinct compiles' constants)
+    for name, value in switches.items():
+      monkeypatch.setattr(fp8_mlp, name, value)
+    counts.clear()
+    seen = len(compiler.constants)
+    jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state,
+                   jax.ShapeDtypeStruct((1_000_000,), np.uint16))
+    return dict(counts), compiler.constants[seen:]
+
+  got, _ = step(PARALLEL_HANDOFF=False)
+  assert got["add_norm_fwd_par_kernel"] == L and got["add_norm_fwd_fp8_kernel"] == 1, got
+  assert got["add_norm_bwd_fp8_kernel"] == L and got["embed_norm_bwd_kernel"] == 1, got
+  consts = compiler.constants   # (one entry per distinct compile: the middle layers' are alike)
+  dh = {(n, c["DH_MUL"], c.get("HAS_DH2", False)) for n, c in consts if "DH_MUL" in c}
+  assert dh == {("embed_norm_bwd_kernel", mul, False), ("add_norm_bwd_fp8_kernel", mul, False),
+                ("add_norm_bwd_fp8_kernel", 1.0, False)}, dh
+  got, _ = step(PARALLEL_HANDOFF=True)
+  assert got["add_norm_fwd_par_kernel"] == L + 1 and "add_norm_fwd_fp8_kernel" not in got, got
+  assert got["add_norm_bwd_fp8_kernel"] == L and got["embed_norm_bwd_kernel"] == 1, got
+  dh = {(n, c["DH_MUL"], c.get("HAS_DH2", False)) for n, c in compiler.constants if "DH_MUL" in c}
+  assert {("embed_norm_bwd_kernel", mul, True), ("add_norm_bwd_fp8_kernel", mul, True)} <= dh, dh
   fwd = {(c["HAS_Y"], c["WRITE_H"]) for n, c in compiler.constants if n == "add_norm_fwd_par_kernel"}
-  assert fwd == {(False, False), (True, False), (True, True)}, fwd   # the first norm, the middle ones, the last
-  # W13's weight gradient on h's static copy (PARALLEL_W13_STATIC_H): one token-last copy of h a layer
-  # fewer, dH13's made from its e4m3 bytes rescaled by rows (transpose_fp8's X8).
-  n_transposes = counts["transpose_fp8_kernel"]
-  monkeypatch.setattr(fp8_mlp, "PARALLEL_W13_STATIC_H", True)
-  counts.clear()
-  jax.eval_shape(train.make_train_step(config, mesh, on_device=True), state, jax.ShapeDtypeStruct((1_000_000,), np.uint16))
-  assert counts["transpose_fp8_kernel"] == n_transposes - L, counts
-  assert any(n == "transpose_fp8_kernel" and c["X8"] for n, c in compiler.constants), compiler.constants
+  assert {(False, False), (True, False), (True, True)} <= fwd, fwd   # the first norm, the middle ones, the last
+  # W13's weight gradient on h's static copy: dH13's token-last copy from its e4m3 bytes, rescaled
+  # by rows (transpose_fp8's X8), and no scaled copy of h.
+  static, new = step(PARALLEL_HANDOFF=True, PARALLEL_W13_STATIC_H=True)
+  assert static["transpose_fp8_kernel"] == got["transpose_fp8_kernel"] - L, (static, got)
+  assert any(n == "transpose_fp8_kernel" and c["X8"] for n, c in new), new
   too_big = [(n, s) for n, s in compiler.compiled if s > hopper_compile.SM90_SHARED_BYTES]
   assert not too_big, too_big
 
