@@ -518,9 +518,10 @@ def _hidden_fused_norms(params, x_BTD, rope, cfg, head_w=None):
   # Its h is not written where no one reads it (PARALLEL_H_UNWRITTEN): attn_fp8_dqkv's attention
   # takes only h's gradient, and the MLP's weight gradient remakes h from the stream.
   handoff = parallel and fp8_mlp.PARALLEL_HANDOFF
-  unwritten = handoff and fp8_mlp.PARALLEL_H_UNWRITTEN and q0 is not None and bool(_option(cfg, "attn_fp8_dqkv"))
+  h8_only = handoff and q0 is not None and bool(_option(cfg, "attn_fp8_dqkv"))   # the attention reads h8 alone
+  unwritten = h8_only and fp8_mlp.PARALLEL_H_UNWRITTEN
   # W13's weight gradient on the h copy that x Wqkv's reads (PARALLEL_W13_STATIC_H), made here for both.
-  static_h = handoff and fp8_mlp.PARALLEL_W13_STATIC_H and q0 is not None and bool(_option(cfg, "attn_fp8_dqkv"))
+  static_h = h8_only and fp8_mlp.PARALLEL_W13_STATIC_H
   w8 = fp8_mlp.mlp_weights(blocks["w13"], blocks["w2"]) if handoff else None   # (_check: the all-FP8 MLP)
   first = dict(q_rows=w8[2][0], write_h=not unwritten) if handoff else {}   # q_rows: layer 0's W13 scale
   if jnp.issubdtype(x_BTD.dtype, jnp.integer):
